@@ -1,0 +1,1 @@
+"""Benchmarks that print figures (added with the features they measure)."""

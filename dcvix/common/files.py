@@ -1,0 +1,66 @@
+"""Files written the way state files must be: whole or not at all, private."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat
+import tempfile
+from pathlib import Path
+
+from twisted.logger import Logger
+
+log = Logger()
+
+
+def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
+    """Replace ``path`` with ``data``: temp file, fsync, rename, fsync the folder.
+
+    A crash leaves either the old file or the new one, never half of either.
+    """
+    descriptor, temp_name = tempfile.mkstemp(
+        prefix=f".{path.name}.", suffix=".tmp", dir=path.parent
+    )
+    try:
+        with os.fdopen(descriptor, "wb") as handle:
+            os.fchmod(handle.fileno(), mode)
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp_name, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp_name)
+        raise
+    _fsync_directory(path.parent)
+
+
+def _fsync_directory(directory: Path) -> None:
+    descriptor = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def ensure_private_dir(path: Path) -> None:
+    """Create ``path`` 0700, or tighten an existing one (Go made them 0755).
+
+    Raises:
+        OSError: when the folder cannot be created or changed.
+    """
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    current = stat.S_IMODE(path.stat().st_mode)
+    if current & 0o077:
+        os.chmod(path, current & 0o700)
+        log.info(
+            "tightened {path} from {old:o} to {new:o}",
+            path=str(path),
+            old=current,
+            new=current & 0o700,
+        )
+
+
+def readable_by_others(path: Path) -> bool:
+    """Whether group or other users may read ``path``."""
+    return bool(stat.S_IMODE(path.stat().st_mode) & 0o044)

@@ -1,0 +1,327 @@
+"""The HTTP layer both daemons share.
+
+- :class:`DcvixSite` / :class:`DcvixRequest`: request bodies capped while they
+  arrive (413 and the connection closed, before anything is spooled to disk),
+  security headers on every answer, and the CSRF rule of CONTRACT §3.
+- :func:`install_error_handlers`: every error becomes ``{"error": ...}`` JSON with
+  its status (404 and 405 included); an unexpected exception is logged with its
+  traceback and answered with a generic 500, never the traceback itself.
+- :func:`read_json` and :func:`go_fields`: JSON bodies decoded with Go
+  ``encoding/json`` leniency, whatever the Content-Type.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from cryptography import x509
+from klein import Klein
+from OpenSSL.crypto import X509
+from twisted.internet.interfaces import ISSLTransport
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.iweb import IRequest
+from twisted.web.resource import IResource
+from twisted.web.server import Request, Site
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
+
+from dcvix.common.errors import ApiError, BadRequest
+
+log = Logger()
+
+DEFAULT_BODY_LIMIT = 1024 * 1024
+SAFE_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS"})
+SECURITY_HEADERS = {
+    b"X-Content-Type-Options": b"nosniff",
+    b"X-Frame-Options": b"DENY",
+    b"Strict-Transport-Security": b"max-age=63072000",
+    b"Referrer-Policy": b"no-referrer",
+    b"Content-Security-Policy": (
+        b"default-src 'self'; frame-ancestors 'none'; base-uri 'none'; "
+        b"form-action 'self'"
+    ),
+    b"Cache-Control": b"no-store",
+}
+
+
+def error_body(message: str) -> bytes:
+    """The one error shape: ``{"error": message}`` and a newline."""
+    return json.dumps({"error": message}).encode() + b"\n"
+
+
+def json_response(request: IRequest, status: int, body: Any) -> bytes:
+    """Set status and JSON content type; the body ends with a newline, as Go's."""
+    request.setResponseCode(status)
+    request.setHeader(b"Content-Type", b"application/json")
+    return json.dumps(body).encode() + b"\n"
+
+
+def error_response(request: IRequest, status: int, message: str) -> bytes:
+    """A JSON error answer."""
+    request.setResponseCode(status)
+    request.setHeader(b"Content-Type", b"application/json")
+    return error_body(message)
+
+
+# ------------------------------------------------------------------ requests
+
+
+def csrf_violation(request: Request) -> str | None:
+    """Why a state-changing request must be refused as cross-site, if it must.
+
+    Browsers send ``Origin`` (and ``Sec-Fetch-Site``) on state-changing requests;
+    curl, agents and DCV send neither, so they are never refused.
+    """
+    if request.method in SAFE_METHODS:
+        return None
+    fetch_site = request.getHeader("Sec-Fetch-Site")
+    if fetch_site is not None and fetch_site.lower() == "cross-site":
+        return "cross-site request refused"
+    origin = request.getHeader("Origin")
+    if origin is None:
+        return None
+    host = request.getHeader("Host") or ""
+    if origin.lower() != f"https://{host}".lower():
+        return "cross-origin request refused"
+    return None
+
+
+class DcvixRequest(Request):
+    """A request that refuses an oversized body as it arrives.
+
+    The declared length is checked as soon as the headers are in, and the bytes
+    actually received are counted (a chunked body has no declared length). The
+    body is kept in memory: it is never over the cap, so never spooled to disk.
+    """
+
+    _received = 0
+    _refused = False
+
+    def _limit(self) -> int:
+        site = getattr(self.channel, "site", None)
+        path: bytes = getattr(self.channel, "_path", b"") or b""
+        if isinstance(site, DcvixSite):
+            return site.body_limit(path.split(b"?", 1)[0])
+        return DEFAULT_BODY_LIMIT
+
+    def gotLength(self, length: int | None) -> None:
+        """Refuse at once when the declared length is over the cap."""
+        self.content = io.BytesIO()
+        if length is not None and length > self._limit():
+            self._refuse()
+
+    def handleContentChunk(self, data: bytes) -> None:
+        """Keep the chunk, or refuse when the body grows over the cap."""
+        if self._refused:
+            return
+        self._received += len(data)
+        if self._received > self._limit():
+            self._refuse()
+            return
+        assert self.content is not None
+        self.content.write(data)
+
+    def _refuse(self) -> None:
+        self._refused = True
+        self.content = io.BytesIO()
+        # No "100 Continue" after our answer.
+        self.requestHeaders.removeHeader(b"Expect")
+        body = error_body("request body too large")
+        head = [b"HTTP/1.1 413 Request Entity Too Large"]
+        head += [b"%s: %s" % item for item in SECURITY_HEADERS.items()]
+        head += [
+            b"Content-Type: application/json",
+            b"Content-Length: %d" % len(body),
+            b"Connection: close",
+        ]
+        transport = self.channel.transport
+        assert transport is not None
+        transport.write(b"\r\n".join(head) + b"\r\n\r\n" + body)
+        log.info(
+            "refused a request body over {limit} bytes from {peer}",
+            limit=self._limit(),
+            peer=str(getattr(self.getClientAddress(), "host", "?")),
+        )
+        self.channel.loseConnection()
+
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        """Dispatch, unless the body was refused (the connection is closing)."""
+        if self._refused:
+            return
+        super().requestReceived(command, path, version)
+
+    def write(self, data: bytes) -> None:
+        """Name ourselves plainly, not Twisted's version, in the first write."""
+        if not self.startedWriting:
+            self.setHeader(b"Server", b"dcvix")
+        super().write(data)
+
+    def process(self) -> None:
+        """Add security headers and apply the CSRF rule, then dispatch."""
+        for name, value in SECURITY_HEADERS.items():
+            self.setHeader(name, value)
+        problem = csrf_violation(self)
+        if problem is not None:
+            self.setResponseCode(403)
+            self.setHeader(b"Content-Type", b"application/json")
+            self.write(error_body(problem))
+            self.finish()
+            return
+        super().process()
+
+
+class DcvixSite(Site):
+    """A ``Site`` that builds :class:`DcvixRequest` and knows each path's cap.
+
+    Args:
+        resource: the root resource.
+        body_limit: bytes allowed for a request to a given path.
+    """
+
+    requestFactory = DcvixRequest
+    displayTracebacks = False
+
+    def __init__(
+        self,
+        resource: IResource,
+        body_limit: Callable[[bytes], int] = lambda _path: DEFAULT_BODY_LIMIT,
+    ) -> None:
+        super().__init__(resource, logFormatter=access_log_line)
+        self.body_limit = body_limit
+        self.noisy = False
+
+
+def access_log_line(timestamp: str, request: Request) -> str:
+    """An access log line without the query string, which may carry tokens."""
+    path = (request.uri or b"").split(b"?", 1)[0].decode("ascii", "replace")
+    method = (request.method or b"-").decode("ascii", "replace")
+    peer = getattr(request.getClientAddress(), "host", "-")
+    agent = (request.getHeader("User-Agent") or "-").replace('"', "'")
+    return (
+        f'{peer} "{method} {path}" {request.code} {request.sentLength or 0} "{agent}"'
+    )
+
+
+def peer_certificate(request: IRequest) -> x509.Certificate | None:
+    """The client certificate the TLS layer verified, if the client sent one."""
+    transport = getattr(getattr(request, "channel", None), "transport", None)
+    if transport is None or not ISSLTransport.providedBy(transport):
+        return None
+    certificate = transport.getPeerCertificate()
+    return certificate.to_cryptography() if isinstance(certificate, X509) else None
+
+
+# ------------------------------------------------------------------- errors
+
+
+def install_error_handlers(app: Klein) -> None:
+    """Make every failure of ``app``'s routes a JSON error with its status."""
+
+    def api_error(self: Any, request: IRequest, failure: Failure) -> bytes:
+        error = failure.value
+        assert isinstance(error, ApiError)
+        return error_response(request, error.status, error.message)
+
+    def routing_error(self: Any, request: IRequest, failure: Failure) -> bytes:
+        error = failure.value
+        assert isinstance(error, HTTPException)
+        if isinstance(error, MethodNotAllowed) and error.valid_methods:
+            request.setHeader(b"Allow", ", ".join(sorted(error.valid_methods)).encode())
+        status = error.code or 500
+        message = {404: "not found", 405: "method not allowed"}.get(
+            status, (error.name or "error").lower()
+        )
+        return error_response(request, status, message)
+
+    def unexpected(self: Any, request: IRequest, failure: Failure) -> bytes:
+        log.failure(
+            "unexpected error answering {method} {path}",
+            failure,
+            method=request.method.decode("ascii", "replace"),
+            path=request.path.decode("ascii", "replace"),
+        )
+        return error_response(request, 500, "internal error")
+
+    app.handle_errors(ApiError)(api_error)
+    app.handle_errors(HTTPException)(routing_error)
+    app.handle_errors(Exception)(unexpected)
+
+
+# --------------------------------------------------------------- JSON bodies
+
+
+def read_json(request: IRequest) -> Any:
+    """The first JSON value of the body, whatever the Content-Type (Go's way).
+
+    Raises:
+        BadRequest: for an empty body, bad UTF-8 or no JSON value.
+    """
+    content = request.content
+    raw = content.read() if content is not None else b""
+    if not raw.strip():
+        raise BadRequest("request body is empty")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadRequest("request body is not UTF-8") from None
+    try:
+        value, _end = json.JSONDecoder().raw_decode(text.lstrip())
+    except (json.JSONDecodeError, RecursionError):
+        raise BadRequest("request body is not valid JSON") from None
+    return value
+
+
+_ZERO: dict[type, Any] = {str: "", int: 0, float: 0.0, bool: False, list: [], dict: {}}
+
+
+def go_fields(value: Any, spec: Mapping[str, type]) -> dict[str, Any]:
+    """Pick fields from a JSON object the way Go ``encoding/json`` does.
+
+    Keys match case-insensitively (an exact match wins), unknown keys are
+    ignored, a missing key or ``null`` gives the zero value, a value of the
+    wrong type is an error.
+
+    Args:
+        value: the decoded body.
+        spec: field name → one of ``str``, ``int``, ``float``, ``bool``,
+            ``list``, ``dict``.
+
+    Raises:
+        BadRequest: when the body is not an object or a field has the wrong type.
+    """
+    if not isinstance(value, dict):
+        raise BadRequest("request body must be a JSON object")
+    folded: dict[str, Any] = {}
+    for key, item in value.items():
+        folded.setdefault(key.lower(), item)
+    result = {}
+    for name, kind in spec.items():
+        item = value[name] if name in value else folded.get(name.lower())
+        if item is None:
+            result[name] = _ZERO[kind].copy() if kind in (list, dict) else _ZERO[kind]
+            continue
+        if not _is_kind(item, kind):
+            raise BadRequest(f"field {name!r} must be {_KIND_NAMES[kind]}")
+        result[name] = float(item) if kind is float else item
+    return result
+
+
+_KIND_NAMES = {
+    str: "a string",
+    int: "an integer",
+    float: "a number",
+    bool: "a boolean",
+    list: "a list",
+    dict: "an object",
+}
+
+
+def _is_kind(item: Any, kind: type) -> bool:
+    if kind is int:
+        return isinstance(item, int) and not isinstance(item, bool)
+    if kind is float:
+        return isinstance(item, int | float) and not isinstance(item, bool)
+    return isinstance(item, kind)

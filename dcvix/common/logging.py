@@ -1,0 +1,217 @@
+"""Log output for both daemons: levels, text or JSON lines, rotation, redaction.
+
+twistd asks the application for an ``ILogObserver``; :func:`make_observer` builds
+the one our daemons hand it (see :class:`dcvix.common.daemon.DaemonService`). It
+writes to stdout and to ``<directory>/dcvix-<component>.log``, rotated at 100 MB.
+
+Redaction is a rule applied to every event before it is formatted: fields whose
+names say they hold a secret are replaced, and anything that looks like a private
+key, a PASETO token, a session cookie or a ``password=`` pair is masked in the
+rendered text, tracebacks included. Code must still never log secrets; this is
+the net under it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any
+
+from twisted.logger import (
+    FilteringLogObserver,
+    ILogObserver,
+    LogEvent,
+    LogLevel,
+    LogLevelFilterPredicate,
+    eventAsText,
+    formatEvent,
+)
+from twisted.python.failure import Failure
+from twisted.python.logfile import LogFile
+from zope.interface import implementer
+
+ROTATE_BYTES = 100 * 1000 * 1000
+
+LEVELS = {
+    "debug": LogLevel.debug,
+    "info": LogLevel.info,
+    "warning": LogLevel.warn,
+    "error": LogLevel.error,
+    "critical": LogLevel.critical,
+}
+_LEVEL_NAMES = {level: name.upper() for name, level in LEVELS.items()}
+
+REDACTED = "<redacted>"
+_SECRET_FIELD = re.compile(
+    r"pass(word|wd)?|secret|token|otp|cookie|authori[sz]ation|private|^key$|_key$",
+    re.IGNORECASE,
+)
+_SECRET_TEXT = [
+    (
+        re.compile(
+            r"-----BEGIN ([A-Z ]*)PRIVATE KEY-----.*?(-----END \1PRIVATE KEY-----|\Z)",
+            re.DOTALL,
+        ),
+        "<redacted private key>",
+    ),
+    (re.compile(r"\bv[1-4]\.(local|public)\.[A-Za-z0-9_\-.]+"), "<redacted token>"),
+    (re.compile(r"(dcvix_session=)[^;\s\"']+"), r"\1" + REDACTED),
+    (
+        re.compile(
+            r"((?:password|passwd|secret|token|otp|registrationToken)"
+            r"[\"']?\s*[=:]\s*[\"']?)[^\s\"'&,}]+",
+            re.IGNORECASE,
+        ),
+        r"\1" + REDACTED,
+    ),
+]
+# twisted.logger's own bookkeeping keys: never secrets, and needed to format.
+_INTERNAL = frozenset(
+    {
+        "log_format",
+        "log_level",
+        "log_namespace",
+        "log_source",
+        "log_time",
+        "log_failure",
+        "log_logger",
+        "log_io",
+        "log_system",
+        "log_text",
+        "log_trace",
+        "log_legacy",
+        "message",
+        "format",
+        "isError",
+        "system",
+        "time",
+    }
+)
+
+
+def is_secret_field(name: str) -> bool:
+    """Whether an event field's name says it holds a secret."""
+    return name not in _INTERNAL and bool(_SECRET_FIELD.search(name))
+
+
+def redact_text(text: str) -> str:
+    """Mask private keys, tokens, session cookies and ``password=x`` pairs."""
+    for pattern, replacement in _SECRET_TEXT:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+def redact_event(event: LogEvent) -> LogEvent:
+    """A copy of ``event`` with every secret-named field replaced."""
+    return {
+        key: (REDACTED if is_secret_field(key) else value)
+        for key, value in event.items()
+    }
+
+
+def render_text(event: LogEvent) -> str:
+    """``LEVEL [time] namespace: message``, with a traceback for failures."""
+    level = _LEVEL_NAMES.get(event.get("log_level", LogLevel.info), "INFO")
+    stamp = _timestamp(event)
+    body = eventAsText(event, includeTimestamp=False, includeSystem=False)
+    namespace = event.get("log_namespace", "")
+    return redact_text(f"{level:<8} [{stamp}] {namespace}: {body}") + "\n"
+
+
+def render_json(event: LogEvent) -> str:
+    """One JSON object per line: time, level, namespace, message and the fields."""
+    record: dict[str, Any] = {
+        "time": _timestamp(event),
+        "level": _LEVEL_NAMES.get(event.get("log_level", LogLevel.info), "INFO"),
+        "namespace": event.get("log_namespace", ""),
+        "message": redact_text(formatEvent(event)),
+    }
+    failure = event.get("log_failure")
+    if isinstance(failure, Failure):
+        record["traceback"] = redact_text(failure.getTraceback())
+    for key, value in event.items():
+        if key.startswith("log_") or key in _INTERNAL or key in record:
+            continue
+        record[key] = _jsonable(value)
+    return json.dumps(record, ensure_ascii=False) + "\n"
+
+
+def _jsonable(value: Any) -> Any:
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    if isinstance(value, str):
+        return redact_text(value)
+    return redact_text(repr(value))
+
+
+def _timestamp(event: LogEvent) -> str:
+    when = event.get("log_time")
+    moment = datetime.fromtimestamp(when, UTC) if when else datetime.now(UTC)
+    return moment.astimezone().isoformat(timespec="seconds")
+
+
+@implementer(ILogObserver)
+class LineObserver:
+    """Redacts, renders and writes each event to every output.
+
+    A failing output (a closed stdout under a service manager) is skipped so the
+    others still get the line.
+    """
+
+    def __init__(self, render: Callable[[LogEvent], str], outputs: Iterable[IO[str]]):
+        self._render = render
+        self._outputs = list(outputs)
+
+    def __call__(self, event: LogEvent) -> None:
+        """Write one event."""
+        line = self._render(redact_event(event))
+        for output in self._outputs:
+            try:
+                output.write(line)
+                output.flush()
+            except (OSError, ValueError):
+                continue
+
+
+class _TextLogFile(LogFile):
+    """Twisted's size-rotated file, taking text."""
+
+    def write(self, data: str) -> None:
+        """Encode and write (rotating first when the file is full)."""
+        super().write(data.encode("utf-8"))
+
+
+def open_log_file(directory: Path, component: str, rotation: int) -> Any:
+    """``<directory>/dcvix-<component>.log`` (0600), rotated at 100 MB.
+
+    ``rotation`` rotated files are kept; 0 keeps them all, as in Go.
+    """
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    log_file = _TextLogFile(
+        f"dcvix-{component}.log",
+        str(directory),
+        rotateLength=ROTATE_BYTES,
+        defaultMode=0o600,
+        maxRotatedFiles=rotation or None,
+    )
+    return log_file
+
+
+def make_observer(
+    level: str,
+    fmt: str,
+    outputs: Iterable[IO[str]],
+) -> ILogObserver:
+    """The daemon's observer: level filter, redaction, text or JSON lines."""
+    render = render_json if fmt == "json" else render_text
+    predicate = LogLevelFilterPredicate(defaultLogLevel=LEVELS[level])
+    return FilteringLogObserver(LineObserver(render, outputs), [predicate])
+
+
+def stdout() -> IO[str]:
+    """The process's stdout, looked up when called (twistd may replace it)."""
+    return sys.stdout

@@ -1,0 +1,1 @@
+"""The director: the central broker, its API, CA and policy."""

@@ -1,0 +1,205 @@
+"""Every ``dcvix-director.conf`` key: Go's (reference §10.3) and CONTRACT §4's."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from dcvix.common.config import (
+    BOOLEAN,
+    CONFIG_KEYS,
+    HOST,
+    HOST_LIST,
+    IP_LIST,
+    KEY32,
+    PATH,
+    PORT,
+    POSITIVE_DURATION,
+    SECRET,
+    TEXT,
+    WORDS,
+    LoadedConfig,
+    LogSection,
+    choice,
+    integer,
+    setting,
+    url,
+)
+
+
+@dataclass(frozen=True)
+class DirectorSection:
+    """``[director]``."""
+
+    director_host: str = setting(
+        HOST,
+        "0.0.0.0",  # noqa: S104 - Go's default
+        "Address the HTTPS API listens on.",
+    )
+    director_port: int = setting(PORT, 8445, "Port of the HTTPS API.")
+    agent_port: int = setting(
+        PORT, 8446, "Agent port used when an agent does not report its own."
+    )
+    dcv_port: int = setting(
+        PORT, 8443, "DCV web port given to gateways and in .dcv files."
+    )
+    auth_type: str = setting(
+        choice("pam", "ldap", "radius", "external"), "pam", "Login back end."
+    )
+    token_key: str = setting(
+        KEY32,
+        "",
+        "Base64 of 32 bytes for PASETO tokens; empty: generated once into "
+        "data_dir/token.key.",
+        secret=True,
+    )
+    policydb_folder: str = setting(
+        PATH, "policydb", "Folder of users.json and pools.json."
+    )
+    data_dir: str = setting(
+        PATH,
+        "/var/lib/dcvix-director",
+        "CA, certificates, agents.db and token.key (0700).",
+    )
+    server_names: tuple[str, ...] = setting(
+        HOST_LIST, (), "Extra DNS names or IPs for the director's certificate."
+    )
+    registration_token: str = setting(
+        SECRET, "", "When set, required to create a pending agent.", secret=True
+    )
+    auto_approve: str = setting(
+        choice("off", "token"), "off", "`token`: approve agents with a valid token."
+    )
+    agent_cert_lifetime: float = setting(
+        POSITIVE_DURATION, 336 * 3600.0, "Lifetime of agent certificates."
+    )
+    register_rate: int = setting(
+        integer(1), 30, "New pending agents per minute per source address."
+    )
+    max_pending: int = setting(integer(1), 1000, "Pending agents at most.")
+    config_allow: tuple[str, ...] = setting(
+        CONFIG_KEYS, ("display/quality",), "DCV settings users and admins may push."
+    )
+    max_body_bytes: int = setting(
+        integer(1024), 1048576, "Request body cap in bytes (register: 16 KiB)."
+    )
+    connection_token_ttl: float = setting(
+        POSITIVE_DURATION, 600.0, "Lifetime of DCV connection tokens."
+    )
+    login_max_failures: int = setting(
+        integer(1), 5, "Failed logins (per user or address) before a lockout."
+    )
+    login_lockout: float = setting(
+        POSITIVE_DURATION, 300.0, "How long a login lockout lasts."
+    )
+
+
+@dataclass(frozen=True)
+class PamSection:
+    """``[pam_auth]``."""
+
+    pam_service_name: str = setting(TEXT, "login", "PAM service used for logins.")
+
+
+@dataclass(frozen=True)
+class LdapSection:
+    """``[ldap_auth]``."""
+
+    ldap_address: str = setting(
+        url("ldap", "ldaps"), "ldap://127.0.0.1:389", "LDAP server URL."
+    )
+    ldap_base_dn: str = setting(TEXT, "dc=example,dc=com", "Search base.")
+    ldap_bind_user: str = setting(
+        TEXT, "cn=admin,dc=example,dc=com", "DN the director binds as to search."
+    )
+    ldap_bind_password: str = setting(
+        SECRET, "password", "Password of ldap_bind_user.", secret=True
+    )
+    ldap_filter: str = setting(
+        TEXT, "(sAMAccountName=%s)", "User search filter; %s is the user id."
+    )
+    otp_type: str = setting(
+        choice("disabled", "privacyidea", "external"), "disabled", "Second factor."
+    )
+    privacyidea_url: str = setting(
+        url("https", "http"), "https://mfaserver.domain.com", "privacyIDEA server."
+    )
+    privacyidea_tls_strict: bool = setting(
+        BOOLEAN, True, "Verify privacyIDEA's TLS certificate."
+    )
+    otp_external_command: str = setting(
+        PATH, "/usr/bin/external-auth", "OTP check command."
+    )
+    otp_external_args: tuple[str, ...] = setting(
+        WORDS, (), "Arguments of the OTP command."
+    )
+
+
+@dataclass(frozen=True)
+class RadiusSection:
+    """``[radius_auth]``."""
+
+    radius_server: str = setting(HOST, "127.0.0.1", "RADIUS server.")
+    radius_port: int = setting(PORT, 1812, "RADIUS authentication port.")
+    radius_secret: str = setting(SECRET, "secret", "RADIUS shared secret.", secret=True)
+
+
+@dataclass(frozen=True)
+class ExternalSection:
+    """``[external_auth]``."""
+
+    external_command: str = setting(
+        PATH, "/usr/bin/external-auth", "Login check command (user, password on stdin)."
+    )
+    args: tuple[str, ...] = setting(WORDS, (), "Arguments of the login command.")
+
+
+@dataclass(frozen=True)
+class GatewaySection:
+    """``[gateway]``."""
+
+    gateways_list: tuple[str, ...] = setting(
+        IP_LIST,
+        ("127.0.0.1",),
+        "DCV Connection Gateway addresses allowed to call /resolveSession.",
+    )
+
+
+@dataclass(frozen=True)
+class HousekeeperSection:
+    """``[housekeeper]``."""
+
+    housekeeper_frequency: float = setting(
+        POSITIVE_DURATION, 40.0, "How often stale servers and sessions are dropped."
+    )
+    max_age: float = setting(
+        POSITIVE_DURATION, 90.0, "A server not heard from this long is offline."
+    )
+    pending_max_age: float = setting(
+        POSITIVE_DURATION, 168 * 3600.0, "Pending agents older than this are purged."
+    )
+
+
+@dataclass(frozen=True)
+class DirectorLogSection(LogSection):
+    """``[log]`` of the director."""
+
+    directory: str = setting(
+        PATH,
+        "/var/log/dcvix-director",
+        "Folder of dcvix-director.log (created 0700).",
+    )
+
+
+@dataclass(frozen=True)
+class DirectorConfig:
+    """The whole director configuration."""
+
+    source: LoadedConfig = field(default_factory=lambda: LoadedConfig(None))
+    director: DirectorSection = field(default_factory=DirectorSection)
+    pam_auth: PamSection = field(default_factory=PamSection)
+    ldap_auth: LdapSection = field(default_factory=LdapSection)
+    radius_auth: RadiusSection = field(default_factory=RadiusSection)
+    external_auth: ExternalSection = field(default_factory=ExternalSection)
+    gateway: GatewaySection = field(default_factory=GatewaySection)
+    housekeeper: HousekeeperSection = field(default_factory=HousekeeperSection)
+    log: DirectorLogSection = field(default_factory=DirectorLogSection)
