@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from dcvix.agent.config import AgentConfig
@@ -23,11 +24,19 @@ def render(readme: str) -> str:
         pattern = re.compile(
             rf"(<!-- config:{name} -->\n).*?(<!-- /config:{name} -->)", re.DOTALL
         )
-        table = reference_markdown(config_class)
-        readme, count = pattern.subn(lambda m, t=table: f"{m[1]}{t}\n{m[2]}", readme)
+        readme, count = pattern.subn(_between(reference_markdown(config_class)), readme)
         if count != 1:
             raise SystemExit(f"README.md lacks the config:{name} markers")
     return readme
+
+
+def _between(table: str) -> Callable[[re.Match[str]], str]:
+    """A ``re.sub`` replacement that puts ``table`` between the two markers."""
+
+    def replace(match: re.Match[str]) -> str:
+        return f"{match[1]}{table}\n{match[2]}"
+
+    return replace
 
 
 def main() -> None:

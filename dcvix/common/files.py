@@ -49,7 +49,11 @@ def ensure_private_dir(path: Path) -> None:
     Raises:
         OSError: when the folder cannot be created or changed.
     """
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    # Path.mkdir(parents=True) would make the missing parents with the umask's
+    # mode; like Go's MkdirAll(dir, 0700), every folder made here is 0700.
+    missing = [folder for folder in (path, *path.parents) if not folder.exists()]
+    for folder in reversed(missing):
+        folder.mkdir(mode=0o700, exist_ok=True)
     current = stat.S_IMODE(path.stat().st_mode)
     if current & 0o077:
         os.chmod(path, current & 0o700)

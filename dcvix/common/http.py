@@ -14,8 +14,11 @@ from __future__ import annotations
 
 import io
 import json
+import math
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
+from urllib.parse import unquote_to_bytes, urlsplit
 
 from cryptography import x509
 from klein import Klein
@@ -27,6 +30,7 @@ from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
+from werkzeug.routing import RequestRedirect
 
 from dcvix.common.errors import ApiError, BadRequest
 
@@ -89,6 +93,16 @@ def csrf_violation(request: Request) -> str | None:
     return None
 
 
+def routed_path(target: bytes) -> bytes:
+    """The path a request target is routed to: %-decoded, slashes merged.
+
+    Twisted decodes each segment and werkzeug merges repeated slashes, so
+    ``/v1/agent/%72egister`` and ``//v1/agent/register`` reach the same route
+    as ``/v1/agent/register``; a per-path cap must see them the same way.
+    """
+    return re.sub(rb"/{2,}", b"/", unquote_to_bytes(target.split(b"?", 1)[0]))
+
+
 class DcvixRequest(Request):
     """A request that refuses an oversized body as it arrives.
 
@@ -104,7 +118,7 @@ class DcvixRequest(Request):
         site = getattr(self.channel, "site", None)
         path: bytes = getattr(self.channel, "_path", b"") or b""
         if isinstance(site, DcvixSite):
-            return site.body_limit(path.split(b"?", 1)[0])
+            return site.body_limit(routed_path(path))
         return DEFAULT_BODY_LIMIT
 
     def gotLength(self, length: int | None) -> None:
@@ -130,7 +144,7 @@ class DcvixRequest(Request):
         # No "100 Continue" after our answer.
         self.requestHeaders.removeHeader(b"Expect")
         body = error_body("request body too large")
-        head = [b"HTTP/1.1 413 Request Entity Too Large"]
+        head = [b"HTTP/1.1 413 Request Entity Too Large", b"Server: dcvix"]
         head += [b"%s: %s" % item for item in SECURITY_HEADERS.items()]
         head += [
             b"Content-Type: application/json",
@@ -163,14 +177,26 @@ class DcvixRequest(Request):
         """Add security headers and apply the CSRF rule, then dispatch."""
         for name, value in SECURITY_HEADERS.items():
             self.setHeader(name, value)
-        problem = csrf_violation(self)
+        status, problem = 403, csrf_violation(self)
+        if not _url_is_utf8(self):
+            # Klein would answer with a text page and log a traceback.
+            status, problem = 400, "request URL is not UTF-8"
         if problem is not None:
-            self.setResponseCode(403)
+            self.setResponseCode(status)
             self.setHeader(b"Content-Type", b"application/json")
             self.write(error_body(problem))
             self.finish()
             return
         super().process()
+
+
+def _url_is_utf8(request: Request) -> bool:
+    try:
+        unquote_to_bytes(request.path or b"").decode("utf-8")
+        request.getRequestHostname().decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 class DcvixSite(Site):
@@ -230,6 +256,12 @@ def install_error_handlers(app: Klein) -> None:
         assert isinstance(error, HTTPException)
         if isinstance(error, MethodNotAllowed) and error.valid_methods:
             request.setHeader(b"Allow", ", ".join(sorted(error.valid_methods)).encode())
+        if isinstance(error, RequestRedirect):
+            # Relative, so the client's Host header is never echoed back; Klein
+            # does not give werkzeug the query string, so it is carried here.
+            location = urlsplit(error.new_url).path.encode("utf-8")
+            _path, query, string = request.uri.partition(b"?")
+            request.setHeader(b"Location", location + query + string)
         status = error.code or 500
         message = {404: "not found", 405: "method not allowed"}.get(
             status, (error.name or "error").lower()
@@ -268,10 +300,26 @@ def read_json(request: IRequest) -> Any:
     except UnicodeDecodeError:
         raise BadRequest("request body is not UTF-8") from None
     try:
-        value, _end = json.JSONDecoder().raw_decode(text.lstrip())
-    except (json.JSONDecodeError, RecursionError):
+        value, _end = _DECODER.raw_decode(text.lstrip())
+    except (ValueError, RecursionError):
+        # ValueError covers JSONDecodeError, integers over Python's digit limit
+        # and the non-finite numbers Go refuses (NaN, Infinity, 1e400).
         raise BadRequest("request body is not valid JSON") from None
     return value
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _finite_float(text: str) -> float:
+    number = float(text)
+    if not math.isfinite(number):
+        raise ValueError(f"{text} is out of range")
+    return number
+
+
+_DECODER = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite_float)
 
 
 _ZERO: dict[type, Any] = {str: "", int: 0, float: 0.0, bool: False, list: [], dict: {}}

@@ -39,13 +39,15 @@ class IniValue:
 def parse_ini(text: str) -> dict[str, dict[str, IniValue]]:
     """Parse INI text into ``{section: {key: IniValue}}``.
 
-    Keys before the first header land in the ``DEFAULT`` section, as in go-ini.
+    Keys before the first header land in the ``DEFAULT`` section, and a leading
+    UTF-8 byte order mark is dropped, as in go-ini.
 
     Raises:
         IniSyntaxError: for a malformed line.
     """
     sections: dict[str, dict[str, IniValue]] = {}
     section = DEFAULT_SECTION
+    text = text.removeprefix("\ufeff")
     for number, raw in enumerate(text.splitlines(), start=1):
         line = raw.strip()
         if not line or line[0] in "#;":

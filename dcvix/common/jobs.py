@@ -85,8 +85,12 @@ class PeriodicJob(Service):
     def _run(self) -> None:
         self._call = None
         started = self._clock.seconds()
-        self._in_flight = ensureDeferred(self._tick())
-        self._in_flight.addBoth(lambda _: self._finished(started))
+        # In flight before the job starts: a job that finishes without waiting
+        # may call trigger() or stopService() before ensureDeferred returns.
+        in_flight: Deferred[None] = Deferred()
+        self._in_flight = in_flight
+        in_flight.addBoth(lambda _: self._finished(started))
+        ensureDeferred(self._tick()).chainDeferred(in_flight)
 
     async def _tick(self) -> None:
         self.runs += 1

@@ -58,8 +58,8 @@ _SECRET_TEXT = [
         ),
         "<redacted private key>",
     ),
-    (re.compile(r"\bv[1-4]\.(local|public)\.[A-Za-z0-9_\-.]+"), "<redacted token>"),
     (re.compile(r"(dcvix_session=)[^;\s\"']+"), r"\1" + REDACTED),
+    (re.compile(r"(authorization:\s*\w+\s+)\S+", re.IGNORECASE), r"\1" + REDACTED),
     (
         re.compile(
             r"((?:password|passwd|secret|token|otp|registrationToken)"
@@ -68,6 +68,8 @@ _SECRET_TEXT = [
         ),
         r"\1" + REDACTED,
     ),
+    # Last, so that a cookie or a ``token=`` pair holding a token is masked once.
+    (re.compile(r"\bv[1-4]\.(local|public)\.[A-Za-z0-9_\-.]+"), "<redacted token>"),
 ]
 # twisted.logger's own bookkeeping keys: never secrets, and needed to format.
 _INTERNAL = frozenset(
@@ -118,7 +120,7 @@ def render_text(event: LogEvent) -> str:
     level = _LEVEL_NAMES.get(event.get("log_level", LogLevel.info), "INFO")
     stamp = _timestamp(event)
     body = eventAsText(event, includeTimestamp=False, includeSystem=False)
-    namespace = event.get("log_namespace", "")
+    namespace = _namespace(event)
     return redact_text(f"{level:<8} [{stamp}] {namespace}: {body}") + "\n"
 
 
@@ -127,7 +129,7 @@ def render_json(event: LogEvent) -> str:
     record: dict[str, Any] = {
         "time": _timestamp(event),
         "level": _LEVEL_NAMES.get(event.get("log_level", LogLevel.info), "INFO"),
-        "namespace": event.get("log_namespace", ""),
+        "namespace": _namespace(event),
         "message": redact_text(formatEvent(event)),
     }
     failure = event.get("log_failure")
@@ -138,6 +140,12 @@ def render_json(event: LogEvent) -> str:
             continue
         record[key] = _jsonable(value)
     return json.dumps(record, ensure_ascii=False) + "\n"
+
+
+def _namespace(event: LogEvent) -> str:
+    """The logger's namespace; Twisted's old-style messages say "twisted"."""
+    namespace = str(event.get("log_namespace", ""))
+    return "twisted" if namespace in ("", "log_legacy") else namespace
 
 
 def _jsonable(value: Any) -> Any:

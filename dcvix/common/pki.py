@@ -8,6 +8,7 @@ import ipaddress
 from collections.abc import Sequence
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.hazmat.primitives.asymmetric.types import (
@@ -31,6 +32,17 @@ def load_certificates(pem: bytes) -> list[x509.Certificate]:
     if not certificates:
         raise ValueError("no certificate found")
     return certificates
+
+
+def issued_by(certificate: x509.Certificate, ca: x509.Certificate) -> bool:
+    """Whether ``ca`` signed ``certificate`` (issuer name and signature)."""
+    if certificate.issuer != ca.subject:
+        return False
+    try:
+        certificate.verify_directly_issued_by(ca)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
 
 
 def load_private_key(pem: bytes) -> PrivateKeyTypes:

@@ -17,30 +17,29 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
+from cryptography.x509.oid import NameOID
 from OpenSSL import SSL
-from OpenSSL.crypto import X509, PKey
+from OpenSSL.crypto import X509
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.interfaces import (
     IOpenSSLClientConnectionCreator,
     IOpenSSLServerConnectionCreator,
 )
-from twisted.internet.ssl import (
-    Certificate,
-    CertificateOptions,
-    KeyPair,
-    PrivateCertificate,
-    TLSVersion,
-    optionsForClientTLS,
-    trustRootFromCertificates,
-)
+from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.internet.ssl import CertificateOptions, TLSVersion
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOProtocol
+from twisted.python.failure import Failure
 from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 
 from dcvix.common.pki import (
+    issued_by,
     load_certificates,
     load_private_key,
     public_key_fingerprint,
@@ -168,47 +167,126 @@ class ReloadingServerTLS:
         return True
 
 
-def _private_certificate(
-    certificate: x509.Certificate, key: PrivateKeyTypes
-) -> PrivateCertificate:
-    made: PrivateCertificate = PrivateCertificate.fromCertificateAndKeyPair(
-        Certificate(X509.from_cryptography(certificate)),
-        KeyPair(PKey.from_cryptography_key(key)),  # type: ignore[arg-type]
-    )
-    return made
+def is_director_leaf(certificate: x509.Certificate) -> bool:
+    """Exactly one CN, ``dcvix-director``, and the DNS SAN ``dcvix-director``.
 
-
-def director_client_tls(
-    ca_certificates: Sequence[x509.Certificate],
-    client_certificate: x509.Certificate | None = None,
-    client_key: PrivateKeyTypes | None = None,
-) -> IOpenSSLClientConnectionCreator:
-    """Trust a director only as ``dcvix-director`` under one of our CAs.
-
-    The name is checked whatever host or IP the director was reached at, so
-    ``director_host`` may be anything: no agent can get that name.
+    Compared as plain strings: no wildcard, and a certificate without SANs fails.
     """
-    trust = trustRootFromCertificates(
-        [Certificate(X509.from_cryptography(c)) for c in ca_certificates]
-    )
-    client = (
-        _private_certificate(client_certificate, client_key)
-        if client_certificate is not None and client_key is not None
-        else None
-    )
-    return optionsForClientTLS(
-        DIRECTOR_NAME,
-        trustRoot=trust,
-        clientCertificate=client,
-        extraCertificateOptions={"raiseMinimumTo": TLSVersion.TLSv1_2},
+    names = certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    if [name.value for name in names] != [DIRECTOR_NAME]:
+        return False
+    try:
+        alt_names = certificate.extensions.get_extension_for_class(
+            x509.SubjectAlternativeName
+        ).value
+    except x509.ExtensionNotFound:
+        return False
+    dns_names = alt_names.get_values_for_type(x509.DNSName)
+    return DIRECTOR_NAME in [name.lower() for name in dns_names]
+
+
+def is_director_certificate(
+    certificate: x509.Certificate, ca_certificates: Sequence[x509.Certificate]
+) -> bool:
+    """The director's certificate, signed by one of ``ca_certificates``.
+
+    Another agent of the same CA, or an old Go-issued agent certificate that
+    copied ``dcvix-director`` into its SANs, fails: its CN is its own.
+    """
+    return is_director_leaf(certificate) and any(
+        issued_by(certificate, ca) for ca in ca_certificates
     )
 
 
 @implementer(IOpenSSLClientConnectionCreator)
-class PinnedKeyClientTLS:
-    """Accept a server only if it chains to our CA and holds the pinned key.
+class LeafCheckingClientTLS:
+    """Accept a server only if it chains to our CAs and its leaf passes a check.
 
-    No host name or IP is compared: agents are known by key, and may move.
+    The check runs in the handshake's verify callback, so a refused server
+    never receives a byte of the request. No host name or IP from the URL is
+    compared: identity is the check's business (a name, or a pinned key).
+
+    Args:
+        ca_certificates: CAs the server's chain must reach.
+        accept_leaf: the check of the server's own certificate.
+        client_certificate, client_key: what we present, if anything.
+        server_name: SNI to send, if any.
+    """
+
+    def __init__(
+        self,
+        ca_certificates: Sequence[x509.Certificate],
+        accept_leaf: Callable[[x509.Certificate], bool],
+        client_certificate: x509.Certificate | None = None,
+        client_key: PrivateKeyTypes | None = None,
+        server_name: str | None = None,
+    ) -> None:
+        client: dict[str, object] = {}
+        if client_certificate is not None and client_key is not None:
+            client = {"privateKey": client_key, "certificate": client_certificate}
+        self._accept_leaf = accept_leaf
+        self._server_name = server_name
+        self._options = CertificateOptions(
+            verify=True,
+            caCerts=[X509.from_cryptography(c) for c in ca_certificates],
+            raiseMinimumTo=TLSVersion.TLSv1_2,
+            **client,  # type: ignore[arg-type]
+        )
+
+    def _verify(
+        self,
+        connection: SSL.Connection,
+        certificate: X509,
+        error: int,
+        depth: int,
+        ok: int,
+    ) -> bool:
+        if not ok:
+            return False
+        return depth != 0 or self._accept_leaf(certificate.to_cryptography())
+
+    def clientConnectionForTLS(
+        self, tlsProtocol: TLSMemoryBIOProtocol
+    ) -> SSL.Connection:
+        """A connection that checks the chain and the leaf in the handshake."""
+        connection = self._options.clientConnectionForTLS(tlsProtocol)
+        if self._server_name is not None:
+            connection.set_tlsext_host_name(self._server_name.encode("ascii"))
+        connection.set_verify(
+            SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, self._verify
+        )
+        return connection
+
+
+class DirectorClientTLS(LeafCheckingClientTLS):
+    """Trust a director only as ``dcvix-director`` under one of our CAs.
+
+    The name is checked whatever host or IP the director was reached at, so
+    ``director_host`` may be anything: no agent can get that name. (Twisted's
+    own name check lets a certificate without SANs or with a malformed wildcard
+    through, so it is not used.)
+    """
+
+    def __init__(
+        self,
+        ca_certificates: Sequence[x509.Certificate],
+        client_certificate: x509.Certificate | None = None,
+        client_key: PrivateKeyTypes | None = None,
+    ) -> None:
+        super().__init__(
+            ca_certificates,
+            is_director_leaf,
+            client_certificate,
+            client_key,
+            server_name=DIRECTOR_NAME,
+        )
+
+
+director_client_tls = DirectorClientTLS
+
+
+class PinnedKeyClientTLS(LeafCheckingClientTLS):
+    """Accept a server only if it chains to our CA and holds the pinned key.
 
     Args:
         ca_certificates: CAs the server's chain must reach.
@@ -224,36 +302,60 @@ class PinnedKeyClientTLS:
         client_key: PrivateKeyTypes,
     ) -> None:
         self.pin = pin
-        self._options = CertificateOptions(
-            privateKey=client_key,  # type: ignore[arg-type]
-            certificate=client_certificate,  # type: ignore[arg-type]
-            verify=True,
-            caCerts=[X509.from_cryptography(c) for c in ca_certificates],
-            raiseMinimumTo=TLSVersion.TLSv1_2,
+        super().__init__(
+            ca_certificates,
+            lambda leaf: public_key_fingerprint(leaf.public_key()) == pin,
+            client_certificate,
+            client_key,
         )
 
-    def _verify(
-        self,
-        connection: SSL.Connection,
-        certificate: X509,
-        error: int,
-        depth: int,
-        ok: int,
-    ) -> bool:
-        if not ok:
-            return False
-        if depth != 0:
-            return True
-        key = certificate.to_cryptography().public_key()
-        return public_key_fingerprint(key) == self.pin
 
-    def clientConnectionForTLS(
-        self, tlsProtocol: TLSMemoryBIOProtocol
-    ) -> SSL.Connection:
-        """A connection that checks the leaf's key during the handshake."""
-        connection = self._options.clientConnectionForTLS(tlsProtocol)
-        connection.set_verify(SSL.VERIFY_PEER, self._verify)
-        return connection
+def unverified_client_tls() -> IOpenSSLClientConnectionCreator:
+    """No server check at all: only for a first contact, before any CA is known."""
+    options = CertificateOptions(raiseMinimumTo=TLSVersion.TLSv1_2)
+    return options
+
+
+class _ChainGrabber(Protocol):
+    def __init__(self, done: Deferred[list[x509.Certificate]]) -> None:
+        self._done = done
+
+    def handshakeCompleted(self) -> None:
+        assert self.transport is not None
+        handle = self.transport.getHandle()  # type: ignore[attr-defined]
+        chain = handle.get_peer_cert_chain(as_cryptography=True) or []
+        if not self._done.called:
+            self._done.callback(list(chain))
+        self.transport.loseConnection()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if not self._done.called:
+            self._done.errback(reason)
+
+
+def fetch_peer_chain(
+    reactor: Any, host: str, port: int, timeout: float
+) -> Deferred[list[x509.Certificate]]:
+    """The certificates a TLS server sends (leaf first), checking nothing.
+
+    Used once, on first contact with a director, to learn the CA it sends in its
+    chain (and compare it with ``ca_fingerprint``).
+    """
+    done: Deferred[list[x509.Certificate]] = Deferred()
+    endpoint = wrapClientTLS(
+        unverified_client_tls(),
+        HostnameEndpoint(reactor, host.encode("idna"), port, timeout=timeout),
+    )
+    protocol = _ChainGrabber(done)
+    connecting = endpoint.connect(Factory.forProtocol(lambda: protocol))
+
+    def failed(failure: Failure) -> None:
+        if not done.called:
+            done.errback(failure)
+
+    connecting.addErrback(failed)
+    done.addTimeout(timeout, reactor)
+    return done
 
 
 @implementer(IPolicyForHTTPS)
