@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,6 +38,8 @@ class DaemonProcess:
     port: int
     process: subprocess.Popen[bytes] | None = None
     extra: dict[str, dict[str, str]] = field(default_factory=dict)
+    # Runs in the child before twistd starts (e.g. to lower a limit).
+    preexec: Callable[[], None] | None = None
 
     @property
     def conf(self) -> Path:
@@ -97,6 +100,7 @@ class DaemonProcess:
                 cwd=self.folder,
                 stdout=output,
                 stderr=subprocess.STDOUT,
+                preexec_fn=self.preexec,  # noqa: PLW1509 - tests only
             )
         if wait:
             self.wait_healthy()

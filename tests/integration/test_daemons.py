@@ -6,6 +6,7 @@ import datetime as dt
 import http.client
 import json
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -173,6 +174,30 @@ def test_first_start_makes_private_files(tmp_path: Path, daemons, plugin: str) -
     )
     assert expected in log_file(daemon).read_text()
     assert expected in daemon.output.read_text()
+
+
+def _limits(pid: int) -> tuple[str, str]:
+    for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
+        if line.startswith("Max open files"):
+            soft, hard = line.split()[3:5]
+            return soft, hard
+    raise AssertionError("no open-file limit in /proc")
+
+
+@pytest.mark.parametrize("plugin", PLUGINS)
+def test_open_file_limit_raised_to_the_hard_limit(
+    tmp_path: Path, daemons, plugin: str
+) -> None:
+    _, hard_limit = resource.getrlimit(resource.RLIMIT_NOFILE)
+    daemon = DaemonProcess(plugin, tmp_path / plugin, free_port())
+    daemon.preexec = lambda: resource.setrlimit(
+        resource.RLIMIT_NOFILE, (256, hard_limit)
+    )
+    start(daemons, daemon)
+    assert daemon.process is not None
+    soft, hard = _limits(daemon.process.pid)
+    assert hard == str(hard_limit)
+    assert soft == hard
 
 
 @pytest.mark.parametrize("plugin", PLUGINS)
