@@ -6,14 +6,17 @@ demo never touches /etc or /var. Run it again to reuse the same state.
 
 from __future__ import annotations
 
-import os
 import signal
 import ssl
 import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
+from subprocess import Popen
+
+from dcvix.common.pki import certificate_fingerprint, load_certificates
 
 DIRECTOR_PORT = 8445
 AGENT_PORT = 8446
@@ -40,6 +43,7 @@ def _write_configs(root: Path) -> tuple[Path, Path]:
         "director_host = 127.0.0.1\n"
         f"director_port = {DIRECTOR_PORT}\n"
         "bind_address = 127.0.0.1\n"
+        "hostname = demo-workstation\n"
         f"agent_port = {AGENT_PORT}\n"
         f"data_dir = {root / 'agent' / 'data'}\n"
         "[log]\n"
@@ -48,10 +52,10 @@ def _write_configs(root: Path) -> tuple[Path, Path]:
     return director, agent
 
 
-def _start(name: str, config: Path) -> subprocess.Popen[bytes]:
+def _start(name: str, config: Path) -> Popen[bytes]:
     twistd = Path(sys.executable).parent / "twistd"
     log = (config.parent / "stdout.log").open("wb")
-    return subprocess.Popen(
+    return Popen(
         [str(twistd), "-n", "--pidfile=", name, "--conf", str(config)],
         cwd=config.parent,
         stdout=log,
@@ -59,49 +63,96 @@ def _start(name: str, config: Path) -> subprocess.Popen[bytes]:
     )
 
 
-def _wait_healthy(port: int, process: subprocess.Popen[bytes], cafile: Path) -> None:
-    deadline = time.monotonic() + 20
+def _get(url: str, context: ssl.SSLContext) -> int:
+    try:
+        with urllib.request.urlopen(url, context=context, timeout=2) as answer:  # noqa: S310
+            return int(answer.status)
+    except OSError:
+        return 0
+
+
+def _wait(what: str, ready: Callable[[], bool], processes: list[Popen[bytes]]) -> None:
+    deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"the daemon on port {port} exited; see demo/*/stdout.log")
-        if cafile.exists():
-            context = ssl.create_default_context(cafile=str(cafile))
-            try:
-                url = f"https://127.0.0.1:{port}/v1/health"
-                with urllib.request.urlopen(url, context=context, timeout=2) as answer:
-                    if answer.status == 200:
-                        return
-            except OSError:
-                pass
+        if any(p.poll() is not None for p in processes):
+            raise SystemExit(
+                f"a daemon exited while waiting for {what}; see demo/*/stdout.log"
+            )
+        if ready():
+            return
         time.sleep(0.2)
-    raise SystemExit(f"nothing healthy on port {port} after 20 s")
+    raise SystemExit(f"gave up waiting for {what} after 60 s")
+
+
+def _ctl(conf: Path, *args: str) -> str:
+    command = [
+        str(Path(sys.executable).parent / "dcvixctl"),
+        "--conf",
+        str(conf),
+        *args,
+    ]
+    return subprocess.run(command, capture_output=True, text=True, check=True).stdout
 
 
 def main() -> None:
-    """Start both daemons, print how to reach them, stop both on Ctrl-C."""
+    """Start both daemons, enrol the agent, print how to look at them."""
     root = Path.cwd() / "demo"
     director_conf, agent_conf = _write_configs(root)
-    processes = [
-        _start("dcvix-director", director_conf),
-        _start("dcvix-agent", agent_conf),
-    ]
+    processes = [_start("dcvix-director", director_conf)]
     try:
-        director_cert = root / "director" / "data" / "server.crt"
-        agent_cert = root / "agent" / "data" / "agent.crt"
-        _wait_healthy(DIRECTOR_PORT, processes[0], director_cert)
-        _wait_healthy(AGENT_PORT, processes[1], agent_cert)
+        ca = root / "director" / "data" / "ca.pem"
+        trusted = lambda: ssl.create_default_context(cafile=str(ca))  # noqa: E731
+        director_url = f"https://127.0.0.1:{DIRECTOR_PORT}"
+        agent_url = f"https://127.0.0.1:{AGENT_PORT}"
+        _wait(
+            "the director",
+            lambda: ca.exists() and _get(f"{director_url}/v1/health", trusted()) == 200,
+            processes,
+        )
+        processes.append(_start("dcvix-agent", agent_conf))
+        guid_file = root / "agent" / "data" / "agent.guid"
+        _wait(
+            "the agent's registration",
+            lambda: (
+                guid_file.exists()
+                and guid_file.read_text() in _ctl(director_conf, "agents", "list")
+            ),
+            processes,
+        )
+        guid = guid_file.read_text()
+        state = _ctl(director_conf, "agents", "list")
+        if "pending" in state.split(guid, 1)[1].split("\n", 1)[0]:
+            print(f"The agent {guid} asked to enrol; approving it with dcvixctl:")
+            print(f"  dcvixctl --conf {director_conf} agents approve {guid}")
+            print("  " + _ctl(director_conf, "agents", "approve", guid).strip())
+            # SIGHUP makes a pending agent register at once (else within 30 s).
+            print(f"  kill -HUP {processes[1].pid}   # the agent registers again now")
+            processes[1].send_signal(signal.SIGHUP)
+        _wait(
+            "the agent's certificate",
+            lambda: _get(f"{agent_url}/v1/health", trusted()) == 200,
+            processes,
+        )
+        data = root / "director" / "data"
+        fingerprint = certificate_fingerprint(load_certificates(ca.read_bytes())[0])
         print(
             f"""
 dcvix demo is running (state in {root}).
 
-  director  https://127.0.0.1:{DIRECTOR_PORT}/   (admin UI and login: coming issues)
-  agent     https://127.0.0.1:{AGENT_PORT}/
+  director  {director_url}/   (admin UI and login: coming issues)
+  agent     {agent_url}/   enrolled as {guid}
 
 Try:
-  curl --cacert {director_cert} https://127.0.0.1:{DIRECTOR_PORT}/v1/health
-  curl --cacert {agent_cert} https://127.0.0.1:{AGENT_PORT}/v1/health
+  curl --cacert {ca} {director_url}/v1/health
+  curl --cert {data}/server.crt --key {data}/server.key --cacert {ca} \\
+       {agent_url}/v1/health
+  curl --cert {data}/server.crt --key {data}/server.key --cacert {ca} \\
+       {agent_url}/v1/stats
+  openssl x509 -in {root}/agent/data/agent.crt -noout \\
+       -subject -issuer -dates -ext subjectAltName
+  .venv/bin/dcvixctl --conf {director_conf} agents list
 
-Both serve self-signed certificates until agent enrolment lands.
+CA fingerprint (SHA-256): {fingerprint}
 Logs: {root}/director/log, {root}/agent/log.  Ctrl-C stops both.
 """,
             flush=True,
@@ -120,7 +171,6 @@ Logs: {root}/director/log, {root}/agent/log.  Ctrl-C stops both.
                 process.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 process.kill()
-        os.sync()
 
 
 if __name__ == "__main__":

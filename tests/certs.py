@@ -203,3 +203,51 @@ class CA:
 def foreign_ca(now: dt.datetime | None = None) -> CA:
     """A CA that nothing under test trusts."""
     return CA.create("foreign CA", now)
+
+
+def load_key(path: Path) -> PrivateKey:
+    """The PEM private key in ``path`` (a daemon's, or one written by a test)."""
+    key = serialization.load_pem_private_key(path.read_bytes(), None)
+    assert isinstance(key, ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey)
+    return key
+
+
+def load_certificate(path: Path) -> x509.Certificate:
+    """The first certificate of the PEM file ``path``."""
+    return x509.load_pem_x509_certificate(path.read_bytes())
+
+
+def load_ca(certificate: Path, key: Path) -> CA:
+    """A CA from its PEM files, e.g. a director's ``ca.pem`` and ``ca.key``."""
+    ca_key = load_key(key)
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+    return CA(load_certificate(certificate), ca_key)
+
+
+def alt_names(certificate: x509.Certificate) -> tuple[list[str], list[str]]:
+    """The DNS names and the IP addresses (as text) of a certificate's SANs."""
+    try:
+        extension = certificate.extensions.get_extension_for_class(
+            x509.SubjectAlternativeName
+        )
+    except x509.ExtensionNotFound:
+        return [], []
+    dns = extension.value.get_values_for_type(x509.DNSName)
+    ips = [str(a) for a in extension.value.get_values_for_type(x509.IPAddress)]
+    return dns, ips
+
+
+def common_names(certificate: x509.Certificate) -> list[str]:
+    """Every CN of the subject, in order."""
+    return [
+        str(attribute.value)
+        for attribute in certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    ]
+
+
+def same_key(certificate: x509.Certificate, key: PrivateKey) -> bool:
+    """Whether ``certificate`` carries the public half of ``key``."""
+    encoding = serialization.Encoding.DER
+    spki = serialization.PublicFormat.SubjectPublicKeyInfo
+    theirs = certificate.public_key().public_bytes(encoding, spki)
+    return theirs == key.public_key().public_bytes(encoding, spki)

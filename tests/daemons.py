@@ -9,11 +9,18 @@ import subprocess
 import sys
 import time
 import urllib.request
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import certs
+
 TWISTD = str(Path(sys.executable).parent / "twistd")
+# Where agents look for a director unless a test says otherwise: a privileged
+# port nothing in the tests listens on, so registration is refused at once and
+# an agent never gets a certificate from a director by accident.
+NO_DIRECTOR_PORT = 1
 
 
 def free_port() -> int:
@@ -21,6 +28,14 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+def unverified_context() -> ssl.SSLContext:
+    """Trusts anything: for tests that look at the served certificate themselves."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
 
 
 def twistd_argv(plugin: str, conf: Path | None) -> list[str]:
@@ -82,6 +97,8 @@ class DaemonProcess:
             sections[section] |= {
                 "bind_address": "127.0.0.1",
                 "agent_port": str(self.port),
+                "director_host": "127.0.0.1",
+                "director_port": str(NO_DIRECTOR_PORT),
             }
         for name, values in self.extra.items():
             sections.setdefault(name, {}).update(values)
@@ -106,9 +123,21 @@ class DaemonProcess:
             self.wait_healthy()
         return self
 
+    @property
+    def ca(self) -> Path:
+        """The CA the daemon's certificate chains to (the director's ``ca.pem``)."""
+        return self.data_dir / "ca.pem"
+
+    @property
+    def guid(self) -> str:
+        """An agent's ``agent.guid`` (a UUID, no newline)."""
+        return (self.data_dir / "agent.guid").read_text()
+
     def context(self) -> ssl.SSLContext:
-        """Trusts the daemon's current (self-signed) certificate."""
-        return ssl.create_default_context(cafile=str(self.certificate))
+        """Trusts the daemon's CA, or anything for an agent not enrolled yet."""
+        if self.ca.exists():
+            return ssl.create_default_context(cafile=str(self.ca))
+        return unverified_context()
 
     def url(self, path: str) -> str:
         return f"https://127.0.0.1:{self.port}{path}"
@@ -122,10 +151,10 @@ class DaemonProcess:
                     f"{self.plugin} exited {self.process.returncode}:\n"
                     + self.output.read_text(errors="replace")
                 )
-            if self.certificate.exists():
+            if self.plugin == "dcvix-agent" or self.ca.exists():
                 try:
                     with urllib.request.urlopen(
-                        self.url("/v1/health"), context=self.context(), timeout=2
+                        self.url("/v1/health"), context=self._probe(), timeout=2
                     ) as answer:
                         if answer.status == 200:
                             return
@@ -133,6 +162,16 @@ class DaemonProcess:
                     pass
             time.sleep(0.1)
         raise AssertionError(f"{self.plugin} not healthy after {timeout} s")
+
+    def _probe(self) -> ssl.SSLContext:
+        """For :meth:`wait_healthy`: is it up? Tests check certificates themselves.
+
+        An agent with a ``ca.pem`` (its own test CA, or the director's) serves a
+        self-signed certificate until it holds a usable one, so it is not verified.
+        """
+        if self.plugin == "dcvix-agent":
+            return unverified_context()
+        return self.context()
 
     def stop(self, timeout: float = 15.0) -> int:
         """SIGTERM and wait; twistd re-raises the signal after an orderly stop,
@@ -147,3 +186,35 @@ class DaemonProcess:
                 self.process.kill()
                 self.process.wait()
         return self.process.returncode
+
+
+def agent_certificate(
+    agent: DaemonProcess,
+    ca: certs.CA,
+    hostname: str,
+    key: certs.PrivateKey | None = None,
+) -> certs.Leaf:
+    """A certificate as the director issues it to ``agent``, signed by ``ca``.
+
+    CN ``dcvix-agent-<its guid>``, DNS SAN ``hostname`` (the agent's configured
+    one), IP SAN 127.0.0.1, for the agent's own ``agent.key`` unless ``key``.
+    """
+    key = key or certs.load_key(agent.data_dir / "agent.key")
+    return ca.issue(f"dcvix-agent-{agent.guid}", [hostname], ["127.0.0.1"], key=key)
+
+
+def seed_agent(agent: DaemonProcess, ca: certs.CA, hostname: str) -> certs.Leaf:
+    """Before an agent's first start: a key, a GUID and a usable certificate.
+
+    The ``data_dir`` of an agent enrolled with a director whose CA is ``ca``
+    (``agent.key`` Ed25519 0600, ``agent.guid``, ``ca.pem``, ``agent.crt``).
+    """
+    agent.data_dir.mkdir(parents=True, mode=0o700)
+    key = certs.new_key("ed25519")
+    (agent.data_dir / "agent.key").write_bytes(certs.key_pem(key))
+    (agent.data_dir / "agent.key").chmod(0o600)
+    (agent.data_dir / "agent.guid").write_text(str(uuid.uuid4()))
+    ca.write(agent.data_dir)
+    leaf = agent_certificate(agent, ca, hostname, key)
+    (agent.data_dir / "agent.crt").write_bytes(leaf.cert_pem())
+    return leaf

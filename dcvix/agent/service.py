@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
 from typing import Any
 
+from twisted.internet.ssl import CertificateOptions, TLSVersion
 from twisted.logger import ILogObserver, Logger
 
 from dcvix import __version__
 from dcvix.agent.api import AgentAPI
 from dcvix.agent.config import AgentConfig
-from dcvix.common.certfiles import ensure_self_signed
+from dcvix.agent.enrolment import AgentEnrolment, EnrolmentSettings
+from dcvix.agent.identity import (
+    AgentFiles,
+    SignerKey,
+    certificate_state,
+    load_cas,
+    load_or_create_identity,
+)
 from dcvix.common.daemon import (
     DaemonService,
     SighupService,
@@ -19,45 +28,107 @@ from dcvix.common.daemon import (
     tls_reload_job,
 )
 from dcvix.common.http import DcvixSite
-from dcvix.common.pki import new_ed25519_key
-from dcvix.common.tls import ReloadingServerTLS, ServerFiles
+from dcvix.common.pki import self_signed_certificate
+from dcvix.common.tls import ReloadingServerTLS, ServerFiles, server_options
 
 log = Logger()
+
+
+def listener_options(
+    files: AgentFiles, key: SignerKey, guid: str, hostname: str, clock: Any
+) -> Any:
+    """How the agent's listener builds its TLS options, each time files change.
+
+    With a usable certificate from the director: that certificate, and client
+    certificates checked against ``ca.pem``. Before the first enrolment: a
+    self-signed certificate made in memory, so that ``/v1/health`` answers;
+    nothing else can be reached without the director's client certificate,
+    which cannot be checked yet. Later, unusable new files are refused, so the
+    certificate in service stays (see :class:`ReloadingServerTLS`).
+    """
+    serving = False
+
+    def load(server_files: ServerFiles) -> CertificateOptions:
+        nonlocal serving
+        now = dt.datetime.fromtimestamp(clock.seconds(), dt.UTC)
+        state = certificate_state(files, key, guid, hostname, now)
+        if state.usable:
+            serving = True
+            return server_options(server_files)
+        if serving:
+            raise ValueError(f"agent.crt: {state.problem}")
+        log.info(
+            "not enrolled yet ({problem}): serving a self-signed certificate",
+            problem=state.problem,
+        )
+        certificate = self_signed_certificate(
+            key,
+            f"dcvix-agent-{guid}",
+            [hostname],
+            ["127.0.0.1"],
+            now,
+            dt.timedelta(days=1),
+        )
+        return CertificateOptions(
+            privateKey=key,  # type: ignore[arg-type]
+            certificate=certificate,  # type: ignore[arg-type]
+            raiseMinimumTo=TLSVersion.TLSv1_2,
+        )
+
+    return load
 
 
 def build_agent(
     config: AgentConfig, reactor: Any, observer: ILogObserver | None = None
 ) -> DaemonService:
-    """The agent: resources first, then work, then the listener.
+    """The agent: identity, enrolment, then the listener.
 
     Raises:
-        StartupError: when the data folder or certificate is unusable.
+        StartupError: when the data folder or the identity files are unusable.
     """
     settings = config.agent
     root = DaemonService("dcvix-agent", observer)
     data_dir = private_dir(Path(settings.data_dir), "data_dir")
-    files = ServerFiles(data_dir / "agent.crt", data_dir / "agent.key")
+    files = AgentFiles(data_dir)
+    key, guid = load_or_create_identity(files)
     hostname = settings.effective_hostname
-    ensure_self_signed(
-        files.certificate,
-        files.key,
-        new_ed25519_key,
-        "dcvix-agent",
-        [hostname],
-        ["127.0.0.1"],
-        reactor,
+
+    tls = ReloadingServerTLS(
+        ServerFiles(files.certificate, files.key, client_cas=files.ca),
+        listener_options(files, key, guid, hostname, reactor),
     )
-    tls = ReloadingServerTLS(files)
+    enrolment = AgentEnrolment(
+        files,
+        key,
+        guid,
+        EnrolmentSettings(
+            director_host=settings.director_host,
+            director_port=settings.director_port,
+            hostname=hostname,
+            renew_interval=settings.renew_interval,
+            ca_fingerprint=settings.ca_fingerprint,
+            registration_token=settings.registration_token,
+        ),
+        reactor,
+        on_certificate=tls.reload,
+    )
+    enrolment.setServiceParent(root)
     sighup = SighupService(reactor)
+    sighup.add(enrolment.poke)
     sighup.setServiceParent(root)
     tls_reload_job(tls, reactor, sighup).setServiceParent(root)
-    site = DcvixSite(AgentAPI().app.resource())
+    api = AgentAPI(hostname, lambda: load_cas(files))
     tls_listener(
-        reactor, settings.bind_address, settings.agent_port, tls, site
+        reactor,
+        settings.bind_address,
+        settings.agent_port,
+        tls,
+        DcvixSite(api.app.resource()),
     ).setServiceParent(root)
     log.info(
-        "dcvix-agent {version} for {hostname} listening on {host}:{port}",
+        "dcvix-agent {version} {guid} for {hostname} listening on {host}:{port}",
         version=__version__,
+        guid=guid,
         hostname=hostname,
         host=settings.bind_address or "::",
         port=settings.agent_port,

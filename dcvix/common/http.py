@@ -231,6 +231,12 @@ def access_log_line(timestamp: str, request: Request) -> str:
     )
 
 
+def client_address(request: IRequest) -> str:
+    """The peer's IP address; an IPv4-mapped IPv6 address as plain IPv4."""
+    host = str(getattr(request.getClientAddress(), "host", ""))
+    return host.removeprefix("::ffff:") if "." in host else host
+
+
 def peer_certificate(request: IRequest) -> x509.Certificate | None:
     """The client certificate the TLS layer verified, if the client sent one."""
     transport = getattr(getattr(request, "channel", None), "transport", None)

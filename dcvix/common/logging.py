@@ -217,6 +217,10 @@ def make_observer(
     """The daemon's observer: level filter, redaction, text or JSON lines."""
     render = render_json if fmt == "json" else render_text
     predicate = LogLevelFilterPredicate(defaultLogLevel=LEVELS[level])
+    # Every outbound HTTPS call would otherwise log two "factory" lines.
+    predicate.setLogLevelForNamespace(
+        "twisted.web.client._HTTP11ClientFactory", LogLevel.warn
+    )
     return FilteringLogObserver(LineObserver(render, outputs), [predicate])
 
 

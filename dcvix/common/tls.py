@@ -27,6 +27,7 @@ from OpenSSL.crypto import X509
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.interfaces import (
+    IHandshakeListener,
     IOpenSSLClientConnectionCreator,
     IOpenSSLServerConnectionCreator,
 )
@@ -316,6 +317,7 @@ def unverified_client_tls() -> IOpenSSLClientConnectionCreator:
     return options
 
 
+@implementer(IHandshakeListener)
 class _ChainGrabber(Protocol):
     def __init__(self, done: Deferred[list[x509.Certificate]]) -> None:
         self._done = done
@@ -347,7 +349,9 @@ def fetch_peer_chain(
         HostnameEndpoint(reactor, host.encode("idna"), port, timeout=timeout),
     )
     protocol = _ChainGrabber(done)
-    connecting = endpoint.connect(Factory.forProtocol(lambda: protocol))
+    factory = Factory.forProtocol(lambda: protocol)
+    factory.noisy = False
+    connecting = endpoint.connect(factory)
 
     def failed(failure: Failure) -> None:
         if not done.called:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import http.client
 import json
 import os
@@ -15,16 +16,26 @@ import stat
 import subprocess
 import tempfile
 import time
+import urllib.request
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.x509.oid import NameOID
 
-from daemons import TWISTD, DaemonProcess, free_port, twistd_argv
+import certs
+from daemons import (
+    TWISTD,
+    DaemonProcess,
+    agent_certificate,
+    free_port,
+    twistd_argv,
+    unverified_context,
+)
 from dcvix import __version__
 
 PLUGINS = ["dcvix-director", "dcvix-agent"]
@@ -33,6 +44,9 @@ HEALTHY = {"status": "healthy"}
 
 # ------------------------------------------------------------------ helpers
 
+AGENT_HOSTNAME = "ws-test-1"
+RELOADED = "TLS certificate reloaded from"
+
 
 def mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
@@ -40,6 +54,10 @@ def mode(path: Path) -> int:
 
 def log_file(daemon: DaemonProcess) -> Path:
     return daemon.log_dir / f"{daemon.plugin}.log"
+
+
+def log_lines(daemon: DaemonProcess) -> list[str]:
+    return log_file(daemon).read_text().splitlines()
 
 
 def wait_for(what: str, condition: Callable[[], bool], timeout: float = 5.0) -> float:
@@ -52,17 +70,9 @@ def wait_for(what: str, condition: Callable[[], bool], timeout: float = 5.0) -> 
     raise AssertionError(f"not after {timeout} s: {what}")
 
 
-def log_has(daemon: DaemonProcess, text: str) -> Callable[[], bool]:
+def log_has(daemon: DaemonProcess, text: str, count: int = 1) -> Callable[[], bool]:
     path = log_file(daemon)
-    return lambda: path.exists() and text in path.read_text()
-
-
-def unverified_context() -> ssl.SSLContext:
-    """Trusts anything: tests compare the served certificate themselves."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    return context
+    return lambda: path.exists() and path.read_text().count(text) >= count
 
 
 def connect(port: int) -> http.client.HTTPSConnection:
@@ -98,36 +108,16 @@ def served(port: int) -> tuple[bytes, int, object]:
     return der, status, body
 
 
-def der_of(pem_file: Path) -> bytes:
-    certificate = x509.load_pem_x509_certificate(pem_file.read_bytes())
+def served_certificate(port: int) -> x509.Certificate:
+    return x509.load_der_x509_certificate(served(port)[0])
+
+
+def der(certificate: x509.Certificate) -> bytes:
     return certificate.public_bytes(serialization.Encoding.DER)
 
 
-def new_pair(common_name: str) -> tuple[bytes, bytes, bytes]:
-    """A fresh self-signed ECDSA pair: certificate PEM, key PEM, certificate DER."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-    now = dt.datetime.now(dt.UTC)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(hours=1))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-    return (
-        certificate.public_bytes(serialization.Encoding.PEM),
-        key_pem,
-        certificate.public_bytes(serialization.Encoding.DER),
-    )
+def der_of(pem_file: Path) -> bytes:
+    return der(certs.load_certificate(pem_file))
 
 
 def replace_file(path: Path, data: bytes, file_mode: int) -> None:
@@ -139,41 +129,167 @@ def replace_file(path: Path, data: bytes, file_mode: int) -> None:
     os.replace(temp, path)
 
 
+def new_daemon(folder: Path, plugin: str) -> DaemonProcess:
+    """A daemon in ``folder``; an agent has ``hostname = ws-test-1`` and no
+    director (see ``daemons.NO_DIRECTOR_PORT``), so it is never enrolled."""
+    daemon = DaemonProcess(plugin, folder / plugin, free_port())
+    if plugin == "dcvix-agent":
+        daemon.extra = {"agent": {"hostname": AGENT_HOSTNAME}}
+    return daemon
+
+
 def start(daemons: list[DaemonProcess], daemon: DaemonProcess) -> DaemonProcess:
     """Start ``daemon`` and make sure the fixture stops it, even if start fails."""
     daemons.append(daemon)
     return daemon.start()
 
 
+def start_all(daemons: list[DaemonProcess], *started: DaemonProcess) -> None:
+    """Start several daemons at once, then wait until each one is healthy."""
+    for daemon in started:
+        daemons.append(daemon)
+        daemon.start(wait=False)
+    for daemon in started:
+        daemon.wait_healthy()
+
+
+def director_certificate(
+    director: DaemonProcess, key: certs.PrivateKey | None = None
+) -> certs.Leaf:
+    """A certificate the director itself would keep at its next start: signed by
+    its own ``ca.key``, CN ``dcvix-director``, every SAN of its current
+    ``server.crt``, a year to run; for a new key unless ``key``."""
+    ca = certs.load_ca(director.data_dir / "ca.pem", director.data_dir / "ca.key")
+    dns, ips = certs.alt_names(certs.load_certificate(director.certificate))
+    not_after = dt.datetime.now(dt.UTC) + dt.timedelta(days=365)
+    return ca.issue("dcvix-director", dns, ips, key=key, not_after=not_after)
+
+
+def swap_certificate(daemon: DaemonProcess, ca: certs.CA) -> bytes:
+    """Put a new usable certificate in place; its DER.
+
+    The director gets a new key and a certificate from its own CA; the agent a
+    certificate for its own key from ``ca``, the test's stand-in for the
+    director's CA (written to its ``ca.pem`` the first time).
+    """
+    if daemon.plugin == "dcvix-director":
+        leaf = director_certificate(daemon)
+        replace_file(daemon.key, leaf.key_pem(), 0o600)
+    else:
+        if not daemon.ca.exists():
+            replace_file(daemon.ca, ca.pem(), 0o644)
+        leaf = agent_certificate(daemon, ca, AGENT_HOSTNAME)
+    replace_file(daemon.certificate, leaf.cert_pem(), 0o644)
+    return der(leaf.certificate)
+
+
+def sighup(daemon: DaemonProcess) -> None:
+    assert daemon.process is not None
+    daemon.process.send_signal(signal.SIGHUP)
+
+
 # ---------------------------------------------------------------- first start
 
 
-START_LINE = {
-    "dcvix-director": "dcvix-director {version} listening on 127.0.0.1:{port}, "
-    "data in {data}",
-    "dcvix-agent": "dcvix-agent {version} for ws-test-1 listening on 127.0.0.1:{port}",
-}
-
-
-@pytest.mark.parametrize("plugin", PLUGINS)
-def test_first_start_makes_private_files(tmp_path: Path, daemons, plugin: str) -> None:
-    daemon = DaemonProcess(plugin, tmp_path / plugin, free_port())
-    daemon.extra = (
-        {"agent": {"hostname": "ws-test-1"}} if plugin == "dcvix-agent" else {}
-    )
-    assert not daemon.data_dir.exists()
-    start(daemons, daemon)
-
-    assert mode(daemon.data_dir) == 0o700
-    assert mode(daemon.key) == 0o600
+def assert_private_log_and_start_line(daemon: DaemonProcess, line: str) -> None:
     assert mode(daemon.log_dir) == 0o700
-    assert sorted(p.name for p in daemon.log_dir.iterdir()) == [f"{plugin}.log"]
+    assert sorted(p.name for p in daemon.log_dir.iterdir()) == [f"{daemon.plugin}.log"]
     assert mode(log_file(daemon)) == 0o600
-    expected = START_LINE[plugin].format(
-        version=__version__, port=daemon.port, data=daemon.data_dir
+    assert line in log_file(daemon).read_text()
+    assert line in daemon.output.read_text()
+
+
+def test_director_first_start_makes_its_ca_and_private_files(
+    tmp_path: Path, daemons
+) -> None:
+    director = new_daemon(tmp_path, "dcvix-director")
+    director.extra = {"director": {"server_names": "director.example.org, 192.0.2.7"}}
+    data = director.data_dir
+    assert not data.exists()
+    start(daemons, director)
+
+    assert mode(data) == 0o700
+    assert mode(data / "ca.key") == 0o600
+    assert mode(data / "server.key") == 0o600
+    assert mode(data / "agents.db") == 0o600
+    assert (data / "agents.db").read_bytes()[:16] == b"SQLite format 3\x00"
+
+    ca = certs.load_certificate(data / "ca.pem")
+    assert certs.common_names(ca) == ["dcvix CA"]
+    assert ca.issuer == ca.subject
+    assert ca.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    assert certs.same_key(ca, certs.load_key(data / "ca.key"))
+    server = certs.load_certificate(data / "server.crt")
+    assert server.subject == x509.Name(
+        [x509.NameAttribute(NameOID.COMMON_NAME, "dcvix-director")]
     )
-    assert expected in log_file(daemon).read_text()
-    assert expected in daemon.output.read_text()
+    server.verify_directly_issued_by(ca)  # raises if ca.key did not sign it
+    assert certs.same_key(server, certs.load_key(data / "server.key"))
+    dns, ips = certs.alt_names(server)
+    # (and the FQDN, when DNS gives one in time)
+    wanted = {"dcvix-director", "localhost", socket.gethostname()}
+    assert wanted | {"director.example.org"} <= set(dns), dns
+    assert ips == ["127.0.0.1", "192.0.2.7"]
+
+    # Served, and verified against ca.pem by its IP SAN.
+    assert served(director.port) == (der(server), 200, HEALTHY)
+    with urllib.request.urlopen(
+        director.url("/v1/health"), context=director.context(), timeout=5
+    ) as answer:
+        assert json.loads(answer.read()) == HEALTHY
+
+    fingerprint = hashlib.sha256(der(ca)).hexdigest()
+    assert f"CA fingerprint (SHA-256): {fingerprint}" in log_file(director).read_text()
+    assert_private_log_and_start_line(
+        director,
+        f"dcvix-director {__version__} listening on 127.0.0.1:{director.port}, "
+        f"data in {data}",
+    )
+    assert director.stop() == -signal.SIGTERM
+    assert sorted(p.name for p in data.iterdir()) == [
+        "agents.db",
+        "ca.key",
+        "ca.pem",
+        "server.crt",
+        "server.key",
+    ]
+
+
+def test_agent_first_start_makes_its_identity_and_private_files(
+    tmp_path: Path, daemons
+) -> None:
+    agent = new_daemon(tmp_path, "dcvix-agent")
+    data = agent.data_dir
+    assert not data.exists()
+    start(daemons, agent)
+
+    assert mode(data) == 0o700
+    assert sorted(p.name for p in data.iterdir()) == ["agent.guid", "agent.key"]
+    assert mode(data / "agent.key") == 0o600
+    assert (
+        (data / "agent.key").read_bytes().startswith(b"-----BEGIN PRIVATE KEY-----\n")
+    )
+    key = certs.load_key(data / "agent.key")
+    assert isinstance(key, ed25519.Ed25519PrivateKey)
+    guid = agent.guid
+    assert str(uuid.UUID(guid)) == guid  # canonical, no newline
+    assert uuid.UUID(guid).version == 4
+
+    # Not enrolled: health answers with a certificate made in memory for its
+    # own key and GUID; none is written.
+    certificate = served_certificate(agent.port)
+    assert certs.common_names(certificate) == [f"dcvix-agent-{guid}"]
+    assert certificate.issuer == certificate.subject
+    assert certs.same_key(certificate, key)
+    assert served(agent.port)[1:] == (200, HEALTHY)
+
+    assert_private_log_and_start_line(
+        agent,
+        f"dcvix-agent {__version__} {guid} for {AGENT_HOSTNAME} listening on "
+        f"127.0.0.1:{agent.port}",
+    )
+    assert agent.stop() == -signal.SIGTERM
+    assert sorted(p.name for p in data.iterdir()) == ["agent.guid", "agent.key"]
 
 
 def _limits(pid: int) -> tuple[str, str]:
@@ -189,7 +305,7 @@ def test_open_file_limit_raised_to_the_hard_limit(
     tmp_path: Path, daemons, plugin: str
 ) -> None:
     _, hard_limit = resource.getrlimit(resource.RLIMIT_NOFILE)
-    daemon = DaemonProcess(plugin, tmp_path / plugin, free_port())
+    daemon = new_daemon(tmp_path, plugin)
     daemon.preexec = lambda: resource.setrlimit(
         resource.RLIMIT_NOFILE, (256, hard_limit)
     )
@@ -204,7 +320,7 @@ def test_open_file_limit_raised_to_the_hard_limit(
 def test_open_data_and_log_folders_are_tightened(
     tmp_path: Path, daemons, plugin: str
 ) -> None:
-    daemon = DaemonProcess(plugin, tmp_path / plugin, free_port())
+    daemon = new_daemon(tmp_path, plugin)
     for folder in (daemon.data_dir, daemon.log_dir):
         folder.mkdir(parents=True)
         os.chmod(folder, 0o755)  # noqa: S103 - as Go left them
@@ -220,64 +336,75 @@ def test_open_data_and_log_folders_are_tightened(
 # ------------------------------------------------------ certificate hot reload
 
 
-def swap_certificate(daemon: DaemonProcess) -> bytes:
-    """Put a new self-signed pair in place of the daemon's; its DER."""
-    certificate, key, der = new_pair("replacement")
-    replace_file(daemon.key, key, 0o600)
-    replace_file(daemon.certificate, certificate, 0o644)
-    return der
-
-
 @pytest.mark.parametrize("plugin", PLUGINS)
 def test_certificate_reloads_on_sighup(tmp_path: Path, daemons, plugin: str) -> None:
-    daemon = start(daemons, DaemonProcess(plugin, tmp_path / plugin, free_port()))
-    old = der_of(daemon.certificate)
+    daemon = start(daemons, new_daemon(tmp_path, plugin))
+    ca = certs.CA.create()
+    old = served(daemon.port)[0]
+    if plugin == "dcvix-director":
+        assert old == der_of(daemon.certificate)
+    else:
+        assert not daemon.certificate.exists()  # not enrolled: made in memory
     kept = connect(daemon.port)
     try:
         sock = kept.sock
         assert peer_der(kept) == old
         assert get_health(kept) == (200, HEALTHY)
 
-        new = swap_certificate(daemon)
-        assert new != old
-        assert daemon.process is not None
-        daemon.process.send_signal(signal.SIGHUP)
-        wait_for("reload logged", log_has(daemon, "TLS certificate reloaded from"))
+        # Twice: for the agent, first its not-enrolled certificate is replaced
+        # by a usable one, then that one by another.
+        news: list[bytes] = []
+        for swap in (1, 2):
+            new = swap_certificate(daemon, ca)
+            assert new not in (old, *news)
+            sighup(daemon)
+            wait_for(f"reload {swap} logged", log_has(daemon, RELOADED, swap))
 
-        assert served(daemon.port) == (new, 200, HEALTHY)
-        # The kept-alive connection still answers, on the same socket and with
-        # the certificate it was opened with.
-        assert get_health(kept) == (200, HEALTHY)
-        assert kept.sock is sock
-        assert peer_der(kept) == old
+            assert served(daemon.port) == (new, 200, HEALTHY)
+            # The kept-alive connection still answers, on the same socket and
+            # with the certificate it was opened with.
+            assert get_health(kept) == (200, HEALTHY)
+            assert kept.sock is sock
+            assert peer_der(kept) == old
+            news.append(new)
     finally:
         kept.close()
 
-    # SIGHUP did the reload, not the periodic check: the reload line follows it.
-    lines = log_file(daemon).read_text().splitlines()
+    # SIGHUP did the reloads, not the periodic check: a reload line follows each.
+    lines = log_lines(daemon)
     after = [i + 1 for i, line in enumerate(lines) if "SIGHUP: reloading" in line]
-    assert len(after) == 1
-    assert f"TLS certificate reloaded from {daemon.certificate}" in lines[after[0]], (
-        lines
-    )
+    assert len(after) == 2
+    for i in after:
+        assert f"{RELOADED} {daemon.certificate}" in lines[i], lines
+    assert sum(RELOADED in line for line in lines) == 2
+
+    if plugin == "dcvix-director":
+        # The replacement is one the director keeps: after a restart it serves
+        # it as it is, issuing nothing.
+        assert daemon.stop() == -signal.SIGTERM
+        daemon.start()
+        assert served(daemon.port) == (news[-1], 200, HEALTHY)
+        issued = "issued a new director certificate"
+        assert log_file(daemon).read_text().count(issued) == 1
 
 
 def test_certificate_reloads_within_seven_seconds_without_sighup(
     tmp_path: Path, daemons
 ) -> None:
-    # Both daemons in one test, so the wait for the 5 s check is paid once.
-    started = [
-        start(daemons, DaemonProcess(plugin, tmp_path / plugin, free_port()))
-        for plugin in PLUGINS
-    ]
+    # Both daemons in one test, so the wait for the 5 s check is paid once. The
+    # agent goes from its not-enrolled certificate to a usable one.
+    started = [new_daemon(tmp_path, plugin) for plugin in PLUGINS]
+    start_all(daemons, *started)
+    ca = certs.CA.create()
     kept = [connect(daemon.port) for daemon in started]
     try:
-        olds = [der_of(daemon.certificate) for daemon in started]
-        for connection, old in zip(kept, olds, strict=True):
-            assert peer_der(connection) == old
+        olds = [peer_der(connection) for connection in kept]
+        assert olds[0] == der_of(started[0].certificate)
+        for connection in kept:
             assert get_health(connection) == (200, HEALTHY)
 
-        news = [swap_certificate(daemon) for daemon in started]
+        news = [swap_certificate(daemon, ca) for daemon in started]
+        assert not set(news) & set(olds)
         took = wait_for(
             "both serve the new certificate",
             lambda: all(
@@ -299,7 +426,7 @@ def test_certificate_reloads_within_seven_seconds_without_sighup(
             connection.close()
     for daemon in started:
         text = log_file(daemon).read_text()
-        assert f"TLS certificate reloaded from {daemon.certificate}" in text
+        assert f"{RELOADED} {daemon.certificate}" in text
         assert "SIGHUP" not in text
 
 
@@ -308,26 +435,47 @@ def test_certificate_reloads_within_seven_seconds_without_sighup(
 def test_broken_new_files_keep_the_old_certificate(
     tmp_path: Path, daemons, plugin: str, breakage: str
 ) -> None:
-    daemon = start(daemons, DaemonProcess(plugin, tmp_path / plugin, free_port()))
+    daemon = start(daemons, new_daemon(tmp_path, plugin))
+    ca = certs.CA.create()
+    reloads = 0
+    if plugin == "dcvix-agent":
+        # Until it serves a usable certificate the agent serves one of its own,
+        # whatever the files hold; once it does, unusable files are refused.
+        swap_certificate(daemon, ca)
+        sighup(daemon)
+        wait_for("usable certificate loaded", log_has(daemon, RELOADED))
+        reloads = 1
     old = der_of(daemon.certificate)
+    assert served(daemon.port) == (old, 200, HEALTHY)
+
     # A new certificate either way: serving it would show the files were taken.
-    certificate, _key, new = new_pair("broken")
+    if plugin == "dcvix-director":
+        # Garbage key: a certificate for the key in service, which alone would
+        # load. Mismatched key: one for a key the director does not have.
+        current = certs.load_key(daemon.key)
+        fresh = director_certificate(
+            daemon, certs.new_key() if breakage == "mismatched key" else current
+        )
+    else:
+        other = certs.new_key("ed25519") if breakage == "mismatched key" else None
+        fresh = agent_certificate(daemon, ca, AGENT_HOSTNAME, other)
+    new = der(fresh.certificate)
     if breakage == "garbage key":
         replace_file(daemon.key, b"this is not a key\n", 0o600)
-    replace_file(daemon.certificate, certificate, 0o644)
-    assert daemon.process is not None
-    daemon.process.send_signal(signal.SIGHUP)
+    replace_file(daemon.certificate, fresh.cert_pem(), 0o644)
+    sighup(daemon)
 
     message = f"new TLS files in {daemon.data_dir} are unusable, keeping the current"
     wait_for("error logged", log_has(daemon, message))
-    errors = [x for x in log_file(daemon).read_text().splitlines() if message in x]
+    errors = [x for x in log_lines(daemon) if message in x]
     # Usually one line; two if the 5 s check ran between the two renames.
     assert errors, errors
     assert all(x.startswith("ERROR ") for x in errors), errors
-    assert "TLS certificate reloaded" not in log_file(daemon).read_text()
+    assert log_file(daemon).read_text().count(RELOADED) == reloads
 
     assert served(daemon.port) == (old, 200, HEALTHY)
     assert new != old
+    assert daemon.process is not None
     assert daemon.process.poll() is None
     assert daemon.stop() == -signal.SIGTERM
 
@@ -473,6 +621,7 @@ kill -TERM "$pid" 2>/dev/null || true
 status=0
 wait "$pid" || status=$?
 echo "twistd status: $status"
+stat -c '%a %n' "/var/lib/$PLUGIN" "/var/lib/$PLUGIN"/*
 """
 # A private mount, network and pid namespace: /etc read-only, empty /var/lib and
 # /var/log, its own loopback for the default ports, and everything in it killed
@@ -531,7 +680,8 @@ def test_missing_config_writes_defaults_and_starts(
     )
     output = out.read_text()
     assert result.returncode == 0, result.stderr + output
-    assert result.stdout.splitlines() == [
+    lines = result.stdout.splitlines()
+    assert lines[:2] == [
         'health: {"status": "healthy"}',
         "twistd status: 143",  # 128 + SIGTERM: twistd re-raised the signal
     ], output
@@ -546,9 +696,33 @@ def test_missing_config_writes_defaults_and_starts(
     assert f"cannot write /etc/{plugin}/{plugin}.conf: Read-only file system" in output
     assert f"no config file found: wrote the defaults to {conf}" in output
     assert f"listening on 0.0.0.0:{port}" in output
-    certificate = "server.crt" if plugin == "dcvix-director" else "agent.crt"
-    assert f"made a self-signed certificate /var/lib/{plugin}/{certificate}" in output
     assert "Server Shut Down." in output
+
+    # The default data_dir, on the namespace's own /var/lib.
+    data = f"/var/lib/{plugin}"
+    modes = {name: int(octal, 8) for octal, name in (x.split() for x in lines[2:])}
+    if plugin == "dcvix-director":
+        assert f"fresh install: made a new CA in {data} (fingerprint " in output
+        assert (
+            "issued a new director certificate because it is missing: "
+            "dcvix-director, localhost, "
+        ) in output
+        assert sorted(modes) == [
+            data,
+            f"{data}/agents.db",
+            f"{data}/ca.key",
+            f"{data}/ca.pem",
+            f"{data}/server.crt",
+            f"{data}/server.key",
+        ]
+        private = ["agents.db", "ca.key", "server.key"]
+    else:
+        assert "made a new key and a new identity " in output
+        assert sorted(modes) == [data, f"{data}/agent.guid", f"{data}/agent.key"]
+        private = ["agent.key"]
+    assert modes[data] == 0o700
+    for name in private:
+        assert modes[f"{data}/{name}"] == 0o600, name
 
 
 # ----------------------------------------------------------------- log format
@@ -607,19 +781,27 @@ def test_readable_secret_file_is_warned_about_and_never_logged(
 
 
 def test_two_agents_side_by_side(tmp_path: Path, daemons) -> None:
-    first = start(daemons, DaemonProcess("dcvix-agent", tmp_path / "a", free_port()))
-    second = start(daemons, DaemonProcess("dcvix-agent", tmp_path / "b", free_port()))
+    first = DaemonProcess("dcvix-agent", tmp_path / "a", free_port())
+    second = DaemonProcess("dcvix-agent", tmp_path / "b", free_port())
+    first.extra = {"agent": {"hostname": "ws-a"}}
+    second.extra = {"agent": {"hostname": "ws-b"}}
+    start_all(daemons, first, second)
     assert first.port != second.port
 
-    first_der, *first_health = served(first.port)
-    second_der, *second_health = served(second.port)
-    assert first_health == second_health == [200, HEALTHY]
-    assert first_der == der_of(first.certificate)
-    assert second_der == der_of(second.certificate)
-    assert first_der != second_der
+    # Each its own identity: key, GUID, and the certificate it serves for them.
+    assert first.guid != second.guid
+    for agent, hostname in ((first, "ws-a"), (second, "ws-b")):
+        assert str(uuid.UUID(agent.guid)) == agent.guid
+        certificate = served_certificate(agent.port)
+        assert certs.common_names(certificate) == [f"dcvix-agent-{agent.guid}"]
+        assert certs.same_key(certificate, certs.load_key(agent.key))
+        line = f"{agent.guid} for {hostname} listening on 127.0.0.1:{agent.port}"
+        assert line in log_file(agent).read_text()
     assert first.key.read_bytes() != second.key.read_bytes()
+    assert served(first.port)[1:] == served(second.port)[1:] == (200, HEALTHY)
 
     assert first.stop() == -signal.SIGTERM
     assert served(second.port)[1:] == (200, HEALTHY)
     assert second.stop() == -signal.SIGTERM
     assert f"listening on 127.0.0.1:{second.port}" not in log_file(first).read_text()
+    assert second.guid not in log_file(first).read_text()

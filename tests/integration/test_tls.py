@@ -17,7 +17,6 @@ from typing import Any, ClassVar
 
 import pytest
 import pytest_twisted
-from certs import CA, Leaf, foreign_ca
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 from klein import Klein
@@ -54,6 +53,7 @@ from twisted.web.client import (
 from twisted.web.iweb import IPolicyForHTTPS, IRequest
 from zope.interface import implementer
 
+from certs import CA, Leaf, foreign_ca
 from dcvix.common.http import (
     DcvixSite,
     install_error_handlers,

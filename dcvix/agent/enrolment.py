@@ -1,0 +1,400 @@
+"""How the agent gets, keeps and renews its certificate from the director.
+
+States: *enrolling* (no usable certificate: register every 30 s until the
+director answers 200) and *enrolled* (a usable certificate: check regularly and
+renew when it is older than ``renew_interval`` or within 24 h of expiry,
+retrying every 5 minutes). An expired certificate, a refused renewal or a
+hostname that no longer matches the certificate sends the agent back to
+registration, with the same key and GUID.
+
+Trust in the director: with ``ca.pem`` on disk, only a director certificate
+chaining to it and naming ``dcvix-director`` is accepted. Without it (first
+use), the director's CA is taken from its TLS chain; with ``ca_fingerprint`` set,
+only a CA with that fingerprint. The registration token is sent only when the
+channel is verified (``ca.pem`` was there, or the fingerprint matched).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from cryptography import x509
+from twisted.application.service import MultiService
+from twisted.internet.defer import Deferred, succeed
+from twisted.logger import Logger
+
+from dcvix.agent.identity import (
+    AgentFiles,
+    SignerKey,
+    certificate_state,
+    issued_by_any,
+    load_cas,
+    make_csr,
+    store_ca,
+    store_certificate,
+)
+from dcvix.common.jobs import PeriodicJob
+from dcvix.common.pki import (
+    certificate_fingerprint,
+    load_certificates,
+    public_key_fingerprint,
+)
+from dcvix.common.tls import (
+    director_client_tls,
+    fetch_peer_chain,
+    unverified_client_tls,
+)
+from dcvix.common.webclient import Answer, JsonClient, https_url
+
+log = Logger()
+
+REGISTER_RETRY = 30.0
+RENEW_RETRY = 300.0
+RENEW_BEFORE_EXPIRY = dt.timedelta(hours=24)
+REQUEST_TIMEOUT = 30.0
+
+
+@dataclass(frozen=True)
+class EnrolmentSettings:
+    """What enrolment needs from the agent's configuration."""
+
+    director_host: str
+    director_port: int
+    hostname: str
+    renew_interval: float
+    ca_fingerprint: str = ""
+    registration_token: str = ""
+
+
+class Refused(Exception):
+    """The director said no, or its answer cannot be trusted."""
+
+
+def renewal_due(
+    certificate: x509.Certificate, now: dt.datetime, renew_interval: float
+) -> bool:
+    """Older than ``renew_interval``, or less than 24 h from expiry."""
+    issued = certificate.not_valid_before_utc + dt.timedelta(hours=1)  # back-dated
+    age = (now - issued).total_seconds()
+    return (
+        age >= renew_interval
+        or certificate.not_valid_after_utc - now <= RENEW_BEFORE_EXPIRY
+    )
+
+
+class AgentEnrolment(MultiService):
+    """Registers and renews; tells the listener when the certificate changed.
+
+    Args:
+        files: the identity files.
+        key, guid: the agent's identity (see :mod:`dcvix.agent.identity`).
+        settings: director address, hostname, intervals, trust settings.
+        reactor: network and clock.
+        on_certificate: called after a new certificate is on disk.
+    """
+
+    def __init__(
+        self,
+        files: AgentFiles,
+        key: SignerKey,
+        guid: str,
+        settings: EnrolmentSettings,
+        reactor: Any,
+        on_certificate: Callable[[], object] = lambda: None,
+    ) -> None:
+        super().__init__()
+        self.setName("enrolment")
+        self._files = files
+        self._key = key
+        self._guid = guid
+        self._settings = settings
+        self._reactor = reactor
+        self._on_certificate = on_certificate
+        self._job: PeriodicJob | None = None
+        self._waiting: list[Deferred[None]] = []
+        # The director's certificate seen on first use, when its chain had no CA.
+        self._first_use_leaf: x509.Certificate | None = None
+        self.enrolled = False
+
+    # --------------------------------------------------------------- states
+
+    def _now(self) -> dt.datetime:
+        return dt.datetime.fromtimestamp(self._reactor.seconds(), dt.UTC)
+
+    def _state(self) -> Any:
+        return certificate_state(
+            self._files, self._key, self._guid, self._settings.hostname, self._now()
+        )
+
+    def startService(self) -> None:
+        """Serve with the certificate on disk if usable, else register."""
+        super().startService()
+        state = self._state()
+        if state.usable:
+            log.info(
+                "certificate on disk is valid: serving as agent {guid}", guid=self._guid
+            )
+            self._enter(True)
+        else:
+            log.info(
+                "registering as agent {guid}: {problem}",
+                guid=self._guid,
+                problem=state.problem,
+            )
+            self._enter(False)
+
+    def _enter(self, enrolled: bool) -> None:
+        if self._job is not None:
+            old, self._job = self._job, None
+            old.disownServiceParent()
+        self.enrolled = enrolled
+        if enrolled:
+            interval = min(RENEW_RETRY, max(1.0, self._settings.renew_interval / 4))
+            job = PeriodicJob(
+                "renew", interval, self.renew_once, self._reactor, interval
+            )
+            waiting, self._waiting = self._waiting, []
+            for deferred in waiting:
+                deferred.callback(None)
+        else:
+            job = PeriodicJob(
+                "register", REGISTER_RETRY, self.register_once, self._reactor
+            )
+        self._job = job
+        job.setServiceParent(self)
+
+    def poke(self) -> None:
+        """Register now rather than at the next 30 s tick (on SIGHUP).
+
+        Saves the wait after an admin approved the agent; does nothing once
+        enrolled.
+        """
+        if not self.enrolled and self._job is not None:
+            self._job.trigger()
+
+    def when_enrolled(self) -> Deferred[None]:
+        """Fires once the agent holds a certificate from the director."""
+        if self.enrolled:
+            return succeed(None)
+        deferred: Deferred[None] = Deferred()
+        self._waiting.append(deferred)
+        return deferred
+
+    # -------------------------------------------------------------- register
+
+    async def register_once(self) -> None:
+        """One registration attempt; a 200 switches to *enrolled*."""
+        try:
+            answer, trusted = await self._post_register()
+        except Refused as error:
+            log.warn("registration refused: {error}", error=str(error))
+            return
+        except Exception as error:
+            log.warn(
+                "cannot reach the director to register: {error}", error=_describe(error)
+            )
+            return
+        if answer.status == 200:
+            self._accept_registration(answer, trusted)
+            return
+        if answer.status == 403 and answer.error == "pending approval":
+            log.info(
+                "pending approval (agent {guid}, hostname {hostname})",
+                guid=self._guid,
+                hostname=self._settings.hostname,
+            )
+            return
+        log.warn(
+            "registration answered {status}: {error}",
+            status=answer.status,
+            error=answer.error,
+        )
+
+    async def _post_register(self) -> tuple[Answer, list[x509.Certificate]]:
+        settings = self._settings
+        cas = load_cas(self._files)
+        if cas and settings.ca_fingerprint:
+            # ca_fingerprint names the only CA to trust, ca.pem or not.
+            cas = [
+                c for c in cas if certificate_fingerprint(c) == settings.ca_fingerprint
+            ]
+            if not cas:
+                raise Refused(
+                    f"ca.pem holds no CA with fingerprint {settings.ca_fingerprint}"
+                )
+        verified = bool(cas)
+        if not cas:
+            cas, verified = await self._first_use_trust()
+        creator = director_client_tls(cas) if cas else unverified_client_tls()
+        payload: dict[str, str] = {
+            "csr": make_csr(self._key, self._guid),
+            "guid": self._guid,
+            "hostname": settings.hostname,
+        }
+        if settings.registration_token:
+            if verified:
+                payload["registrationToken"] = settings.registration_token
+            else:
+                log.warn(
+                    "registration_token withheld: the director is not verified "
+                    "(deploy ca.pem or set ca_fingerprint)"
+                )
+        client = JsonClient(self._reactor, creator, persistent=False)
+        try:
+            answer = await client.call(
+                "POST", self._url("/v1/agent/register"), payload, REQUEST_TIMEOUT
+            )
+        finally:
+            await client.close()
+        return answer, cas
+
+    async def _first_use_trust(self) -> tuple[list[x509.Certificate], bool]:
+        """The CA the director shows in its TLS chain, checked against the pin."""
+        chain = await fetch_peer_chain(
+            self._reactor,
+            self._settings.director_host,
+            self._settings.director_port,
+            REQUEST_TIMEOUT,
+        )
+        expected = self._settings.ca_fingerprint
+        candidates = [ca for ca in chain[1:] if issued_by_any(chain[0], [ca])]
+        if expected:
+            matching = [c for c in candidates if certificate_fingerprint(c) == expected]
+            if matching:
+                return matching, True
+            if candidates:
+                raise Refused(
+                    "the director's CA has fingerprint "
+                    f"{certificate_fingerprint(candidates[0])}, not {expected}"
+                )
+            self._first_use_leaf = chain[0] if chain else None
+            return [], False
+        if candidates:
+            log.warn(
+                "trusting the director's CA on first use, fingerprint {fingerprint} "
+                "(set ca_fingerprint to pin it)",
+                fingerprint=certificate_fingerprint(candidates[0]),
+            )
+            return candidates[:1], False
+        return [], False
+
+    def _accept_registration(
+        self, answer: Answer, trusted: list[x509.Certificate]
+    ) -> None:
+        body = answer.json if isinstance(answer.json, dict) else {}
+        try:
+            certificate_pem = str(body["certificate"]).encode()
+            ca_pem = str(body["ca"]).encode()
+            certificate = load_certificates(certificate_pem)[0]
+            cas = load_certificates(ca_pem)
+        except (KeyError, ValueError) as error:
+            log.warn("registration answer unusable: {error}", error=str(error))
+            return
+        problem = self._answer_problem(certificate, cas, trusted)
+        if problem is not None:
+            log.error("registration answer refused: {problem}", problem=problem)
+            return
+        store_certificate(self._files, certificate_pem)
+        store_ca(self._files, ca_pem)
+        log.info(
+            "registered as agent {guid}; certificate valid until {until}",
+            guid=self._guid,
+            until=certificate.not_valid_after_utc.isoformat(),
+        )
+        self._on_certificate()
+        self._enter(True)
+
+    def _answer_problem(
+        self,
+        certificate: x509.Certificate,
+        cas: list[x509.Certificate],
+        trusted: list[x509.Certificate],
+    ) -> str | None:
+        issuer = issued_by_any(certificate, cas)
+        if issuer is None:
+            return "the certificate is not signed by the CA sent with it"
+        if public_key_fingerprint(certificate.public_key()) != public_key_fingerprint(
+            self._key.public_key()
+        ):
+            return "the certificate is not for this agent's key"
+        expected = self._settings.ca_fingerprint
+        if expected and certificate_fingerprint(issuer) != expected:
+            return f"the CA is {certificate_fingerprint(issuer)}, not {expected}"
+        if trusted and issuer not in trusted:
+            return "the CA sent is not the one the director's TLS chain showed"
+        leaf = self._first_use_leaf
+        if expected and not trusted and leaf and not issued_by_any(leaf, [issuer]):
+            return "the director's TLS certificate does not chain to that CA"
+        return None
+
+    # ----------------------------------------------------------------- renew
+
+    async def renew_once(self) -> None:
+        """Renew when due; an unusable certificate or a refusal → registration."""
+        state = self._state()
+        if not state.usable:
+            log.warn(
+                "certificate no longer usable ({problem}): registering again",
+                problem=state.problem,
+            )
+            self._enter(False)
+            return
+        if not renewal_due(
+            state.certificate, self._now(), self._settings.renew_interval
+        ):
+            return
+        creator = director_client_tls(state.cas, state.certificate, self._key)
+        client = JsonClient(self._reactor, creator, persistent=False)
+        try:
+            answer = await client.call(
+                "POST",
+                self._url("/v1/agent/renew"),
+                {"csr": make_csr(self._key, self._guid)},
+                REQUEST_TIMEOUT,
+            )
+        except Exception as error:
+            log.warn("renewal failed, retrying later: {error}", error=_describe(error))
+            return
+        finally:
+            await client.close()
+        if answer.status in (401, 403):
+            log.warn(
+                "renewal refused ({status}: {error}): registering again",
+                status=answer.status,
+                error=answer.error,
+            )
+            self._enter(False)
+            return
+        body = answer.json if isinstance(answer.json, dict) else {}
+        try:
+            certificate_pem = str(body["certificate"]).encode()
+            certificate = load_certificates(certificate_pem)[0]
+        except (KeyError, ValueError):
+            log.warn(
+                "renewal answered {status}: {error}",
+                status=answer.status,
+                error=answer.error,
+            )
+            return
+        if answer.status != 200 or self._answer_problem(certificate, state.cas, []):
+            log.warn("renewal answer refused ({status})", status=answer.status)
+            return
+        store_certificate(self._files, certificate_pem)
+        log.info(
+            "certificate renewed, valid until {until}",
+            until=certificate.not_valid_after_utc.isoformat(),
+        )
+        self._on_certificate()
+
+    def _url(self, path: str) -> str:
+        return https_url(
+            self._settings.director_host, self._settings.director_port, path
+        )
+
+
+def _describe(error: Exception) -> str:
+    text = str(error) or type(error).__name__
+    return text.replace("\n", " ")[:300]
