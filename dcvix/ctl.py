@@ -1,10 +1,10 @@
 """``dcvixctl``: the director's admin command line.
 
 ``dcvixctl --conf FILE agents list [--state S]``, ``agents approve GUID...
-[--replace]``, ``agents deny|revoke|reactivate|delete GUID``. It works on the
-director's ``agents.db`` directly, safe while the director runs (SQLite locks;
-the director reads agent state per request). Every action is audited with the
-OS user who ran it.
+[--replace]``, ``agents deny|revoke|reactivate|delete GUID``, ``policy check``.
+Agent commands work on the director's ``agents.db`` directly, safe while the
+director runs (SQLite locks; the director reads agent state per request). Every
+action is audited with the OS user who ran it.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from dcvix.common.errors import ApiError
 from dcvix.director import store
 from dcvix.director.ca import own_host_names
 from dcvix.director.config import DirectorConfig
+from dcvix.director.policy import PolicyError, load_policy
 
 
 def _actor() -> str:
@@ -143,7 +144,28 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         action = actions.add_parser(name, help=text)
         action.add_argument("guids", nargs="+", metavar="GUID")
+    policy = commands.add_parser("policy", help="check the policy files")
+    policy_actions = policy.add_subparsers(dest="action", required=True)
+    policy_actions.add_parser("check", help="validate users.json and pools.json")
     return parser
+
+
+def check_policy(config: DirectorConfig) -> int:
+    """``policy check``: 0 and a summary when both files are valid, else 1."""
+    folder = Path(config.director.policydb_folder)
+    try:
+        policy = load_policy(folder)
+    except PolicyError as error:
+        print(error, file=sys.stderr)
+        return 1
+    for warning in policy.warnings:
+        print(f"warning: {warning}")
+    admins = sorted(u.id for u in policy.users.values() if u.admin)
+    print(
+        f"{folder}: {len(policy.users)} users, {len(policy.pools)} pools; "
+        f"admins: {', '.join(admins) or 'none'}"
+    )
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -161,6 +183,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run(options: argparse.Namespace) -> int:
     config = _load(options.conf)
+    if options.command == "policy":
+        return check_policy(config)
     connection = _open(config)
     try:
         if options.action == "list":

@@ -6,6 +6,8 @@ demo never touches /etc or /var. Run it again to reuse the same state.
 
 from __future__ import annotations
 
+import json
+import secrets
 import signal
 import ssl
 import subprocess
@@ -22,6 +24,46 @@ DIRECTOR_PORT = 8445
 AGENT_PORT = 8446
 
 
+ADMIN = "admin"
+AUTH_SCRIPT = """#!/bin/sh
+# make demo's login check. dcvix writes user, password and OTP on stdin, one per
+# line; exit 0 accepts, 1 refuses.
+IFS= read -r user
+IFS= read -r password
+[ "$user" = {admin} ] && [ "$password" = "$(cat '{secret}')" ] && exit 0
+exit 1
+"""
+
+
+def _admin_login(folder: Path) -> str:
+    """The demo admin's password (made once, kept 0600) and its check script."""
+    secret = folder / "admin.password"
+    if not secret.exists():
+        secret.write_text(secrets.token_urlsafe(12))
+        secret.chmod(0o600)
+    script = folder / "auth.sh"
+    script.write_text(AUTH_SCRIPT.format(admin=ADMIN, secret=secret))
+    script.chmod(0o700)
+    policy = folder / "policydb"
+    policy.mkdir(exist_ok=True)
+    (policy / "users.json").write_text(json.dumps([{"id": ADMIN, "admin": True}]))
+    return secret.read_text()
+
+
+SIMULATOR = """#!/bin/sh
+# make demo: the agent's dcv_path. This is the dcvix DCV SIMULATOR, not Amazon
+# DCV: sessions exist only in {state}.
+exec {python} -m dcvix.agent.dcvsim --state {state} "$@"
+"""
+
+
+def _simulated_dcv(folder: Path) -> None:
+    script = folder / "dcv"
+    state = folder / "simulated-dcv.json"
+    script.write_text(SIMULATOR.format(python=sys.executable, state=state))
+    script.chmod(0o700)
+
+
 def _write_configs(root: Path) -> tuple[Path, Path]:
     director = root / "director" / "dcvix-director.conf"
     agent = root / "agent" / "dcvix-agent.conf"
@@ -34,6 +76,9 @@ def _write_configs(root: Path) -> tuple[Path, Path]:
         f"director_port = {DIRECTOR_PORT}\n"
         f"data_dir = {root / 'director' / 'data'}\n"
         f"policydb_folder = {root / 'director' / 'policydb'}\n"
+        "auth_type = external\n"
+        "[external_auth]\n"
+        f"external_command = {root / 'director' / 'auth.sh'}\n"
         "[log]\n"
         f"directory = {root / 'director' / 'log'}\n"
     )
@@ -44,6 +89,8 @@ def _write_configs(root: Path) -> tuple[Path, Path]:
         f"director_port = {DIRECTOR_PORT}\n"
         "bind_address = 127.0.0.1\n"
         "hostname = demo-workstation\n"
+        f"dcv_path = {root / 'agent' / 'dcv'}\n"
+        "update_interval = 10s\n"
         f"agent_port = {AGENT_PORT}\n"
         f"data_dir = {root / 'agent' / 'data'}\n"
         "[log]\n"
@@ -98,6 +145,8 @@ def main() -> None:
     """Start both daemons, enrol the agent, print how to look at them."""
     root = Path.cwd() / "demo"
     director_conf, agent_conf = _write_configs(root)
+    password = _admin_login(root / "director")
+    _simulated_dcv(root / "agent")
     processes = [_start("dcvix-director", director_conf)]
     try:
         ca = root / "director" / "data" / "ca.pem"
@@ -139,10 +188,31 @@ def main() -> None:
             f"""
 dcvix demo is running (state in {root}).
 
-  director  {director_url}/   (admin UI and login: coming issues)
+  director  {director_url}/   (the admin web UI comes with a later issue)
   agent     {agent_url}/   enrolled as {guid}
+            its dcv is the dcvix DCV SIMULATOR: no real desktop runs
+  admin     user {ADMIN}, password {password}
+            (checked by {root}/director/auth.sh, the external login back end)
 
-Try:
+Log in as the admin, keeping the session cookie, then use the admin API:
+  cd {root}
+  curl --cacert {ca} --cookie-jar cookies.txt \\
+       -X POST {director_url}/v1/admin/login \\
+       -d '{{"userID": "{ADMIN}", "password": "{password}"}}'
+  curl --cacert {ca} --cookie cookies.txt {director_url}/v1/admin/agents
+  curl --cacert {ca} --cookie cookies.txt \\
+       -X POST {director_url}/v1/admin/agents/GUID/approve   # a pending agent
+  curl --cacert {ca} --cookie cookies.txt \\
+       -X POST {director_url}/v1/sessions \\
+       -d '{{"serverId": "demo-workstation", "userId": "john",
+            "sessionType": "console"}}'
+  curl --cacert {ca} --cookie cookies.txt {director_url}/v1/servers
+  curl --cacert {ca} --cookie cookies.txt {director_url}/v1/sessions   # within 10 s
+  curl --cacert {ca} --cookie cookies.txt \\
+       -X DELETE {director_url}/v1/sessions/SESSION_ID
+  curl --cacert {ca} --cookie cookies.txt -X POST {director_url}/v1/logout
+
+More:
   curl --cacert {ca} {director_url}/v1/health
   curl --cert {data}/server.crt --key {data}/server.key --cacert {ca} \\
        {agent_url}/v1/health

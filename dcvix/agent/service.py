@@ -12,6 +12,7 @@ from twisted.logger import ILogObserver, Logger
 from dcvix import __version__
 from dcvix.agent.api import AgentAPI
 from dcvix.agent.config import AgentConfig
+from dcvix.agent.dcv import DcvCli
 from dcvix.agent.enrolment import AgentEnrolment, EnrolmentSettings
 from dcvix.agent.identity import (
     AgentFiles,
@@ -20,6 +21,12 @@ from dcvix.agent.identity import (
     load_cas,
     load_or_create_identity,
 )
+from dcvix.agent.reaper import Reaper
+from dcvix.agent.report import Reporter, ReportSettings
+from dcvix.agent.sessions import CreatedSessions, SessionManager
+from dcvix.agent.stats import StatsCollector
+from dcvix.agent.updater import Updater, first_delay
+from dcvix.common.config import split_host_port
 from dcvix.common.daemon import (
     DaemonService,
     SighupService,
@@ -28,6 +35,7 @@ from dcvix.common.daemon import (
     tls_reload_job,
 )
 from dcvix.common.http import DcvixSite
+from dcvix.common.jobs import PeriodicJob
 from dcvix.common.pki import self_signed_certificate
 from dcvix.common.tls import ReloadingServerTLS, ServerFiles, server_options
 
@@ -78,6 +86,15 @@ def listener_options(
     return load
 
 
+def _reachable_port(advertise_address: str, agent_port: int) -> int:
+    """The port the director must dial: the advertised one (NAT), else ours."""
+    if advertise_address:
+        _, port = split_host_port(advertise_address)
+        if port is not None:
+            return port
+    return agent_port
+
+
 def build_agent(
     config: AgentConfig, reactor: Any, observer: ILogObserver | None = None
 ) -> DaemonService:
@@ -117,7 +134,56 @@ def build_agent(
     sighup.add(enrolment.poke)
     sighup.setServiceParent(root)
     tls_reload_job(tls, reactor, sighup).setServiceParent(root)
-    api = AgentAPI(hostname, lambda: load_cas(files))
+    dcv = DcvCli(reactor, settings.dcv_path, settings.dcv_timeout)
+    sessions = SessionManager(
+        dcv,
+        CreatedSessions(data_dir / "sessions.json"),
+        settings.min_session_uid,
+        settings.config_allow,
+    )
+    reporter = Reporter(
+        sessions,
+        StatsCollector(hostname),
+        ReportSettings(
+            settings.tags,
+            settings.update_interval,
+            _reachable_port(settings.advertise_address, settings.agent_port),
+            settings.advertise_address,
+        ),
+    )
+    if settings.update_interval > 0:
+        updater = Updater(
+            files,
+            key,
+            reporter,
+            settings.director_host,
+            settings.director_port,
+            reactor,
+            lambda: enrolment.enrolled,
+        )
+        PeriodicJob(
+            "update",
+            settings.update_interval,
+            updater.send,
+            reactor,
+            first_delay(settings.update_interval),
+        ).setServiceParent(root)
+    else:
+        log.info("updates to the director are off (update_interval = 0)")
+    if settings.reap_interval > 0:
+        reaper = Reaper(
+            sessions, settings.idle_timeout, settings.reap_all_sessions, reactor
+        )
+        PeriodicJob(
+            "reaper",
+            settings.reap_interval,
+            reaper.reap_once,
+            reactor,
+            settings.reap_interval,
+        ).setServiceParent(root)
+    else:
+        log.info("the idle-session reaper is off (reap_interval = 0)")
+    api = AgentAPI(hostname, lambda: load_cas(files), sessions, reporter)
     tls_listener(
         reactor,
         settings.bind_address,

@@ -5,14 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.application.service import IService
-from twisted.logger import Logger
 
 from dcvix.agent.config import AgentConfig
 from dcvix.agent.service import build_agent
-from dcvix.common.daemon import StartupError, fail, log_observer, prepare_process
-from dcvix.common.tap import DaemonOptions
-
-log = Logger()
+from dcvix.common.tap import DaemonOptions, make_daemon
 
 
 class Options(DaemonOptions):
@@ -24,14 +20,4 @@ class Options(DaemonOptions):
 
 def makeService(options: Options, reactor: Any = None) -> IService:
     """Build the agent from the loaded config."""
-    if reactor is None:
-        from twisted.internet import reactor
-    prepare_process()
-    config: AgentConfig = options["config"]
-    try:
-        observer = log_observer("agent", config.log)
-        for note in options["notes"]:
-            log.warn("{note}", note=note)
-        return build_agent(config, reactor, observer)
-    except StartupError as error:
-        fail(f"dcvix-agent: {error}")
+    return make_daemon(options, build_agent, reactor)

@@ -178,6 +178,8 @@ def run_command(
         if found is None:
             raise CommandError(f"{program}: command not found")
         program = found
+    if not os.path.exists(program):
+        raise CommandError(f"{program}: no such file")
     if not os.access(program, os.X_OK):
         raise CommandError(f"{program}: not an executable file")
     setsid = shutil.which("setsid")

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
+from twisted.application.service import IService
+from twisted.logger import Logger
 from twisted.python import usage
 
 from dcvix.common.config import (
@@ -15,7 +18,7 @@ from dcvix.common.config import (
     discover,
     load_config,
 )
-from dcvix.common.daemon import fail
+from dcvix.common.daemon import StartupError, fail, log_observer, prepare_process
 
 
 class DaemonOptions(usage.Options):
@@ -51,3 +54,25 @@ class DaemonOptions(usage.Options):
         source: LoadedConfig = config.source
         self["config"] = config
         self["notes"] = (*found.notes, *source.warnings)
+
+
+def make_daemon(
+    options: DaemonOptions,
+    build: Callable[[Any, Any, Any], IService],
+    reactor: Any = None,
+) -> IService:
+    """What each plugin's ``makeService`` does: process set-up, logging, build.
+
+    A problem found while building is one line on stderr and exit status 1.
+    """
+    if reactor is None:
+        from twisted.internet import reactor
+    prepare_process()
+    config = options["config"]
+    try:
+        observer = log_observer(options.component, config.log)
+        for note in options["notes"]:
+            Logger().warn("{note}", note=note)
+        return build(config, reactor, observer)
+    except StartupError as error:
+        fail(f"dcvix-{options.component}: {error}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Sequence
 
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _HOSTNAME = re.compile(rf"(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})*")
@@ -27,3 +28,50 @@ def canonical_guid(text: str) -> str | None:
         return None
     canonical = str(value)
     return canonical if canonical == text.lower() else None
+
+
+MAX_CONFIG_VALUE = 256
+_SESSION_ID = re.compile(r"[A-Za-z0-9_.@:+=-]{1,256}")
+
+
+class NotAllowed(Exception):
+    """A DCV setting outside ``config_allow``; the message is safe to show."""
+
+
+class InvalidInput(ValueError):
+    """A value that must not reach ``dcv``; the message is safe to show."""
+
+
+def check_session_id(value: str) -> str:
+    """A DCV session id: letters, digits and ``_.@:+=-``, not starting with ``-``.
+
+    ``.`` and ``..`` are refused: the id becomes a URL path segment.
+    """
+    if (
+        not _SESSION_ID.fullmatch(value)
+        or value.startswith("-")
+        or not value.strip(".")
+    ):
+        raise InvalidInput("invalid session id")
+    return value
+
+
+def check_config(
+    section: str, key: str, value: str, allowed: Sequence[str]
+) -> tuple[str, str, str]:
+    """One ``set-config`` entry: allowed key, and a value that is plain text.
+
+    Raises:
+        NotAllowed: the key is not in ``config_allow``.
+        InvalidInput: an empty part, a control character, a leading ``-`` or an
+            over-long value.
+    """
+    if not section or not key or not value:
+        raise InvalidInput("section, key and value must not be empty")
+    if f"{section}/{key}" not in allowed:
+        raise NotAllowed(f"{section}/{key} is not an allowed setting")
+    if len(value) > MAX_CONFIG_VALUE or value.startswith("-"):
+        raise InvalidInput("invalid value")
+    if any(ord(c) < 32 or c == "\x7f" for c in value):
+        raise InvalidInput("invalid value")
+    return section, key, value

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import treq
-from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
+from twisted.internet.defer import TimeoutError as DeferredTimeout
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
@@ -106,6 +107,22 @@ async def _exchange(
     return Answer(response.code, body)
 
 
+def _cancelled(error: BaseException) -> bool:
+    """Whether ``error`` is the request cancelled (by the timeout).
+
+    twisted.web's client wraps the cancellation (``ResponseNeverReceived`` and
+    kin carry it in ``reasons``), so ``Deferred.addTimeout`` does not see a
+    ``CancelledError`` and lets the wrapper through instead of a TimeoutError.
+    """
+    if isinstance(error, CancelledError):
+        return True
+    reasons = getattr(error, "reasons", None)
+    return isinstance(reasons, list) and any(
+        isinstance(reason, Failure) and reason.check(CancelledError)
+        for reason in reasons
+    )
+
+
 async def json_call(
     http: treq.client.HTTPClient,
     reactor: Any,
@@ -117,7 +134,14 @@ async def json_call(
     """One JSON request and its whole (capped) answer, within ``timeout`` s."""
     exchange = ensureDeferred(_exchange(http, method, url, payload))
     exchange.addTimeout(timeout, reactor)
-    return await exchange
+    try:
+        return await exchange
+    except DeferredTimeout:
+        raise
+    except Exception as error:
+        if _cancelled(error):
+            raise DeferredTimeout(f"no answer within {timeout:g} s") from None
+        raise
 
 
 def https_url(host: str, port: int, path: str) -> str:

@@ -170,6 +170,10 @@ def _migrate(connection: sqlite3.Connection) -> None:
             "time DATETIME NOT NULL, actor TEXT NOT NULL, action TEXT NOT NULL, "
             "target TEXT NOT NULL, detail TEXT NOT NULL DEFAULT '')"
         )
+        connection.execute(
+            "CREATE TABLE IF NOT EXISTS revoked_tokens (hash TEXT PRIMARY KEY, "
+            "expires_at DATETIME NOT NULL)"
+        )
         connection.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
 
 
@@ -228,6 +232,35 @@ def duplicate_hostnames_txn(connection: sqlite3.Connection) -> set[str]:
     return {row[0] for row in rows}
 
 
+def _create(
+    connection: sqlite3.Connection,
+    state: str,
+    guid: str,
+    hostname: str,
+    key_fingerprint: str,
+    address: str,
+    now: dt.datetime,
+) -> bool:
+    registered_at = to_db_time(now) if state == REGISTERED else None
+    with _transaction(connection):
+        cursor = connection.execute(
+            "INSERT OR IGNORE INTO agents (guid, hostname, state, created_at, "
+            "registered_at, key_fingerprint, address, state_changed_at, "
+            "cert_serial, tags) VALUES (?, ?, ?, ?, ?, ?, ?, ?, '', '')",
+            (
+                guid,
+                hostname,
+                state,
+                to_db_time(now),
+                registered_at,
+                key_fingerprint,
+                address,
+                to_db_time(now),
+            ),
+        )
+        return cursor.rowcount == 1
+
+
 def create_pending_txn(
     connection: sqlite3.Connection,
     guid: str,
@@ -237,22 +270,7 @@ def create_pending_txn(
     now: dt.datetime,
 ) -> bool:
     """Insert a pending agent; False when the GUID exists already (a race)."""
-    with _transaction(connection):
-        cursor = connection.execute(
-            "INSERT OR IGNORE INTO agents (guid, hostname, state, created_at, "
-            "key_fingerprint, address, state_changed_at, cert_serial, tags) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, '', '')",
-            (
-                guid,
-                hostname,
-                PENDING,
-                to_db_time(now),
-                key_fingerprint,
-                address,
-                to_db_time(now),
-            ),
-        )
-        return cursor.rowcount == 1
+    return _create(connection, PENDING, guid, hostname, key_fingerprint, address, now)
 
 
 def create_registered_txn(
@@ -264,23 +282,9 @@ def create_registered_txn(
     now: dt.datetime,
 ) -> bool:
     """Insert an agent approved at once (``auto_approve = token``)."""
-    with _transaction(connection):
-        cursor = connection.execute(
-            "INSERT OR IGNORE INTO agents (guid, hostname, state, created_at, "
-            "registered_at, key_fingerprint, address, state_changed_at, "
-            "cert_serial, tags) VALUES (?, ?, ?, ?, ?, ?, ?, ?, '', '')",
-            (
-                guid,
-                hostname,
-                REGISTERED,
-                to_db_time(now),
-                to_db_time(now),
-                key_fingerprint,
-                address,
-                to_db_time(now),
-            ),
-        )
-        return cursor.rowcount == 1
+    return _create(
+        connection, REGISTERED, guid, hostname, key_fingerprint, address, now
+    )
 
 
 def to_pending_txn(
@@ -380,6 +384,37 @@ def audit_list_txn(
         (limit,),
     )
     return [(from_db_time(r[0]), r[1], r[2], r[3], r[4]) for r in rows]
+
+
+# ------------------------------------------------------------ revoked tokens
+
+
+def revoke_token_txn(
+    connection: sqlite3.Connection, token_hash: str, expires: dt.datetime
+) -> None:
+    """Remember a logged-out token until it would have expired anyway."""
+    with _transaction(connection):
+        connection.execute(
+            "INSERT OR IGNORE INTO revoked_tokens (hash, expires_at) VALUES (?, ?)",
+            (token_hash, to_db_time(expires)),
+        )
+
+
+def token_revoked_txn(connection: sqlite3.Connection, token_hash: str) -> bool:
+    """Whether a token was logged out."""
+    row = connection.execute(
+        "SELECT 1 FROM revoked_tokens WHERE hash = ?", (token_hash,)
+    ).fetchone()
+    return row is not None
+
+
+def vacuum_tokens_txn(connection: sqlite3.Connection, now: dt.datetime) -> int:
+    """Forget revoked tokens that have expired; how many were dropped."""
+    with _transaction(connection):
+        cursor = connection.execute(
+            "DELETE FROM revoked_tokens WHERE expires_at < ?", (to_db_time(now),)
+        )
+        return cursor.rowcount
 
 
 # ------------------------------------------------------------- admin actions

@@ -252,7 +252,9 @@ def test_director_first_start_makes_its_ca_and_private_files(
         "ca.pem",
         "server.crt",
         "server.key",
+        "token.key",
     ]
+    assert mode(data / "token.key") == 0o600
 
 
 def test_agent_first_start_makes_its_identity_and_private_files(
@@ -687,7 +689,9 @@ def test_missing_config_writes_defaults_and_starts(
     ], output
 
     conf = cwd / f"{plugin}.conf"
-    assert sorted(p.name for p in cwd.iterdir()) == [conf.name]
+    # The director also makes its policy folder, relative to cwd as in Go.
+    extra = ["policydb"] if plugin == "dcvix-director" else []
+    assert sorted(p.name for p in cwd.iterdir()) == sorted([conf.name, *extra])
     assert mode(conf) == 0o600
     text = conf.read_text()
     assert text.startswith(f"# {plugin} configuration\n")
@@ -714,8 +718,9 @@ def test_missing_config_writes_defaults_and_starts(
             f"{data}/ca.pem",
             f"{data}/server.crt",
             f"{data}/server.key",
+            f"{data}/token.key",
         ]
-        private = ["agents.db", "ca.key", "server.key"]
+        private = ["agents.db", "ca.key", "server.key", "token.key"]
     else:
         assert "made a new key and a new identity " in output
         assert sorted(modes) == [data, f"{data}/agent.guid", f"{data}/agent.key"]

@@ -1,0 +1,248 @@
+"""The ``dcv`` command line, wrapped: the only way the agent touches DCV.
+
+Each command runs through :func:`dcvix.common.process.run_command` (own process
+group, explicit environment, stdout and stderr apart, a time limit that kills the
+group). Mutations, and the listing each depends on, are serialised. Inputs are
+validated before any process starts.
+
+``list-sessions --json`` output is parsed leniently: timestamps with 0-9
+fractional digits, ``Z`` or an offset, or ``""``; unknown keys ignored; one bad
+entry is logged and skipped rather than failing the whole list.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import pwd
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.internet.defer import DeferredLock
+from twisted.logger import Logger
+
+from dcvix.common.gotime import format_time, parse_time
+from dcvix.common.process import CommandError, CommandResult, run_command
+from dcvix.common.validate import (
+    InvalidInput,
+)
+
+log = Logger()
+
+SESSION_TYPES = ("console", "virtual")
+OUTPUT_CAP = 4 * 1024 * 1024
+
+
+class DcvError(Exception):
+    """``dcv`` could not do it; ``kind`` is missing, failed, timeout or garbage."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+
+
+# ----------------------------------------------------------------- validation
+
+
+def check_owner(value: str) -> str:
+    """A user name for ``--owner``: no control character, no leading ``-``."""
+    if not value or len(value) > 256 or value.startswith("-"):
+        raise InvalidInput("invalid user id")
+    if any(ord(c) < 32 or c == "\x7f" for c in value):
+        raise InvalidInput("invalid user id")
+    return value
+
+
+def check_session_type(value: str) -> str:
+    """``console`` or ``virtual``, in any case; returned in lower case."""
+    lowered = value.lower()
+    if lowered not in SESSION_TYPES:
+        raise InvalidInput("sessionType must be console or virtual")
+    return lowered
+
+
+def check_local_user(owner: str, min_uid: int) -> str:
+    """A local account with uid ≥ ``min_uid``: who a virtual session runs as."""
+    try:
+        entry = pwd.getpwnam(owner)
+    except KeyError:
+        raise InvalidInput(f"{owner} is not a local user") from None
+    if entry.pw_uid < min_uid:
+        raise InvalidInput(
+            f"{owner} may not own a virtual session (uid below {min_uid})"
+        )
+    return owner
+
+
+# ------------------------------------------------------------------- sessions
+
+
+@dataclass(frozen=True)
+class Session:
+    """One DCV session, with the members the agent reports."""
+
+    id: str
+    owner: str = ""
+    user: str = ""
+    connections: int = 0
+    created: dt.datetime | None = None
+    last_disconnected: dt.datetime | None = None
+    licensing_mode: str = ""
+    storage_root: str = ""
+    type: str = ""
+    status: str = ""
+    x11_display: str = ""
+    x11_authority: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        """The agent's session JSON (Go's keys and order, reference §12.4)."""
+        return {
+            "id": self.id,
+            "owner": self.owner,
+            "user": self.user,
+            "num-of-connections": self.connections,
+            "creation-time": format_time(self.created),
+            "last-disconnection-time": format_time(self.last_disconnected),
+            "licensing-mode": self.licensing_mode,
+            "storage-root": self.storage_root,
+            "type": self.type,
+            "status": self.status,
+            "x11-display": self.x11_display,
+            "x11-authority": self.x11_authority,
+        }
+
+
+def _text(entry: dict[str, Any], key: str) -> str:
+    value = entry.get(key)
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise ValueError(f"{key} is not a string")
+    return value
+
+
+def parse_session(entry: Any) -> Session:
+    """One entry of ``list-sessions --json``.
+
+    Raises:
+        ValueError: not an object, no valid id, or a member of the wrong type.
+    """
+    if not isinstance(entry, dict):
+        raise ValueError("entry is not an object")
+    session_id = _text(entry, "id")
+    if not session_id:
+        raise ValueError("entry has no id")
+    connections = entry.get("num-of-connections", 0)
+    if connections is None:
+        connections = 0
+    if not isinstance(connections, int) or isinstance(connections, bool):
+        raise ValueError("num-of-connections is not an integer")
+    return Session(
+        id=session_id,
+        owner=_text(entry, "owner"),
+        user=_text(entry, "user"),
+        connections=max(connections, 0),
+        created=parse_time(entry.get("creation-time")),
+        last_disconnected=parse_time(entry.get("last-disconnection-time")),
+        licensing_mode=_text(entry, "licensing-mode"),
+        storage_root=_text(entry, "storage-root"),
+        type=_text(entry, "type").lower(),
+        status=_text(entry, "status"),
+        x11_display=_text(entry, "x11-display"),
+        x11_authority=_text(entry, "x11-authority"),
+    )
+
+
+def parse_sessions(stdout: bytes) -> tuple[list[Session], list[str]]:
+    """Sessions from ``list-sessions --json``, and the problems of skipped entries.
+
+    Raises:
+        ValueError: the output is not a JSON array at all.
+    """
+    try:
+        data = json.loads(stdout.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise ValueError("list-sessions did not print JSON") from None
+    if not isinstance(data, list):
+        raise ValueError("list-sessions did not print a JSON array")
+    sessions, problems = [], []
+    for number, entry in enumerate(data, start=1):
+        try:
+            sessions.append(parse_session(entry))
+        except ValueError as error:
+            problems.append(f"entry {number}: {error}")
+    return sessions, problems
+
+
+# --------------------------------------------------------------------- runner
+
+
+def _first_line(data: bytes) -> str:
+    text = data.decode("utf-8", "replace").strip()
+    return text.splitlines()[0][:200] if text else ""
+
+
+class DcvCli:
+    """Runs ``dcv`` for the agent.
+
+    Args:
+        reactor: spawns processes and counts time.
+        path: the ``dcv`` executable (``dcv_path``).
+        timeout: seconds before one command's process group is killed.
+    """
+
+    def __init__(self, reactor: Any, path: str, timeout: float) -> None:
+        self._reactor = reactor
+        self._path = path
+        self._timeout = timeout
+        self.lock = DeferredLock()
+
+    async def _run(self, *args: str) -> CommandResult:
+        operation = args[0]
+        try:
+            result = await run_command(
+                self._reactor,
+                [self._path, *args],
+                timeout=self._timeout,
+                output_cap=OUTPUT_CAP,
+            )
+        except CommandError as error:
+            raise DcvError("missing", f"dcv {operation}: {error}") from None
+        if result.timed_out:
+            raise DcvError("timeout", f"dcv {operation} took over {self._timeout:g} s")
+        if not result.ok:
+            detail = _first_line(result.stderr) or _first_line(result.stdout)
+            raise DcvError(
+                "failed",
+                f"dcv {operation} failed (exit {result.exit_code}): {detail}",
+            )
+        return result
+
+    async def list_sessions(self) -> list[Session]:
+        """``dcv list-sessions --json``; bad entries are logged and skipped."""
+        result = await self._run("list-sessions", "--json")
+        try:
+            sessions, problems = parse_sessions(result.stdout)
+        except ValueError as error:
+            raise DcvError("garbage", str(error)) from None
+        for problem in problems:
+            log.warn("skipped a session dcv listed: {problem}", problem=problem)
+        return sessions
+
+    async def create_session(
+        self, owner: str, session_type: str, session_id: str, run_as: str | None
+    ) -> None:
+        """``dcv create-session --owner O [--user U] --type T ID``."""
+        args = ["create-session", "--owner", owner]
+        if run_as is not None:
+            args += ["--user", run_as]
+        await self._run(*args, "--type", session_type, session_id)
+
+    async def close_session(self, session_id: str) -> None:
+        """``dcv close-session ID``."""
+        await self._run("close-session", session_id)
+
+    async def set_config(self, section: str, key: str, value: str) -> None:
+        """``dcv set-config --section S --key K VALUE``."""
+        await self._run("set-config", "--section", section, "--key", key, value)

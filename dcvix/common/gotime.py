@@ -1,0 +1,57 @@
+"""Timestamps as DCV prints them and as Go writes them (RFC 3339)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from typing import Any
+
+GO_ZERO_TIME = "0001-01-01T00:00:00Z"
+
+_TIME = re.compile(
+    r"(\d{4}-\d{2}-\d{2})[Tt ](\d{2}:\d{2}:\d{2})(?:\.(\d{1,9}))?(Z|z|[+-]\d{2}:?\d{2})"
+)
+
+
+def parse_time(value: Any) -> dt.datetime | None:
+    """A DCV timestamp: RFC 3339 with 0-9 fractional digits; ``""``/null is none.
+
+    Raises:
+        ValueError: anything else.
+    """
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise ValueError(f"not a timestamp: {value!r}")
+    match = _TIME.fullmatch(value.strip())
+    if match is None:
+        raise ValueError(f"not a timestamp: {value!r}")
+    day, clock, fraction, zone = match.groups()
+    micro = (fraction or "").ljust(6, "0")[:6]
+    if zone in ("Z", "z"):
+        zone = "+00:00"
+    elif ":" not in zone:
+        zone = f"{zone[:3]}:{zone[3:]}"
+    try:
+        moment = dt.datetime.fromisoformat(f"{day}T{clock}.{micro}{zone}")
+        if moment.year <= 1:
+            return None
+        return moment.astimezone(dt.UTC)
+    except (ValueError, OverflowError):
+        # A month 13, hour 24 or offset of 24 h; or past year 9999 once in UTC.
+        raise ValueError(f"not a timestamp: {value!r}") from None
+
+
+def format_time(moment: dt.datetime | None) -> str:
+    """As Go writes a ``time.Time``: UTC, ``Z``, fraction without trailing zeros.
+
+    No time is Go's zero time, never ``""`` (a Go director refuses ``""``).
+    """
+    if moment is None:
+        return GO_ZERO_TIME
+    moment = moment.astimezone(dt.UTC)
+    # isoformat, not strftime: "%Y" does not pad years before 1000 to 4 digits.
+    text = moment.replace(tzinfo=None, microsecond=0).isoformat()
+    if moment.microsecond:
+        text += f".{moment.microsecond:06d}".rstrip("0")
+    return text + "Z"

@@ -1,0 +1,237 @@
+"""The JSON policy: who may log in as admin, which workstations and pools users get.
+
+``policydb_folder/users.json`` and ``pools.json`` are arrays of objects, read
+with both key spellings in use: the Go code's (``id``, ``admin``,
+``workstations``, ``pools``, in any case) and its docs' (``UserID``, ``PoolID``,
+``Workstations``, ``Pools``). A file that does not validate is refused whole,
+with a message naming the file, the item and the key; at start that stops the
+director, on SIGHUP the last good policy stays.
+"""
+
+from __future__ import annotations
+
+import json
+import unicodedata
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from twisted.logger import Logger
+
+from dcvix.common.files import atomic_write
+
+log = Logger()
+
+ALLOW_CUSTOM = "ALLOW_CUSTOM"
+MAX_ID_LENGTH = 256
+
+
+class PolicyError(ValueError):
+    """A policy file that cannot be used; ``str()`` says where and why."""
+
+
+@dataclass(frozen=True)
+class UserPolicy:
+    """One entry of ``users.json``."""
+
+    id: str
+    admin: bool = False
+    workstations: tuple[str, ...] = ()
+    pools: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class PoolPolicy:
+    """One entry of ``pools.json``."""
+
+    id: str
+    workstations: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Both files, validated."""
+
+    users: dict[str, UserPolicy] = field(default_factory=dict)
+    pools: dict[str, PoolPolicy] = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()
+
+    def is_admin(self, user: str) -> bool:
+        """Whether ``users.json`` says ``user`` is an admin (exact id match)."""
+        entry = self.users.get(user)
+        return entry is not None and entry.admin
+
+
+def valid_id(text: str) -> bool:
+    """A user, pool or session id: not empty, no control character, no leading -."""
+    return (
+        0 < len(text) <= MAX_ID_LENGTH
+        and not text.startswith("-")
+        and all(unicodedata.category(c) != "Cc" for c in text)
+    )
+
+
+def _fold(item: dict[str, Any]) -> dict[str, Any]:
+    folded: dict[str, Any] = {}
+    for key, value in item.items():
+        folded.setdefault(key.lower(), value)
+    return folded
+
+
+def _strings(value: Any, where: str, key: str) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise PolicyError(f"{where}: {key!r} must be a list of strings")
+    for entry in value:
+        if not valid_id(entry):
+            raise PolicyError(f"{where}: {key!r} holds an invalid entry {entry!r}")
+    duplicates = sorted({v for v in value if value.count(v) > 1})
+    if duplicates:
+        raise PolicyError(f"{where}: {key!r} lists {', '.join(duplicates)} twice")
+    return tuple(value)
+
+
+def _id(item: dict[str, Any], where: str, alias: str) -> str:
+    candidates = {k: item[k] for k in ("id", alias) if k in item}
+    values = set(map(str, candidates.values()))
+    if not candidates:
+        raise PolicyError(f"{where}: no 'id'")
+    if len(values) > 1:
+        raise PolicyError(f"{where}: 'id' and {alias!r} differ")
+    value = next(iter(candidates.values()))
+    if not isinstance(value, str) or not valid_id(value):
+        raise PolicyError(f"{where}: 'id' must be a valid id, not {value!r}")
+    return value
+
+
+def _items(path: Path) -> list[dict[str, Any]]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as error:
+        raise PolicyError(f"{path}: {error.strerror}") from None
+    except (ValueError, UnicodeDecodeError) as error:
+        raise PolicyError(f"{path}: not valid JSON: {error}") from None
+    if not isinstance(data, list):
+        raise PolicyError(f"{path}: must be a JSON array of objects")
+    for number, item in enumerate(data, start=1):
+        if not isinstance(item, dict):
+            raise PolicyError(f"{path}: item {number} is not an object")
+    return data
+
+
+def _unique(ids: Iterable[str], path: Path) -> None:
+    seen: dict[str, int] = {}
+    for number, item_id in enumerate(ids, start=1):
+        if item_id in seen:
+            raise PolicyError(
+                f"{path}: item {number}: 'id' {item_id!r} repeats item {seen[item_id]}"
+            )
+        seen[item_id] = number
+
+
+def parse_users(path: Path) -> list[UserPolicy]:
+    """``users.json``, validated."""
+    users = []
+    for number, raw in enumerate(_items(path), start=1):
+        item = _fold(raw)
+        where = f"{path}: item {number}"
+        user_id = _id(item, where, "userid")
+        where = f"{where} ({user_id})"
+        admin = item.get("admin", False)
+        if admin is None:
+            admin = False
+        if not isinstance(admin, bool):
+            raise PolicyError(f"{where}: 'admin' must be true or false")
+        users.append(
+            UserPolicy(
+                user_id,
+                admin,
+                _strings(item.get("workstations"), where, "workstations"),
+                _strings(item.get("pools"), where, "pools"),
+            )
+        )
+    _unique((u.id for u in users), path)
+    return users
+
+
+def parse_pools(path: Path) -> list[PoolPolicy]:
+    """``pools.json``, validated."""
+    pools = []
+    for number, raw in enumerate(_items(path), start=1):
+        item = _fold(raw)
+        where = f"{path}: item {number}"
+        pool_id = _id(item, where, "poolid")
+        pools.append(
+            PoolPolicy(
+                pool_id,
+                _strings(
+                    item.get("workstations"), f"{where} ({pool_id})", "workstations"
+                ),
+            )
+        )
+    _unique((p.id for p in pools), path)
+    return pools
+
+
+def load_policy(folder: Path) -> Policy:
+    """Read and check both files.
+
+    Raises:
+        PolicyError: the first problem found.
+    """
+    users = parse_users(folder / "users.json")
+    pools = parse_pools(folder / "pools.json")
+    known = {p.id for p in pools}
+    warnings = tuple(
+        f"{folder / 'users.json'}: user {u.id!r} refers to unknown pool {p!r}"
+        for u in users
+        for p in u.pools
+        if p not in known
+    )
+    return Policy({u.id: u for u in users}, {p.id: p for p in pools}, warnings)
+
+
+def ensure_policy_files(folder: Path) -> None:
+    """Create the folder and empty ``[]`` files when missing, as Go dcvix does."""
+    folder.mkdir(mode=0o755, parents=True, exist_ok=True)
+    for name in ("users.json", "pools.json"):
+        path = folder / name
+        if not path.exists():
+            atomic_write(path, b"[]\n", 0o644)
+            log.info("created an empty {path}", path=str(path))
+
+
+class PolicyHolder:
+    """The policy in force; :meth:`reload` keeps it when the files are bad."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.current = load_policy(folder)
+        self._announce()
+
+    def _announce(self) -> None:
+        for warning in self.current.warnings:
+            log.warn("{warning}", warning=warning)
+        log.info(
+            "policy: {users} users ({admins} admins), {pools} pools from {folder}",
+            users=len(self.current.users),
+            admins=sum(u.admin for u in self.current.users.values()),
+            pools=len(self.current.pools),
+            folder=str(self.folder),
+        )
+
+    def reload(self) -> bool:
+        """Re-read the files; on failure log it and keep the last good policy."""
+        try:
+            fresh = load_policy(self.folder)
+        except PolicyError as error:
+            log.error(
+                "policy not reloaded, keeping the last good one: {error}",
+                error=str(error),
+            )
+            return False
+        self.current = fresh
+        self._announce()
+        return True

@@ -1,0 +1,93 @@
+"""Failed-login throttling per user and per source address, on an injected clock."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+from twisted.internet.interfaces import IReactorTime
+
+
+class LoginThrottle:
+    """``max_failures`` failures within ``lockout`` seconds lock for ``lockout``.
+
+    Counted per user (so many addresses cannot guess one password) and per
+    address (so one address cannot try many users). The lock lasts ``lockout``
+    from the failure that set it. A success clears the user's count only: an
+    attacker's own good login must not reset the address's.
+    Attempts still waiting for the back end count as failures until they end,
+    so a burst of simultaneous logins cannot slip past the limit. User names
+    are compared case-folded: LDAP, for one, does not tell ``Alice`` from
+    ``alice``.
+    """
+
+    def __init__(self, max_failures: int, lockout: float, clock: IReactorTime) -> None:
+        self._max = max_failures
+        self._lockout = lockout
+        self._clock = clock
+        self._failures: dict[tuple[str, str], list[float]] = defaultdict(list)
+        self._pending: dict[tuple[str, str], int] = defaultdict(int)
+        self._locked_until: dict[tuple[str, str], float] = {}
+
+    @staticmethod
+    def _keys(user: str, address: str) -> tuple[tuple[str, str], tuple[str, str]]:
+        return ("user", user.casefold()), ("address", address)
+
+    def _recent(self, key: tuple[str, str]) -> list[float]:
+        horizon = self._clock.seconds() - self._lockout
+        kept = [t for t in self._failures.get(key, ()) if t > horizon]
+        if kept:
+            self._failures[key] = kept
+        else:
+            self._failures.pop(key, None)
+        return kept
+
+    def _lock_holds(self, key: tuple[str, str]) -> bool:
+        until = self._locked_until.get(key)
+        if until is None:
+            return False
+        if self._clock.seconds() < until:
+            return True
+        del self._locked_until[key]
+        return False
+
+    def locked(self, user: str, address: str) -> bool:
+        """Whether a login for ``user`` from ``address`` must be refused now."""
+        return any(
+            self._lock_holds(key)
+            or len(self._recent(key)) + self._pending.get(key, 0) >= self._max
+            for key in self._keys(user, address)
+        )
+
+    def started(self, user: str, address: str) -> None:
+        """An attempt went to the back end: it counts until :meth:`ended`."""
+        for key in self._keys(user, address):
+            self._pending[key] += 1
+
+    def ended(self, user: str, address: str) -> None:
+        """The back end answered (or failed) for an attempt :meth:`started`."""
+        for key in self._keys(user, address):
+            self._pending[key] -= 1
+            if self._pending[key] <= 0:
+                del self._pending[key]
+
+    def failed(self, user: str, address: str) -> None:
+        """Count one failure against both."""
+        now = self._clock.seconds()
+        for key in self._keys(user, address):
+            self._recent(key)
+            self._failures[key].append(now)
+            if len(self._failures[key]) >= self._max:
+                self._locked_until[key] = now + self._lockout
+
+    def succeeded(self, user: str, address: str) -> None:
+        """Forget the user's failures (not the address's)."""
+        user_key, _ = self._keys(user, address)
+        self._failures.pop(user_key, None)
+        self._locked_until.pop(user_key, None)
+
+    def prune(self) -> None:
+        """Forget entries that no longer matter (called now and then)."""
+        for key in list(self._failures):
+            self._recent(key)
+        for key in list(self._locked_until):
+            self._lock_holds(key)
