@@ -194,23 +194,27 @@ class DcvCli:
 
     def __init__(self, reactor: Any, path: str, timeout: float) -> None:
         self._reactor = reactor
+        self.clock = reactor
         self._path = path
         self._timeout = timeout
         self.lock = DeferredLock()
 
-    async def _run(self, *args: str) -> CommandResult:
+    async def _run(self, *args: str, limit: float | None = None) -> CommandResult:
         operation = args[0]
+        timeout = self._timeout if limit is None else min(self._timeout, limit)
+        if timeout <= 0:
+            raise DcvError("timeout", f"no time left to run dcv {operation}")
         try:
             result = await run_command(
                 self._reactor,
                 [self._path, *args],
-                timeout=self._timeout,
+                timeout=timeout,
                 output_cap=OUTPUT_CAP,
             )
         except CommandError as error:
             raise DcvError("missing", f"dcv {operation}: {error}") from None
         if result.timed_out:
-            raise DcvError("timeout", f"dcv {operation} took over {self._timeout:g} s")
+            raise DcvError("timeout", f"dcv {operation} took over {timeout:g} s")
         if not result.ok:
             detail = _first_line(result.stderr) or _first_line(result.stdout)
             raise DcvError(
@@ -219,9 +223,9 @@ class DcvCli:
             )
         return result
 
-    async def list_sessions(self) -> list[Session]:
+    async def list_sessions(self, limit: float | None = None) -> list[Session]:
         """``dcv list-sessions --json``; bad entries are logged and skipped."""
-        result = await self._run("list-sessions", "--json")
+        result = await self._run("list-sessions", "--json", limit=limit)
         try:
             sessions, problems = parse_sessions(result.stdout)
         except ValueError as error:
@@ -231,13 +235,18 @@ class DcvCli:
         return sessions
 
     async def create_session(
-        self, owner: str, session_type: str, session_id: str, run_as: str | None
+        self,
+        owner: str,
+        session_type: str,
+        session_id: str,
+        run_as: str | None,
+        limit: float | None = None,
     ) -> None:
         """``dcv create-session --owner O [--user U] --type T ID``."""
         args = ["create-session", "--owner", owner]
         if run_as is not None:
             args += ["--user", run_as]
-        await self._run(*args, "--type", session_type, session_id)
+        await self._run(*args, "--type", session_type, session_id, limit=limit)
 
     async def close_session(self, session_id: str) -> None:
         """``dcv close-session ID``."""

@@ -7,10 +7,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from twisted.internet.defer import TimeoutError as DeferredTimeout
 from twisted.logger import Logger
 
 from dcvix.agent.dcv import (
     DcvCli,
+    DcvError,
     Session,
     check_local_user,
     check_owner,
@@ -22,6 +24,9 @@ from dcvix.common.validate import InvalidInput, check_config, check_session_id
 log = Logger()
 
 MAX_CREATED_REMEMBERED = 10000
+# A whole create (waiting for dcv, listing, creating) answers within this, so
+# the director (30 s) always hears the agent's own answer (CONTRACT §4).
+CREATE_LIMIT = 25.0
 
 
 class CreatedSessions:
@@ -105,12 +110,26 @@ class SessionManager:
         run_as = None
         if session_type == "virtual":
             run_as = check_local_user(owner, self._min_uid)
-        await self.dcv.lock.acquire()
+        clock = self.dcv.clock
+        deadline = clock.seconds() + CREATE_LIMIT
+        acquiring = self.dcv.lock.acquire()
+        acquiring.addTimeout(CREATE_LIMIT, clock)
         try:
-            for session in await self.dcv.list_sessions():
+            await acquiring
+        except DeferredTimeout:
+            raise DcvError("timeout", "dcv stayed busy: no session created") from None
+        try:
+            listed = await self.dcv.list_sessions(limit=deadline - clock.seconds())
+            for session in listed:
                 if session.owner == owner and session.type == session_type:
                     return session.id
-            await self.dcv.create_session(owner, session_type, session_id, run_as)
+            await self.dcv.create_session(
+                owner,
+                session_type,
+                session_id,
+                run_as,
+                limit=deadline - clock.seconds(),
+            )
             self.created.add(session_id)
         finally:
             self.dcv.lock.release()

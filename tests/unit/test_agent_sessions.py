@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from twisted.internet.defer import DeferredLock, ensureDeferred
+from twisted.internet.task import Clock
 from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import globalLogPublisher
 
@@ -33,16 +34,22 @@ class FakeDcv:
         self.sessions = list(sessions or [])
         self.calls: list[tuple[Any, ...]] = []
         self.lock = DeferredLock()
+        self.clock = Clock()
         self.list_error: DcvError | None = None
 
-    async def list_sessions(self) -> list[Session]:
+    async def list_sessions(self, limit: float | None = None) -> list[Session]:
         self.calls.append(("list-sessions",))
         if self.list_error is not None:
             raise self.list_error
         return list(self.sessions)
 
     async def create_session(
-        self, owner: str, session_type: str, session_id: str, run_as: str | None
+        self,
+        owner: str,
+        session_type: str,
+        session_id: str,
+        run_as: str | None,
+        limit: float | None = None,
     ) -> None:
         self.calls.append(("create-session", owner, session_type, session_id, run_as))
         self.sessions.append(Session(session_id, owner=owner, type=session_type))
@@ -508,3 +515,26 @@ def test_report_with_dcv_failing_still_has_stats(
         e["error"] for e in events if "without sessions" in e.get("log_format", "")
     ]
     assert warned == ["dcv list-sessions: no such file: /usr/bin/dcv"]
+
+
+def test_a_create_waiting_for_a_busy_dcv_gives_up_within_25_seconds(
+    dcv: FakeDcv, manager: SessionManager
+) -> None:
+    held = dcv.lock.acquire()  # another mutation holds dcv
+    assert held.called
+    waiting = ensureDeferred(manager.create("alice", "console", NEW_ID))
+    dcv.clock.advance(24.9)
+    assert not waiting.called
+    dcv.clock.advance(0.2)
+    failure = result_of(waiting)
+    assert isinstance(failure.value, DcvError)
+    assert failure.value.kind == "timeout"
+    assert dcv.calls == []
+    dcv.lock.release()
+
+
+def result_of(deferred: Any) -> Any:
+    outcome: list[Any] = []
+    deferred.addBoth(outcome.append)
+    assert outcome
+    return outcome[0]
