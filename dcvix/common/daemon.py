@@ -14,6 +14,7 @@ from typing import Any, NoReturn
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
+from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import (
     IOpenSSLServerConnectionCreator,
     IReactorFromThreads,
@@ -87,6 +88,18 @@ class DaemonService(MultiService):
         super().__init__()
         self.setName(name)
         self._observer = observer
+
+    def privilegedStartService(self) -> None:
+        """Bind the listeners; a port already in use is one line and exit 1."""
+        try:
+            super().privilegedStartService()
+        except CannotListenError as error:
+            message = f"{self.name}: cannot listen on {error.interface or '*'}:" + (
+                f"{error.port}: {error.socketError}"
+            )
+            log.critical("{message}", message=message)
+            sys.stderr.write(message + "\n")
+            raise SystemExit(1) from None
 
     def setServiceParent(self, parent: Any) -> None:
         """Attach to the application, handing it the log observer first."""

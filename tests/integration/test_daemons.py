@@ -810,3 +810,28 @@ def test_two_agents_side_by_side(tmp_path: Path, daemons) -> None:
     assert second.stop() == -signal.SIGTERM
     assert f"listening on 127.0.0.1:{second.port}" not in log_file(first).read_text()
     assert second.guid not in log_file(first).read_text()
+
+
+@pytest.mark.parametrize("plugin", PLUGINS)
+def test_a_port_in_use_is_one_line_and_exit_1(tmp_path: Path, plugin: str) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        daemon = DaemonProcess(plugin, tmp_path / plugin, port)
+        daemon.write_conf()
+        result = subprocess.run(
+            twistd_argv(plugin, daemon.conf),
+            cwd=daemon.folder,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    line = (
+        f"{plugin}: cannot listen on 127.0.0.1:{port}: "
+        "[Errno 98] Address already in use"
+    )
+    assert result.returncode == 1
+    assert line in result.stdout
+    assert "Traceback" not in result.stdout + result.stderr
