@@ -42,6 +42,9 @@ from dcvix.common.pki import (
     load_certificates,
     public_key_fingerprint,
 )
+from dcvix.common.pki import (
+    certificate_pem as pem_of,
+)
 from dcvix.common.tls import (
     director_client_tls,
     fetch_peer_chain,
@@ -297,8 +300,12 @@ class AgentEnrolment(MultiService):
         if problem is not None:
             log.error("registration answer refused: {problem}", problem=problem)
             return
+        # Only the CA that signed our certificate, the one just checked: an
+        # extra CA slipped into the answer must never become trusted.
+        issuer = issued_by_any(certificate, cas)
+        assert issuer is not None
         store_certificate(self._files, certificate_pem)
-        store_ca(self._files, ca_pem)
+        store_ca(self._files, pem_of(issuer))
         log.info(
             "registered as agent {guid}; certificate valid until {until}",
             guid=self._guid,

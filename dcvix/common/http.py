@@ -291,6 +291,15 @@ def install_error_handlers(app: Klein) -> None:
 # --------------------------------------------------------------- JSON bodies
 
 
+def _has_lone_surrogate(value: Any) -> bool:
+    """A lone surrogate escape: valid JSON, but not text (and not UTF-8)."""
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
 def read_json(request: IRequest) -> Any:
     """The first JSON value of the body, whatever the Content-Type (Go's way).
 
@@ -311,6 +320,8 @@ def read_json(request: IRequest) -> Any:
         # ValueError covers JSONDecodeError, integers over Python's digit limit
         # and the non-finite numbers Go refuses (NaN, Infinity, 1e400).
         raise BadRequest("request body is not valid JSON") from None
+    if _has_lone_surrogate(value):
+        raise BadRequest("request body holds an invalid \\u escape")
     return value
 
 

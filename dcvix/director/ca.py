@@ -134,6 +134,11 @@ def parse_csr(der: bytes) -> x509.CertificateSigningRequest:
         key, ed25519.Ed25519PublicKey | ec.EllipticCurvePublicKey | rsa.RSAPublicKey
     ):
         raise CertificateRequestError("csr key type not accepted")
+    try:
+        # cryptography parses the subject lazily: a malformed name fails here.
+        csr.subject.rfc4514_string()
+    except ValueError:
+        raise CertificateRequestError("invalid csr") from None
     return csr
 
 

@@ -253,29 +253,32 @@ class Enrolment:
         if pending >= self._policy.max_pending:
             raise TooManyRequests("too many pending agents")
         now = self._now()
+        # create_registered_txn re-checks the hostname in its transaction: an
+        # agent that loses a race for it falls through to pending.
         if (
             token_ok
             and self._policy.auto_approve
             and await self._may_auto_approve(hostname)
-        ):
-            if await self._registry.run(
+            and await self._registry.run(
                 store.create_registered_txn, guid, hostname, key, address, now
-            ):
-                await self._registry.run(
-                    store.audit_txn,
-                    now,
-                    "auto_approve",
-                    "approve",
-                    guid,
-                    f"hostname={hostname} key={key} from {address}",
-                )
-                log.info(
-                    "agent {guid} ({hostname}) approved by token",
-                    guid=guid,
-                    hostname=hostname,
-                )
-                return await self._issue(guid, csr, hostname, address, True)
-        elif await self._registry.run(
+            )
+        ):
+            await self._registry.run(
+                store.audit_txn,
+                now,
+                "auto_approve",
+                "approve",
+                guid,
+                f"hostname={hostname} key={key} from {address}",
+            )
+            log.info(
+                "agent {guid} ({hostname}) approved by token",
+                guid=guid,
+                hostname=hostname,
+            )
+            return await self._issue(guid, csr, hostname, address, True)
+
+        if await self._registry.run(
             store.create_pending_txn, guid, hostname, key, address, now
         ):
             self._new_pending.record(address)

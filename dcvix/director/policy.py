@@ -64,11 +64,15 @@ class Policy:
 
 
 def valid_id(text: str) -> bool:
-    """A user, pool or session id: not empty, no control character, no leading -."""
+    """A user, pool or session id: not empty, plain text, no leading ``-``.
+
+    Plain text: no control character, and no lone surrogate (a JSON escape
+    that is not a character).
+    """
     return (
         0 < len(text) <= MAX_ID_LENGTH
         and not text.startswith("-")
-        and all(unicodedata.category(c) != "Cc" for c in text)
+        and all(unicodedata.category(c) not in ("Cc", "Cs") for c in text)
     )
 
 

@@ -124,7 +124,10 @@ def clean_stats(stats: Any) -> dict[str, Any]:
             or not 0 <= value < math.inf
         ):
             raise BadRequest(f"stats.{key} must be a non-negative number")
-        cleaned[key] = float(value)
+        try:
+            cleaned[key] = float(value)
+        except OverflowError:  # an integer too large for a float
+            raise BadRequest(f"stats.{key} is out of range") from None
     return cleaned
 
 
@@ -293,8 +296,19 @@ def _port(value: Any, default: int) -> int:
     return default
 
 
+MAX_UPDATE_INTERVAL = 86400.0
+
+
 def _interval(value: Any) -> float:
-    if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
+    """The agent's update interval; absurd values fall back to Go's 30 s.
+
+    Bounded, as it stretches the window in which a silent agent counts online.
+    """
+    if (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and 0 < value <= MAX_UPDATE_INTERVAL
+    ):
         return float(value)
     return 30.0
 

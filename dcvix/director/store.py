@@ -243,6 +243,14 @@ def _create(
 ) -> bool:
     registered_at = to_db_time(now) if state == REGISTERED else None
     with _transaction(connection):
+        if (
+            state == REGISTERED
+            and connection.execute(
+                "SELECT 1 FROM agents WHERE state = ? AND lower(hostname) = lower(?)",
+                (REGISTERED, hostname),
+            ).fetchone()
+        ):
+            return False  # hostnames are unique among registered agents
         cursor = connection.execute(
             "INSERT OR IGNORE INTO agents (guid, hostname, state, created_at, "
             "registered_at, key_fingerprint, address, state_changed_at, "
@@ -281,7 +289,11 @@ def create_registered_txn(
     address: str,
     now: dt.datetime,
 ) -> bool:
-    """Insert an agent approved at once (``auto_approve = token``)."""
+    """Insert an agent approved at once (``auto_approve = token``).
+
+    False when the GUID exists, or a registered agent has the hostname (checked
+    in the same transaction, so two racing registrations cannot both win).
+    """
     return _create(
         connection, REGISTERED, guid, hostname, key_fingerprint, address, now
     )
