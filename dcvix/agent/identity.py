@@ -32,6 +32,7 @@ from dcvix.common.pki import (
     new_ed25519_key,
     private_key_pem,
     public_key_fingerprint,
+    subject_alt_names,
 )
 from dcvix.common.validate import canonical_guid
 
@@ -140,17 +141,6 @@ def issued_by_any(
     return next((ca for ca in cas if issued_by(certificate, ca)), None)
 
 
-def dns_names(certificate: x509.Certificate) -> list[str]:
-    """The DNS SANs of a certificate."""
-    try:
-        extension = certificate.extensions.get_extension_for_class(
-            x509.SubjectAlternativeName
-        )
-    except x509.ExtensionNotFound:
-        return []
-    return extension.value.get_values_for_type(x509.DNSName)
-
-
 @dataclass(frozen=True)
 class CertificateState:
     """What is on disk, judged at one moment."""
@@ -187,7 +177,7 @@ def certificate_state(
         return CertificateState(certificate, cas, "not for agent.guid")
     if not certificate.not_valid_before_utc <= now < certificate.not_valid_after_utc:
         return CertificateState(certificate, cas, "expired")
-    if hostname.lower() not in (n.lower() for n in dns_names(certificate)):
+    if hostname.lower() not in (n.lower() for n in subject_alt_names(certificate)[0]):
         return CertificateState(
             certificate, cas, f"issued for another hostname than {hostname}"
         )

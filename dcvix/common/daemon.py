@@ -66,6 +66,16 @@ def private_dir(path: Path, what: str) -> Path:
     return path
 
 
+def require_private_file(path: Path) -> None:
+    """Refuse a key file that group or other users may read (it must be 0600)."""
+    mode = path.stat().st_mode & 0o777
+    if mode & 0o077:
+        raise StartupError(
+            f"{path} is readable by other users (mode {mode:04o}); "
+            f"it must be 0600: chmod 600 {path}"
+        )
+
+
 def log_observer(component: str, log_section: Any) -> ILogObserver:
     """Stdout plus the rotated file of ``[log]``, at its level and format."""
     directory = Path(log_section.directory)

@@ -63,8 +63,3 @@ def ensure_private_dir(path: Path) -> None:
             old=current,
             new=current & 0o700,
         )
-
-
-def readable_by_others(path: Path) -> bool:
-    """Whether group or other users may read ``path``."""
-    return bool(stat.S_IMODE(path.stat().st_mode) & 0o044)

@@ -128,3 +128,18 @@ def self_signed_certificate(
         )
         .sign(key, _signature_hash(key))
     )
+
+
+def subject_alt_names(
+    certificate: x509.Certificate,
+) -> tuple[list[str], list[str]]:
+    """The DNS names and IP addresses a certificate carries."""
+    try:
+        extension = certificate.extensions.get_extension_for_class(
+            x509.SubjectAlternativeName
+        )
+    except x509.ExtensionNotFound:
+        return [], []
+    dns = extension.value.get_values_for_type(x509.DNSName)
+    ips = [str(a) for a in extension.value.get_values_for_type(x509.IPAddress)]
+    return dns, ips

@@ -44,6 +44,7 @@ from dcvix.common.pki import (
     load_certificates,
     load_private_key,
     public_key_fingerprint,
+    subject_alt_names,
 )
 
 DIRECTOR_NAME = "dcvix-director"
@@ -176,13 +177,7 @@ def is_director_leaf(certificate: x509.Certificate) -> bool:
     names = certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
     if [name.value for name in names] != [DIRECTOR_NAME]:
         return False
-    try:
-        alt_names = certificate.extensions.get_extension_for_class(
-            x509.SubjectAlternativeName
-        ).value
-    except x509.ExtensionNotFound:
-        return False
-    dns_names = alt_names.get_values_for_type(x509.DNSName)
+    dns_names, _ = subject_alt_names(certificate)
     return DIRECTOR_NAME in [name.lower() for name in dns_names]
 
 

@@ -13,7 +13,6 @@ import datetime as dt
 import ipaddress
 import os
 import socket
-import stat
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -30,7 +29,7 @@ from cryptography.hazmat.primitives.asymmetric.types import (
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from twisted.logger import Logger
 
-from dcvix.common.daemon import StartupError
+from dcvix.common.daemon import StartupError, require_private_file
 from dcvix.common.files import atomic_write
 from dcvix.common.pki import (
     BACKDATE,
@@ -42,6 +41,7 @@ from dcvix.common.pki import (
     new_ec_key,
     private_key_pem,
     public_key_fingerprint,
+    subject_alt_names,
 )
 from dcvix.common.tls import DIRECTOR_NAME
 
@@ -81,21 +81,6 @@ def _alt_names(
     for address in dict.fromkeys(ip_addresses):
         names.append(x509.IPAddress(ipaddress.ip_address(address)))
     return x509.SubjectAlternativeName(names)
-
-
-def subject_alt_names(
-    certificate: x509.Certificate,
-) -> tuple[list[str], list[str]]:
-    """The DNS names and IP addresses a certificate carries."""
-    try:
-        extension = certificate.extensions.get_extension_for_class(
-            x509.SubjectAlternativeName
-        )
-    except x509.ExtensionNotFound:
-        return [], []
-    dns = extension.value.get_values_for_type(x509.DNSName)
-    ips = [str(a) for a in extension.value.get_values_for_type(x509.IPAddress)]
-    return dns, ips
 
 
 def common_names(certificate: x509.Certificate) -> list[str]:
@@ -305,17 +290,8 @@ class DirectorFiles:
         return self.data_dir / "agents.db"
 
 
-def _check_private(path: Path) -> None:
-    mode = stat.S_IMODE(path.stat().st_mode)
-    if mode & 0o077:
-        raise StartupError(
-            f"{path} is readable by other users (mode {mode:04o}); "
-            f"it must be 0600: chmod 600 {path}"
-        )
-
-
 def _read_key(path: Path) -> CertificateIssuerPrivateKeyTypes:
-    _check_private(path)
+    require_private_file(path)
     try:
         key = load_private_key(path.read_bytes())
     except (OSError, ValueError, TypeError) as error:

@@ -29,7 +29,7 @@ from pyseto import Key
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from dcvix.common.daemon import StartupError
+from dcvix.common.daemon import StartupError, require_private_file
 from dcvix.common.files import atomic_write
 
 log = Logger()
@@ -69,12 +69,7 @@ def load_token_key(configured: str, data_dir: Path) -> bytes:
         return base64.b64decode("".join(configured.split()))
     path = data_dir / "token.key"
     if path.exists():
-        mode = path.stat().st_mode & 0o777
-        if mode & 0o077:
-            raise StartupError(
-                f"{path} is readable by other users (mode {mode:04o}); "
-                f"it must be 0600: chmod 600 {path}"
-            )
+        require_private_file(path)
         try:
             key = base64.b64decode(path.read_text().strip(), validate=True)
         except (OSError, binascii.Error, ValueError) as error:
