@@ -2,11 +2,11 @@
 
 Run: .venv/bin/python bench/director_hot_paths.py
 
-- update ingestion: Runtime.record of one agent report with 20 sessions, the
-  work behind every POST /v1/agent/update (a 2,000-agent fleet reporting every
-  30 s sends about 67 a second);
+- update ingestion: runtime.parse_report of one agent report with 20 sessions,
+  the work behind every POST /v1/agent/update (a 2,000-agent fleet reporting
+  every 30 s sends about 67 a second);
 - token check: TokenService.check of a login token, done on every API call;
-- agent registry read: store.get_txn on a 2,000-agent agents.db, done on every
+- agent registry read: registry get_txn on a 2,000-agent agents.db, done on every
   mTLS request (register, renew, update).
 """
 
@@ -22,8 +22,9 @@ from pathlib import Path
 
 from twisted.internet.task import Clock
 
-from dcvix.director import store
-from dcvix.director.runtime import Runtime
+from dcvix.director.registry.sqlite import create_registered_txn, get_txn
+from dcvix.director.registry.sqlite_schema import connect
+from dcvix.director.runtime import parse_report
 from dcvix.director.tokens import TokenService
 
 
@@ -73,9 +74,10 @@ def report(sessions: int) -> dict[str, object]:
 
 def main() -> None:
     now = dt.datetime.now(dt.UTC)
-    runtime = Runtime(90.0, 8446)
     body = report(20)
-    rate = per_second(lambda: runtime.record("g", "ws01", body, "10.0.0.1", now))
+    rate = per_second(
+        lambda: parse_report("g", "ws01", body, "10.0.0.1", now, 8446, None)
+    )
     print(f"update ingestion (20 sessions): {rate:,.0f} reports/s")
 
     tokens = TokenService(b"k" * 32, Clock())
@@ -84,11 +86,11 @@ def main() -> None:
     print(f"login token check:              {rate:,.0f} /s")
 
     with tempfile.TemporaryDirectory() as folder:
-        connection = store.connect(Path(folder) / "agents.db")
+        connection = connect(Path(folder) / "agents.db")
         guids = [str(uuid.uuid4()) for _ in range(2000)]
         for n, guid in enumerate(guids):
-            store.create_registered_txn(connection, guid, f"ws{n}", "ab" * 32, "", now)
-        rate = per_second(lambda: store.get_txn(connection, guids[1000]))
+            create_registered_txn(connection, guid, f"ws{n}", "ab" * 32, "", now, "b")
+        rate = per_second(lambda: get_txn(connection, guids[1000]))
         print(f"registry read (2,000 agents):   {rate:,.0f} /s")
         connection.close()
     print(f"(SQLite {sqlite3.sqlite_version}, one core)")

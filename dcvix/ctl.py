@@ -13,10 +13,14 @@ import argparse
 import datetime as dt
 import getpass
 import os
-import sqlite3
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Coroutine, Sequence
 from pathlib import Path
+from typing import Any, TypeVar
+
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+from twisted.python.failure import Failure
 
 from dcvix.common.config import (
     ConfigError,
@@ -24,10 +28,16 @@ from dcvix.common.config import (
     load_config,
 )
 from dcvix.common.errors import ApiError
-from dcvix.director import store
-from dcvix.director.ca import own_host_names
+from dcvix.director.agent_admin import AgentAdmin, forget_nothing
+from dcvix.director.audit import Audit
 from dcvix.director.config import DirectorConfig
+from dcvix.director.datadir import DirectorFiles
+from dcvix.director.hostnames import own_host_names
 from dcvix.director.policy import PolicyError, load_policy
+from dcvix.director.registry import REGISTERED, STATES, AgentRecord, StoreError
+from dcvix.director.registry.sqlite import SqliteRegistry, inline_runner
+
+T = TypeVar("T")
 
 
 def _actor() -> str:
@@ -45,35 +55,61 @@ def _load(conf: str | None) -> DirectorConfig:
     raise ConfigError("no config file found: pass --conf FILE")
 
 
-def _open(config: DirectorConfig) -> sqlite3.Connection:
-    path = Path(config.director.data_dir) / "agents.db"
+def _open(config: DirectorConfig) -> SqliteRegistry:
+    path = DirectorFiles(Path(config.director.data_dir)).agents_db
     if not path.exists():
         raise ConfigError(f"{path} does not exist: has the director been started?")
-    return store.connect(path)
+    return SqliteRegistry(path, inline_runner)
+
+
+def _wall_clock() -> Clock:
+    clock = Clock()
+    clock.advance(dt.datetime.now(dt.UTC).timestamp())
+    return clock
+
+
+def wait(coroutine: Coroutine[Any, Any, T]) -> T:
+    """The result of a coroutine whose every step completes at once.
+
+    The registry runs inline here, so its Deferreds have fired before they are
+    awaited and the coroutine finishes within this call.
+    """
+    results: list[T | Failure] = []
+    Deferred.fromCoroutine(coroutine).addBoth(results.append)
+    assert results, "the coroutine waited for something that never came"
+    outcome = results[0]
+    if isinstance(outcome, Failure):
+        outcome.raiseException()
+    return outcome
 
 
 def _when(moment: dt.datetime | None) -> str:
     return moment.astimezone().isoformat(timespec="seconds") if moment else "-"
 
 
-def list_agents(connection: sqlite3.Connection, state: str | None) -> str:
+def _state(record: AgentRecord) -> str:
+    if record.state != REGISTERED or record.key_fingerprint:
+        return record.state
+    if record.claimed_key:
+        return f"registered (unpinned, claim {record.claimed_key[:16]})"
+    return "registered (unpinned)"
+
+
+def list_agents(admin: AgentAdmin, state: str | None) -> str:
     """The ``agents list`` table."""
-    records = store.list_txn(connection, state)
+    records = wait(admin.list(state))
     if not records:
         return f"no {state or ''} agents".replace("  ", " ")
-    duplicates = store.duplicate_hostnames_txn(connection)
     rows = [("GUID", "HOSTNAME", "STATE", "SINCE", "ADDRESS", "KEY", "CERT UNTIL")]
     for record in records:
         hostname = record.hostname
-        if record.state == store.REGISTERED and hostname.lower() in duplicates:
+        if record.state == REGISTERED and record.duplicate_hostname:
             hostname += " (duplicate!)"
         rows.append(
             (
                 record.guid,
                 hostname,
-                record.state
-                if record.key_fingerprint or record.state != store.REGISTERED
-                else "registered (unpinned)",
+                _state(record),
                 _when(record.state_changed_at or record.created_at),
                 record.address or "-",
                 record.key_fingerprint[:16] or "-",
@@ -94,27 +130,32 @@ def _own_names() -> frozenset[str]:
     return frozenset(name.lower() for name in own_host_names())
 
 
-def _act(
-    connection: sqlite3.Connection,
-    action: Callable[..., store.ActionResult],
-    guids: Sequence[str],
-    past: str,
-    **options: object,
+PAST = {
+    "approve": "approved",
+    "deny": "denied",
+    "revoke": "revoked",
+    "reactivate": "reactivated",
+    "delete": "deleted",
+}
+
+
+def act(
+    admin: AgentAdmin, action: str, guids: Sequence[str], replace: bool = False
 ) -> int:
+    """Apply one action to each GUID; 0 when all succeeded, else 1."""
     status = 0
-    now = dt.datetime.now(dt.UTC)
     for guid in guids:
         try:
-            result = action(connection, guid, _actor(), now, **options)
+            outcome = wait(admin.act(action, guid, _actor(), replace))
         except ApiError as error:
             print(f"{guid}: {error.message}", file=sys.stderr)
             status = 1
             continue
-        print(f"agent {guid} ({result.record.hostname}) {past}")
-        for old in result.replaced:
+        print(f"agent {guid} ({outcome.record.hostname}) {PAST[action]}")
+        for old in outcome.replaced:
             print(f"agent {old} revoked: replaced by {guid}")
-        if result.warning:
-            print(f"warning: {result.warning}")
+        if outcome.warning:
+            print(f"warning: {outcome.warning}")
     return status
 
 
@@ -128,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     agents = commands.add_parser("agents", help="list and manage agents")
     actions = agents.add_subparsers(dest="action", required=True)
     listing = actions.add_parser("list", help="list agents")
-    listing.add_argument("--state", choices=store.STATES)
+    listing.add_argument("--state", choices=STATES)
     approve = actions.add_parser("approve", help="approve pending agents")
     approve.add_argument("guids", nargs="+", metavar="GUID")
     approve.add_argument(
@@ -176,8 +217,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as error:
         print(error, file=sys.stderr)
         return 2
-    except sqlite3.Error as error:
-        print(f"agents.db: {error}", file=sys.stderr)
+    except StoreError as error:
+        print(error, file=sys.stderr)
         return 2
 
 
@@ -185,30 +226,23 @@ def _run(options: argparse.Namespace) -> int:
     config = _load(options.conf)
     if options.command == "policy":
         return check_policy(config)
-    connection = _open(config)
+    registry = _open(config)
+    clock = _wall_clock()
+    admin = AgentAdmin(
+        registry, Audit(registry, clock), clock, _own_names(), forget_nothing
+    )
     try:
         if options.action == "list":
-            print(list_agents(connection, options.state))
+            print(list_agents(admin, options.state))
             return 0
-        if options.action == "approve":
-            return _act(
-                connection,
-                store.approve_txn,
-                options.guids,
-                "approved",
-                replace_existing=options.replace,
-                own_names=_own_names(),
-            )
-        verbs = {
-            "deny": (store.deny_txn, "denied"),
-            "revoke": (store.revoke_txn, "revoked"),
-            "reactivate": (store.reactivate_txn, "reactivated"),
-            "delete": (store.delete_txn, "deleted"),
-        }
-        function, past = verbs[options.action]
-        return _act(connection, function, options.guids, past)
+        return act(
+            admin,
+            options.action,
+            options.guids,
+            options.action == "approve" and options.replace,
+        )
     finally:
-        connection.close()
+        registry.close()
 
 
 if __name__ == "__main__":

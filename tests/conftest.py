@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from twisted.logger import LogEvent, formatEvent, globalLogPublisher
 
 from daemons import DaemonProcess
 
@@ -30,3 +31,17 @@ def daemons(tmp_path: Path) -> Iterator[list[DaemonProcess]]:
     yield started
     for daemon in started:
         daemon.stop()
+
+
+@pytest.fixture
+def audit_lines() -> Iterator[list[str]]:
+    """The lines logged in the ``dcvix.audit`` namespace during the test."""
+    lines: list[str] = []
+
+    def observe(event: LogEvent) -> None:
+        if event.get("log_namespace") == "dcvix.audit":
+            lines.append(formatEvent(event))
+
+    globalLogPublisher.addObserver(observe)
+    yield lines
+    globalLogPublisher.removeObserver(observe)

@@ -26,7 +26,9 @@ from cryptography import x509
 
 from daemons import DaemonProcess, free_port
 from dcvix.common.pki import load_certificates, load_private_key
-from dcvix.director import store
+from dcvix.director.registry import AgentRecord
+from dcvix.director.registry.sqlite import get_txn, list_txn
+from dcvix.director.registry.sqlite_schema import connect
 
 DCVIXCTL = str(Path(sys.executable).parent / "dcvixctl")
 
@@ -203,15 +205,15 @@ class Director(Daemon):
         """GUID → hostname of the agents ``agents list`` shows (in ``state``)."""
         return {row[0]: row[1] for row in self.listing(state)}
 
-    def record(self, guid: str) -> store.AgentRecord | None:
+    def record(self, guid: str) -> AgentRecord | None:
         """The agent's row in ``agents.db``, read directly."""
-        with contextlib.closing(store.connect(self.data_dir / "agents.db")) as db:
-            return store.get_txn(db, guid)
+        with contextlib.closing(connect(self.data_dir / "agents.db")) as db:
+            return get_txn(db, guid)
 
-    def records(self) -> list[store.AgentRecord]:
+    def records(self) -> list[AgentRecord]:
         """Every row of ``agents.db``."""
-        with contextlib.closing(store.connect(self.data_dir / "agents.db")) as db:
-            return store.list_txn(db)
+        with contextlib.closing(connect(self.data_dir / "agents.db")) as db:
+            return list_txn(db)
 
 
 class Agent(Daemon):

@@ -23,12 +23,12 @@ from dcvix.common.errors import (
     Unauthorized,
 )
 from dcvix.common.http import (
-    go_fields,
     install_error_handlers,
     json_response,
     peer_certificate,
     read_json,
 )
+from dcvix.common.jsonfields import go_fields
 from dcvix.common.tls import is_director_certificate
 from dcvix.common.validate import InvalidInput, NotAllowed
 

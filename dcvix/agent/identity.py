@@ -25,6 +25,7 @@ from twisted.logger import Logger
 from dcvix.common.daemon import StartupError
 from dcvix.common.files import atomic_write
 from dcvix.common.pki import (
+    AGENT_CN_PREFIX,
     certificate_fingerprint,
     issued_by,
     load_certificates,
@@ -38,7 +39,6 @@ from dcvix.common.validate import canonical_guid
 
 log = Logger()
 
-AGENT_CN_PREFIX = "dcvix-agent-"
 SignerKey = ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
 
 

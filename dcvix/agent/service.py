@@ -26,7 +26,6 @@ from dcvix.agent.report import Reporter, ReportSettings
 from dcvix.agent.sessions import CreatedSessions, SessionManager
 from dcvix.agent.stats import StatsCollector
 from dcvix.agent.updater import Updater, first_delay
-from dcvix.common.config import split_host_port
 from dcvix.common.daemon import (
     DaemonService,
     SighupService,
@@ -36,8 +35,9 @@ from dcvix.common.daemon import (
 )
 from dcvix.common.http import DcvixSite
 from dcvix.common.jobs import PeriodicJob
-from dcvix.common.pki import self_signed_certificate
+from dcvix.common.pki import AGENT_CN_PREFIX, self_signed_certificate
 from dcvix.common.tls import ReloadingServerTLS, ServerFiles, server_options
+from dcvix.common.validate import split_host_port
 
 log = Logger()
 
@@ -71,7 +71,7 @@ def listener_options(
         )
         certificate = self_signed_certificate(
             key,
-            f"dcvix-agent-{guid}",
+            AGENT_CN_PREFIX + guid,
             [hostname],
             ["127.0.0.1"],
             now,

@@ -24,6 +24,7 @@ from typing import Any, Generic, TypeVar
 from urllib.parse import urlsplit
 
 from dcvix.common.ini import DEFAULT_SECTION, IniSyntaxError, parse_ini
+from dcvix.common.validate import parse_host, split_host_port
 
 T = TypeVar("T")
 
@@ -191,23 +192,6 @@ def choice(*options: str) -> Kind[str]:
     return Kind(" / ".join(options), parse)
 
 
-_HOSTNAME = re.compile(
-    r"(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)"
-    r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?"
-)
-
-
-def parse_host(text: str) -> str:
-    """A DNS name or an IP address (IPv6 without brackets)."""
-    try:
-        return str(ipaddress.ip_address(text.strip("[]")))
-    except ValueError:
-        pass
-    if not _HOSTNAME.fullmatch(text):
-        raise ValueError(f"{text!r} is not a host name or IP address")
-    return text
-
-
 HOST: Kind[str] = Kind("host name or IP", parse_host)
 
 
@@ -242,21 +226,6 @@ def _parse_ips(text: str) -> tuple[str, ...]:
 IP_LIST: Kind[tuple[str, ...]] = Kind(
     "comma-separated IP addresses", _parse_ips, ", ".join, False
 )
-
-
-def split_host_port(text: str) -> tuple[str, int | None]:
-    """Split ``host``, ``host:port``, ``[v6]:port`` or a bare IPv6 address."""
-    if text.startswith("["):
-        host, _, rest = text[1:].partition("]")
-        port_text = rest[1:] if rest.startswith(":") else None
-        if rest and port_text is None:
-            raise ValueError(f"{text!r} is not host[:port]")
-    elif text.count(":") == 1:
-        host, port_text = text.split(":")
-    else:
-        host, port_text = text, None
-    port = PORT.parse(port_text) if port_text is not None else None
-    return parse_host(host), port
 
 
 def _parse_host_port(text: str) -> str:

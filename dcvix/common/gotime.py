@@ -9,8 +9,34 @@ from typing import Any
 GO_ZERO_TIME = "0001-01-01T00:00:00Z"
 
 _TIME = re.compile(
-    r"(\d{4}-\d{2}-\d{2})[Tt ](\d{2}:\d{2}:\d{2})(?:\.(\d{1,9}))?(Z|z|[+-]\d{2}:?\d{2})"
+    r"(\d{4}-\d{2}-\d{2})[Tt ](\d{2}:\d{2}:\d{2})(?:\.(\d+))?"
+    r"(\s*)(Z|z|[+-]\d{2}:?\d{2})?(\s.*)?"
 )
+
+
+def _parse(value: str, stored: bool) -> dt.datetime | None:
+    """The one timestamp parser; ``stored`` relaxes it for database columns."""
+    match = _TIME.fullmatch(value.strip())
+    if match is None:
+        raise ValueError(f"not a timestamp: {value!r}")
+    day, clock, fraction, space, zone, trailer = match.groups()
+    if not stored and (
+        zone is None or space or trailer or (fraction is not None and len(fraction) > 9)
+    ):
+        raise ValueError(f"not a timestamp: {value!r}")
+    micro = (fraction or "").ljust(6, "0")[:6]
+    if zone in (None, "Z", "z"):
+        zone = "+00:00"
+    elif ":" not in zone:
+        zone = f"{zone[:3]}:{zone[3:]}"
+    try:
+        moment = dt.datetime.fromisoformat(f"{day}T{clock}.{micro}{zone}")
+        if moment.year <= 1:
+            return None  # Go's zero time
+        return moment.astimezone(dt.UTC)
+    except (ValueError, OverflowError):
+        # A month 13, hour 24 or offset of 24 h; or past year 9999 once in UTC.
+        raise ValueError(f"not a timestamp: {value!r}") from None
 
 
 def parse_time(value: Any) -> dt.datetime | None:
@@ -23,23 +49,22 @@ def parse_time(value: Any) -> dt.datetime | None:
         return None
     if not isinstance(value, str):
         raise ValueError(f"not a timestamp: {value!r}")
-    match = _TIME.fullmatch(value.strip())
-    if match is None:
-        raise ValueError(f"not a timestamp: {value!r}")
-    day, clock, fraction, zone = match.groups()
-    micro = (fraction or "").ljust(6, "0")[:6]
-    if zone in ("Z", "z"):
-        zone = "+00:00"
-    elif ":" not in zone:
-        zone = f"{zone[:3]}:{zone[3:]}"
+    return _parse(value, stored=False)
+
+
+def parse_stored_time(text: str | None) -> dt.datetime | None:
+    """A timestamp column: ours, or Go's as its SQLite driver wrote it.
+
+    Go's are ``2025-03-01 10:20:30.123456789+01:00``, or ``time.String()``
+    text with a zone name after the offset; no offset means UTC. Junk is None,
+    never an error: one odd row must not stop the director.
+    """
+    if not text:
+        return None
     try:
-        moment = dt.datetime.fromisoformat(f"{day}T{clock}.{micro}{zone}")
-        if moment.year <= 1:
-            return None
-        return moment.astimezone(dt.UTC)
-    except (ValueError, OverflowError):
-        # A month 13, hour 24 or offset of 24 h; or past year 9999 once in UTC.
-        raise ValueError(f"not a timestamp: {value!r}") from None
+        return _parse(text, stored=True)
+    except ValueError:
+        return None
 
 
 def format_time(moment: dt.datetime | None) -> str:

@@ -6,8 +6,8 @@
 - :func:`install_error_handlers`: every error becomes ``{"error": ...}`` JSON with
   its status (404 and 405 included); an unexpected exception is logged with its
   traceback and answered with a generic 500, never the traceback itself.
-- :func:`read_json` and :func:`go_fields`: JSON bodies decoded with Go
-  ``encoding/json`` leniency, whatever the Content-Type.
+- :func:`read_json`: a JSON body whatever the Content-Type (fields are picked
+  by :mod:`dcvix.common.jsonfields`).
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import io
 import json
 import math
 import re
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable
+from typing import Any, cast
 from urllib.parse import unquote_to_bytes, urlsplit
 
 from cryptography import x509
@@ -249,15 +249,27 @@ def peer_certificate(request: IRequest) -> x509.Certificate | None:
 # ------------------------------------------------------------------- errors
 
 
-def install_error_handlers(app: Klein) -> None:
-    """Make every failure of ``app``'s routes a JSON error with its status."""
+def _request_and_failure(args: tuple[Any, ...]) -> tuple[IRequest, Failure]:
+    request, failure = args[-2:]
+    assert isinstance(failure, Failure)
+    return request, failure
 
-    def api_error(self: Any, request: IRequest, failure: Failure) -> bytes:
+
+def install_error_handlers(app: Klein) -> None:
+    """Make every failure of ``app``'s routes a JSON error with its status.
+
+    ``app`` may be a class's Klein (handlers then get the instance first) or
+    one built at run time (they do not).
+    """
+
+    def api_error(*args: Any) -> bytes:
+        request, failure = _request_and_failure(args)
         error = failure.value
         assert isinstance(error, ApiError)
         return error_response(request, error.status, error.message)
 
-    def routing_error(self: Any, request: IRequest, failure: Failure) -> bytes:
+    def routing_error(*args: Any) -> bytes:
+        request, failure = _request_and_failure(args)
         error = failure.value
         assert isinstance(error, HTTPException)
         if isinstance(error, MethodNotAllowed) and error.valid_methods:
@@ -274,7 +286,8 @@ def install_error_handlers(app: Klein) -> None:
         )
         return error_response(request, status, message)
 
-    def unexpected(self: Any, request: IRequest, failure: Failure) -> bytes:
+    def unexpected(*args: Any) -> bytes:
+        request, failure = _request_and_failure(args)
         log.failure(
             "unexpected error answering {method} {path}",
             failure,
@@ -283,9 +296,10 @@ def install_error_handlers(app: Klein) -> None:
         )
         return error_response(request, 500, "internal error")
 
-    app.handle_errors(ApiError)(api_error)
-    app.handle_errors(HTTPException)(routing_error)
-    app.handle_errors(Exception)(unexpected)
+    # Klein's types name either shape, not one that serves both.
+    app.handle_errors(ApiError)(cast(Any, api_error))
+    app.handle_errors(HTTPException)(cast(Any, routing_error))
+    app.handle_errors(Exception)(cast(Any, unexpected))
 
 
 # --------------------------------------------------------------- JSON bodies
@@ -337,56 +351,3 @@ def _finite_float(text: str) -> float:
 
 
 _DECODER = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite_float)
-
-
-_ZERO: dict[type, Any] = {str: "", int: 0, float: 0.0, bool: False, list: [], dict: {}}
-
-
-def go_fields(value: Any, spec: Mapping[str, type]) -> dict[str, Any]:
-    """Pick fields from a JSON object the way Go ``encoding/json`` does.
-
-    Keys match case-insensitively (an exact match wins), unknown keys are
-    ignored, a missing key or ``null`` gives the zero value, a value of the
-    wrong type is an error.
-
-    Args:
-        value: the decoded body.
-        spec: field name → one of ``str``, ``int``, ``float``, ``bool``,
-            ``list``, ``dict``.
-
-    Raises:
-        BadRequest: when the body is not an object or a field has the wrong type.
-    """
-    if not isinstance(value, dict):
-        raise BadRequest("request body must be a JSON object")
-    folded: dict[str, Any] = {}
-    for key, item in value.items():
-        folded.setdefault(key.lower(), item)
-    result = {}
-    for name, kind in spec.items():
-        item = value[name] if name in value else folded.get(name.lower())
-        if item is None:
-            result[name] = _ZERO[kind].copy() if kind in (list, dict) else _ZERO[kind]
-            continue
-        if not _is_kind(item, kind):
-            raise BadRequest(f"field {name!r} must be {_KIND_NAMES[kind]}")
-        result[name] = float(item) if kind is float else item
-    return result
-
-
-_KIND_NAMES = {
-    str: "a string",
-    int: "an integer",
-    float: "a number",
-    bool: "a boolean",
-    list: "a list",
-    dict: "an object",
-}
-
-
-def _is_kind(item: Any, kind: type) -> bool:
-    if kind is int:
-        return isinstance(item, int) and not isinstance(item, bool)
-    if kind is float:
-        return isinstance(item, int | float) and not isinstance(item, bool)
-    return isinstance(item, kind)

@@ -20,6 +20,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 # Certificates are back-dated an hour, as Go dcvix does, to absorb clock skew.
 BACKDATE = dt.timedelta(hours=1)
+# An agent certificate's only subject attribute is CN ``dcvix-agent-<guid>``.
+AGENT_CN_PREFIX = "dcvix-agent-"
 
 
 def load_certificates(pem: bytes) -> list[x509.Certificate]:

@@ -100,7 +100,8 @@ def server_options(files: ServerFiles) -> CertificateOptions:
     return options
 
 
-def _signature(paths: Sequence[Path]) -> tuple[tuple[int, int, int, int], ...]:
+def files_signature(paths: Sequence[Path]) -> tuple[tuple[int, int, int, int], ...]:
+    """What changes when any of ``paths`` is replaced or rewritten."""
     result = []
     for path in paths:
         try:
@@ -130,7 +131,7 @@ class ReloadingServerTLS:
     ) -> None:
         self.files = files
         self._load = load
-        self._signature = _signature(files.paths())
+        self._signature = files_signature(files.paths())
         self._current = load(files)
 
     def serverConnectionForTLS(
@@ -141,13 +142,13 @@ class ReloadingServerTLS:
 
     def reload_if_changed(self) -> bool:
         """Reload when any file changed since the last load; True if reloaded."""
-        if _signature(self.files.paths()) == self._signature:
+        if files_signature(self.files.paths()) == self._signature:
             return False
         return self.reload()
 
     def reload(self) -> bool:
         """Build new options now; on failure keep serving the old certificate."""
-        signature = _signature(self.files.paths())
+        signature = files_signature(self.files.paths())
         try:
             fresh = self._load(self.files)
         except Exception as error:

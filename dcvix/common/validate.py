@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import uuid
 from collections.abc import Sequence
@@ -13,6 +14,46 @@ _HOSTNAME = re.compile(rf"(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})*")
 def is_hostname(name: str) -> bool:
     """An RFC 1123 host name: letters, digits, inner hyphens; no wildcard."""
     return bool(_HOSTNAME.fullmatch(name)) and not name.replace(".", "").isdigit()
+
+
+def parse_host(text: str) -> str:
+    """A DNS name (a final dot allowed) or an IP address (IPv6 without brackets).
+
+    Raises:
+        ValueError: anything else.
+    """
+    try:
+        return str(ipaddress.ip_address(text.strip("[]")))
+    except ValueError:
+        pass
+    if not _HOSTNAME.fullmatch(text.removesuffix(".")):
+        raise ValueError(f"{text!r} is not a host name or IP address")
+    return text
+
+
+def split_host_port(text: str) -> tuple[str, int | None]:
+    """Split ``host``, ``host:port``, ``[v6]:port`` or a bare IPv6 address.
+
+    Raises:
+        ValueError: not a host, or a port outside 1-65535.
+    """
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port_text = rest[1:] if rest.startswith(":") else None
+        if rest and port_text is None:
+            raise ValueError(f"{text!r} is not host[:port]")
+    elif text.count(":") == 1:
+        host, port_text = text.split(":")
+    else:
+        host, port_text = text, None
+    port = None
+    if port_text is not None:
+        if not port_text.isdigit():
+            raise ValueError(f"{port_text!r} is not an integer")
+        port = int(port_text)
+        if not 1 <= port <= 65535:
+            raise ValueError(f"{port} must be at least 1 and at most 65535")
+    return parse_host(host), port
 
 
 def canonical_guid(text: str) -> str | None:

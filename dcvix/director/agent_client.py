@@ -5,25 +5,39 @@ the URL host is a made-up ``<guid>.agent.invalid`` that an endpoint factory
 maps to wherever the agent is now. When its address changes, or it is revoked,
 its pool is closed. The TLS check is the pin (chain to our CA + the agent's
 key); no host name, IP or DNS is involved.
+
+The client certificate is the director's own, re-read when its files change
+(the same files the listener reloads), so a re-issued certificate is used for
+the next connection. Stopping the service closes every pool.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import treq
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
+from twisted.application.service import Service
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.logger import Logger
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.iweb import IAgentEndpointFactory
 from zope.interface import implementer
 
-from dcvix.common.tls import PinnedKeyClientTLS
+from dcvix.common.pki import (
+    load_certificates,
+    load_private_key,
+    public_key_fingerprint,
+)
+from dcvix.common.tls import PinnedKeyClientTLS, files_signature
 from dcvix.common.webclient import Answer, json_call
+
+log = Logger()
 
 READ_TIMEOUT = 10.0
 WRITE_TIMEOUT = 30.0
@@ -61,9 +75,14 @@ class _PinnedEndpoints:
 
 class _AgentConnection:
     def __init__(
-        self, reactor: Any, target: AgentAddress, creator: PinnedKeyClientTLS
+        self,
+        reactor: Any,
+        target: AgentAddress,
+        creator: PinnedKeyClientTLS,
+        generation: int,
     ) -> None:
         self.target = target
+        self.generation = generation
         self.pool = HTTPConnectionPool(reactor, persistent=True)
         self.pool.retryAutomatically = False
         agent = Agent.usingEndpointFactory(
@@ -72,38 +91,75 @@ class _AgentConnection:
         self.http = treq.client.HTTPClient(agent)
 
 
-class AgentClient:
+class AgentClient(Service):
     """Calls agents as the director (its certificate is the client certificate).
 
     Args:
         reactor: network and clock.
         ca_certificates: the CA agents' certificates must chain to.
-        certificate, key: the director's certificate and key.
+        certificate_file, key_file: the director's certificate and key.
     """
 
     def __init__(
         self,
         reactor: Any,
         ca_certificates: list[x509.Certificate],
-        certificate: x509.Certificate,
-        key: PrivateKeyTypes,
+        certificate_file: Path,
+        key_file: Path,
     ) -> None:
         self._reactor = reactor
         self._cas = ca_certificates
-        self._certificate = certificate
-        self._key = key
+        self._files = (certificate_file, key_file)
+        self._signature = files_signature(self._files)
+        self._certificate, self._key = self._read()
+        self._generation = 0
         self._connections: dict[str, _AgentConnection] = {}
 
+    def _read(self) -> tuple[x509.Certificate, PrivateKeyTypes]:
+        certificate_file, key_file = self._files
+        certificate = load_certificates(certificate_file.read_bytes())[0]
+        key = load_private_key(key_file.read_bytes())
+        if public_key_fingerprint(certificate.public_key()) != public_key_fingerprint(
+            key.public_key()
+        ):
+            raise ValueError("the key does not match the certificate")
+        return certificate, key
+
+    def _refresh(self) -> None:
+        """Re-read the certificate when its files changed; keep it if they are bad.
+
+        Bad files are logged once and tried again at their next change.
+        """
+        signature = files_signature(self._files)
+        if signature == self._signature:
+            return
+        self._signature = signature
+        try:
+            self._certificate, self._key = self._read()
+        except (OSError, ValueError, IndexError) as error:
+            log.error(
+                "cannot reload the director's client certificate ({error}): "
+                "keeping the current one",
+                error=str(error),
+            )
+            return
+        self._generation += 1
+
     def _connection(self, target: AgentAddress) -> _AgentConnection:
+        self._refresh()
         current = self._connections.get(target.guid)
-        if current is not None and current.target == target:
+        if (
+            current is not None
+            and current.target == target
+            and current.generation == self._generation
+        ):
             return current
         if current is not None:
             self.forget(target.guid)
         creator = PinnedKeyClientTLS(
             self._cas, target.pin, self._certificate, self._key
         )
-        fresh = _AgentConnection(self._reactor, target, creator)
+        fresh = _AgentConnection(self._reactor, target, creator, self._generation)
         self._connections[target.guid] = fresh
         return fresh
 
@@ -143,3 +199,8 @@ class AgentClient:
             closing = self.forget(guid)
             if closing is not None:
                 await closing
+
+    def stopService(self) -> Deferred[None]:
+        """Close every pool, so the reactor stops with no connection left."""
+        super().stopService()
+        return Deferred.fromCoroutine(self.close())

@@ -8,12 +8,9 @@ every enrolled agent.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import ipaddress
 import os
-import socket
-import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +29,7 @@ from twisted.logger import Logger
 from dcvix.common.daemon import StartupError, require_private_file
 from dcvix.common.files import atomic_write
 from dcvix.common.pki import (
+    AGENT_CN_PREFIX,
     BACKDATE,
     certificate_fingerprint,
     certificate_pem,
@@ -44,6 +42,7 @@ from dcvix.common.pki import (
     subject_alt_names,
 )
 from dcvix.common.tls import DIRECTOR_NAME
+from dcvix.director.datadir import DirectorFiles
 
 log = Logger()
 
@@ -53,7 +52,6 @@ SERVER_LIFETIME = dt.timedelta(days=3650)
 # A server certificate with less than this left is re-issued at start.
 SERVER_RENEW_BEFORE = dt.timedelta(days=30)
 LOOPBACK = "127.0.0.1"
-AGENT_CN_PREFIX = "dcvix-agent-"
 MIN_RSA_BITS = 2048
 
 
@@ -255,41 +253,6 @@ def new_authority(now: dt.datetime) -> CertificateAuthority:
     return CertificateAuthority(key, certificate, certificate_pem(certificate))
 
 
-# ------------------------------------------------------------------ the files
-
-
-@dataclass(frozen=True)
-class DirectorFiles:
-    """The PKI files of a director ``data_dir``."""
-
-    data_dir: Path
-
-    @property
-    def ca_key(self) -> Path:
-        """The CA's private key."""
-        return self.data_dir / "ca.key"
-
-    @property
-    def ca_pem(self) -> Path:
-        """The CA certificate, also sent to agents."""
-        return self.data_dir / "ca.pem"
-
-    @property
-    def server_key(self) -> Path:
-        """The director's TLS key."""
-        return self.data_dir / "server.key"
-
-    @property
-    def server_crt(self) -> Path:
-        """The director's TLS certificate."""
-        return self.data_dir / "server.crt"
-
-    @property
-    def agents_db(self) -> Path:
-        """The agent registry."""
-        return self.data_dir / "agents.db"
-
-
 def _read_key(path: Path) -> CertificateIssuerPrivateKeyTypes:
     require_private_file(path)
     try:
@@ -433,24 +396,3 @@ def ensure_server_certificate(
             [*subject_alt_names(certificate)[0], *subject_alt_names(certificate)[1]]
         ),
     )
-
-
-def own_host_names(timeout: float = 2.0) -> list[str]:
-    """This machine's host name and, when DNS answers in time, its FQDN.
-
-    A resolver that hangs must not hold up the director's start.
-    """
-    hostname = socket.gethostname()
-    found: list[str] = []
-
-    def lookup() -> None:
-        with contextlib.suppress(OSError):
-            found.append(socket.getfqdn(hostname))
-
-    worker = threading.Thread(target=lookup, name="fqdn-lookup", daemon=True)
-    worker.start()
-    worker.join(timeout)
-    names = [hostname]
-    if found and found[0] and found[0] != hostname and "." in found[0]:
-        names.append(found[0].rstrip("."))
-    return [n for n in names if n and n != "localhost"]

@@ -12,7 +12,6 @@ import base64
 import binascii
 import datetime as dt
 import hmac
-from collections import defaultdict, deque
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
@@ -21,6 +20,7 @@ from cryptography.x509.oid import NameOID
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
+from dcvix.common.clock import now_utc
 from dcvix.common.errors import (
     BadRequest,
     Conflict,
@@ -28,22 +28,38 @@ from dcvix.common.errors import (
     TooManyRequests,
     Unauthorized,
 )
-from dcvix.common.http import go_fields
-from dcvix.common.pki import certificate_pem, public_key_fingerprint
+from dcvix.common.pki import AGENT_CN_PREFIX, certificate_pem, public_key_fingerprint
+from dcvix.common.ratelimit import RateLimiter
 from dcvix.common.validate import canonical_guid, is_hostname
-from dcvix.director import store
+from dcvix.director.audit import Audit
 from dcvix.director.ca import (
-    AGENT_CN_PREFIX,
     CertificateAuthority,
     CertificateRequestError,
     parse_csr,
 )
-from dcvix.director.store import AgentRecord, AgentStore
+from dcvix.director.registry import (
+    DENIED,
+    PENDING,
+    REGISTERED,
+    REVOKED,
+    AgentRecord,
+    AgentRegistry,
+)
+from dcvix.director.requests import RegisterRequest, RenewRequest
 
 log = Logger()
 
 RENEWAL_INTERVAL_SECONDS = 43200  # what Go directors announce; agents ignore it
 KEY_MISMATCH_AUDIT_SECONDS = 60.0
+AUTO_APPROVE = "auto_approve"  # the audit actor of approvals by token
+
+
+@dataclass(frozen=True)
+class PeerIdentity:
+    """An agent's client certificate, checked: its GUID and key fingerprint."""
+
+    guid: str
+    key: str
 
 
 class PendingApproval(Forbidden):
@@ -69,35 +85,6 @@ class EnrolmentPolicy:
     max_pending: int = 1000
     reserved_names: frozenset[str] = frozenset({"dcvix-director", "localhost"})
     own_names: frozenset[str] = frozenset()
-
-
-class RateLimiter:
-    """At most ``limit`` events per ``window`` seconds per key, on a clock."""
-
-    def __init__(self, limit: int, window: float, clock: IReactorTime) -> None:
-        self._limit = limit
-        self._window = window
-        self._clock = clock
-        self._events: dict[str, deque[float]] = defaultdict(deque)
-
-    def _recent(self, key: str) -> deque[float]:
-        events = self._events[key]
-        horizon = self._clock.seconds() - self._window
-        while events and events[0] <= horizon:
-            events.popleft()
-        if not events:
-            del self._events[key]
-            return deque()
-        return events
-
-    def allowed(self, key: str) -> bool:
-        """Whether one more event for ``key`` fits now."""
-        return len(self._recent(key)) < self._limit
-
-    def record(self, key: str) -> None:
-        """Count one event for ``key`` now."""
-        self._recent(key)
-        self._events[key].append(self._clock.seconds())
 
 
 def _decode_csr(text: str) -> x509.CertificateSigningRequest:
@@ -131,52 +118,68 @@ class Enrolment:
 
     def __init__(
         self,
-        registry: AgentStore,
+        registry: AgentRegistry,
         authority: CertificateAuthority,
         policy: EnrolmentPolicy,
+        audit: Audit,
         clock: IReactorTime,
     ) -> None:
         self._registry = registry
         self._authority = authority
         self._policy = policy
+        self._audit = audit
         self._clock = clock
         self._new_pending = RateLimiter(policy.register_rate, 60.0, clock)
-        self._mismatch_audited: dict[str, float] = {}
+        self._mismatch_audits = RateLimiter(1, KEY_MISMATCH_AUDIT_SECONDS, clock)
 
     def _now(self) -> dt.datetime:
-        return dt.datetime.fromtimestamp(self._clock.seconds(), dt.UTC)
+        return now_utc(self._clock)
+
+    def _token_ok(self, token: str) -> bool:
+        expected = self._policy.registration_token
+        return bool(expected) and hmac.compare_digest(token.encode(), expected.encode())
+
+    def _require_token(self, token: str, guid: str, address: str) -> bool:
+        """Whether the token is valid; refuses when one is set and this is not it."""
+        token_ok = self._token_ok(token)
+        if self._policy.registration_token and not token_ok:
+            log.warn(
+                "refused agent {guid} from {address}: wrong registration token",
+                guid=guid,
+                address=address,
+            )
+            raise Unauthorized("invalid registration token")
+        return token_ok
 
     # ------------------------------------------------------------ register
 
-    async def register(self, body: Any, address: str) -> dict[str, Any]:
+    async def register(self, body: RegisterRequest, address: str) -> dict[str, Any]:
         """``POST /v1/agent/register``: the decision table of CONTRACT §3.
 
         Raises:
             ApiError: the refusal the agent must see (403 while pending).
         """
-        fields = go_fields(
-            body,
-            {"csr": str, "guid": str, "hostname": str, "registrationToken": str},
-        )
-        csr = _decode_csr(fields["csr"])
-        guid = canonical_guid(fields["guid"])
+        csr = _decode_csr(body.csr)
+        guid = canonical_guid(body.guid)
         if guid is None:
             raise BadRequest("guid must be a UUID")
-        hostname = self._check_hostname(fields["hostname"])
+        hostname = self._check_hostname(body.hostname)
         if csr.subject != _expected_subject(guid):
             raise Unauthorized("csr guid mismatch")
         key = public_key_fingerprint(csr.public_key())
-        record = await self._registry.run(store.get_txn, guid)
+        record = await self._registry.get(guid)
         if record is None:
             return await self._register_new(
-                csr, guid, hostname, key, address, fields["registrationToken"]
+                csr, guid, hostname, key, address, body.registration_token
             )
-        if record.state == store.REVOKED:
+        if record.state == REVOKED:
             raise Unauthorized("agent revoked")
-        if record.state == store.DENIED:
+        if record.state == DENIED:
             raise Forbidden("agent denied")
-        if record.state == store.PENDING:
+        if record.state == PENDING:
             await self._still_pending(record, hostname, key, address)
+        if not record.key_fingerprint:
+            await self._claim(record, key, address, body.registration_token)
         return await self._register_known(record, csr, hostname, key, address)
 
     def _check_hostname(self, hostname: str) -> str:
@@ -188,12 +191,41 @@ class Enrolment:
 
     async def _still_pending(
         self, record: AgentRecord, hostname: str, key: str, address: str
-    ) -> None:
+    ) -> NoReturn:
         if record.key_fingerprint and record.key_fingerprint != key:
             await self._key_mismatch(record, address)
         if not record.key_fingerprint or record.hostname != hostname:
-            await self._registry.run(
-                store.to_pending_txn, record.guid, hostname, key, address, self._now()
+            await self._registry.to_pending(
+                record.guid, hostname, key, address, self._now()
+            )
+        raise PendingApproval()
+
+    async def _claim(
+        self, record: AgentRecord, key: str, address: str, token: str
+    ) -> NoReturn:
+        """A registered agent adopted from Go without a key: record a claim only.
+
+        Its state never changes, so someone who read its GUID from its
+        certificate cannot lock it out; its first mTLS call pins its real key,
+        or an admin approves the claim.
+        """
+        self._require_token(token, record.guid, address)
+        before = await self._registry.claim(record.guid, key, address, self._now())
+        if before != key:
+            self._audit.logged(
+                f"address {address}",
+                "claim key",
+                record.guid,
+                f"key={key}" + (f" replacing {before}" if before else ""),
+            )
+            log.warn(
+                "adopted agent {guid} ({hostname}) has no pinned key: recorded the "
+                "key claimed from {address} ({fingerprint}); its first mTLS call "
+                "pins its certificate's key, or an admin approves the claim",
+                guid=record.guid,
+                hostname=record.hostname,
+                address=address,
+                fingerprint=key,
             )
         raise PendingApproval()
 
@@ -206,9 +238,7 @@ class Enrolment:
         address: str,
     ) -> dict[str, Any]:
         now = self._now()
-        if not record.key_fingerprint:
-            reason = "adopted without a key: its first key awaits approval"
-        elif record.key_fingerprint != key:
+        if record.key_fingerprint != key:
             await self._key_mismatch(record, address)
         elif record.hostname != hostname:
             reason = f"hostname changed from {record.hostname} to {hostname}"
@@ -216,9 +246,7 @@ class Enrolment:
             reason = "its last certificate expired"
         else:
             return await self._issue(record.guid, csr, record.hostname, address, True)
-        await self._registry.run(
-            store.to_pending_txn, record.guid, hostname, key, address, now
-        )
+        await self._registry.to_pending(record.guid, hostname, key, address, now)
         log.warn(
             "agent {guid} ({hostname}) is back to pending: {reason}",
             guid=record.guid,
@@ -236,37 +264,25 @@ class Enrolment:
         address: str,
         token: str,
     ) -> dict[str, Any]:
-        expected = self._policy.registration_token
-        token_ok = bool(expected) and hmac.compare_digest(
-            token.encode(), expected.encode()
-        )
-        if expected and not token_ok:
-            log.warn(
-                "refused agent {guid} from {address}: wrong registration token",
-                guid=guid,
-                address=address,
-            )
-            raise Unauthorized("invalid registration token")
+        token_ok = self._require_token(token, guid, address)
         if not self._new_pending.allowed(address):
             raise TooManyRequests("too many new agents from this address")
-        pending = await self._registry.run(store.count_txn, store.PENDING)
+        pending = await self._registry.count(PENDING)
         if pending >= self._policy.max_pending:
             raise TooManyRequests("too many pending agents")
         now = self._now()
-        # create_registered_txn re-checks the hostname in its transaction: an
-        # agent that loses a race for it falls through to pending.
+        # The store refuses a hostname a registered agent holds: an agent that
+        # loses a race for it falls through to pending.
         if (
             token_ok
             and self._policy.auto_approve
-            and await self._may_auto_approve(hostname)
-            and await self._registry.run(
-                store.create_registered_txn, guid, hostname, key, address, now
+            and hostname.lower() not in self._policy.own_names
+            and await self._registry.create_registered(
+                guid, hostname, key, address, now, AUTO_APPROVE
             )
         ):
-            await self._registry.run(
-                store.audit_txn,
-                now,
-                "auto_approve",
+            self._audit.logged(
+                AUTO_APPROVE,
                 "approve",
                 guid,
                 f"hostname={hostname} key={key} from {address}",
@@ -278,9 +294,7 @@ class Enrolment:
             )
             return await self._issue(guid, csr, hostname, address, True)
 
-        if await self._registry.run(
-            store.create_pending_txn, guid, hostname, key, address, now
-        ):
+        if await self._registry.create_pending(guid, hostname, key, address, now):
             self._new_pending.record(address)
             log.info(
                 "new pending agent {guid} ({hostname}) from {address}, "
@@ -292,25 +306,14 @@ class Enrolment:
             )
         raise PendingApproval()
 
-    async def _may_auto_approve(self, hostname: str) -> bool:
-        if hostname.lower() in self._policy.own_names:
-            return False
-        registered = await self._registry.run(store.list_txn, store.REGISTERED)
-        return all(r.hostname.lower() != hostname.lower() for r in registered)
-
     async def _key_mismatch(self, record: AgentRecord, address: str) -> NoReturn:
-        now = self._clock.seconds()
-        last = self._mismatch_audited.get(record.guid)
-        if last is None or now - last >= KEY_MISMATCH_AUDIT_SECONDS:
-            self._mismatch_audited[record.guid] = now
+        if self._mismatch_audits.take(record.guid):
             log.warn(
                 "agent {guid} presented another key from {address}: refused",
                 guid=record.guid,
                 address=address,
             )
-            await self._registry.run(
-                store.audit_txn,
-                self._now(),
+            await self._audit.record(
                 f"address {address}",
                 "key mismatch",
                 record.guid,
@@ -330,8 +333,7 @@ class Enrolment:
         certificate = self._authority.sign_agent(
             csr.public_key(), guid, hostname, now, self._policy.lifetime
         )
-        await self._registry.run(
-            store.record_issue_txn,
+        await self._registry.record_issue(
             guid,
             certificate.serial_number,
             certificate.not_valid_after_utc,
@@ -358,31 +360,33 @@ class Enrolment:
     # --------------------------------------------------------------- renew
 
     async def renew(
-        self, peer: x509.Certificate | None, body: Any, address: str
+        self, peer: PeerIdentity, body: RenewRequest, address: str
     ) -> dict[str, Any]:
         """``POST /v1/agent/renew`` (mTLS): a new certificate for the same key.
 
         A pending agent stays pending (403); revoked, denied or unknown: 401.
         """
-        guid, certificate_key = self._peer_identity(peer)
-        fields = go_fields(body, {"csr": str})
-        csr = _decode_csr(fields["csr"])
-        if csr.subject != _expected_subject(guid):
+        csr = _decode_csr(body.csr)
+        if csr.subject != _expected_subject(peer.guid):
             raise Unauthorized("csr guid mismatch")
-        record = await self._registry.run(store.get_txn, guid)
+        record = await self._registry.get(peer.guid)
         if record is None:
             raise Unauthorized("unknown agent")
-        if record.state == store.PENDING:
+        if record.state == PENDING:
             raise PendingApproval()
-        if record.state != store.REGISTERED:
+        if record.state != REGISTERED:
             raise Unauthorized(f"agent {record.state}")
-        record = await self._pinned(record, certificate_key)
+        record = await self._pinned(record, peer.key)
         if public_key_fingerprint(csr.public_key()) != record.key_fingerprint:
             await self._key_mismatch(record, address)
-        answer = await self._issue(guid, csr, record.hostname, address, False)
-        return answer
+        return await self._issue(peer.guid, csr, record.hostname, address, False)
 
-    def _peer_identity(self, peer: x509.Certificate | None) -> tuple[str, str]:
+    def identify(self, peer: x509.Certificate | None) -> PeerIdentity:
+        """The GUID and key of a client certificate our CA issued, valid now.
+
+        Raises:
+            Unauthorized: no certificate, not ours, not an agent's, or expired.
+        """
         if peer is None:
             raise Unauthorized("client certificate required")
         guid = guid_of(peer)
@@ -391,32 +395,39 @@ class Enrolment:
         now = self._now()
         if not peer.not_valid_before_utc <= now < peer.not_valid_after_utc:
             raise Unauthorized("client certificate expired")
-        return guid, public_key_fingerprint(peer.public_key())
+        return PeerIdentity(guid, public_key_fingerprint(peer.public_key()))
 
     async def _pinned(self, record: AgentRecord, certificate_key: str) -> AgentRecord:
         if not record.key_fingerprint:
             # An adopted Go agent's first mTLS contact: its certificate, which
-            # our CA signed, is the proof; pin its key.
-            await self._registry.run(store.pin_txn, record.guid, certificate_key)
-            log.info("pinned the key of adopted agent {guid}", guid=record.guid)
-            refreshed = await self._registry.run(store.get_txn, record.guid)
-            assert refreshed is not None
-            record = refreshed
+            # our CA signed, is the proof; pin its key (any claim is dropped).
+            pinning = await self._registry.pin(
+                record.guid, certificate_key, self._now()
+            )
+            dropped = pinning.dropped_claim
+            self._audit.logged(
+                "mtls",
+                "pin key",
+                record.guid,
+                f"key={certificate_key}"
+                + (f" dropped claim {dropped}" if dropped else ""),
+            )
+            if pinning.record is None:
+                raise Unauthorized("unknown agent")
+            record = pinning.record
         if record.key_fingerprint != certificate_key:
             raise Unauthorized("client certificate does not carry the agent's key")
         return record
 
-    async def authenticate(self, peer: x509.Certificate | None) -> AgentRecord:
+    async def authenticate(self, peer: PeerIdentity) -> AgentRecord:
         """The registered agent behind an mTLS request, checked every time.
 
         Raises:
-            Unauthorized: no certificate, not ours, expired, or the agent is not
-                registered with this key.
+            Unauthorized: the agent is not registered with this key.
         """
-        guid, certificate_key = self._peer_identity(peer)
-        record = await self._registry.run(store.get_txn, guid)
+        record = await self._registry.get(peer.guid)
         if record is None:
             raise Unauthorized("unknown agent")
-        if record.state != store.REGISTERED:
+        if record.state != REGISTERED:
             raise Unauthorized(f"agent {record.state}")
-        return await self._pinned(record, certificate_key)
+        return await self._pinned(record, peer.key)

@@ -8,47 +8,23 @@ failure is audited with user, address, back end and result.
 
 from __future__ import annotations
 
-from typing import Any
+import datetime as dt
 
 from twisted.logger import Logger
 
 from dcvix.common.errors import BadRequest, Forbidden, TooManyRequests, Unauthorized
-from dcvix.common.http import go_fields
-from dcvix.director import store
+from dcvix.director.audit import Audit
 from dcvix.director.auth import Authenticator, AuthUnavailable
 from dcvix.director.policy import PolicyHolder, valid_id
-from dcvix.director.store import AgentStore
+from dcvix.director.registry import RevokedTokens
+from dcvix.director.requests import LoginRequest
 from dcvix.director.throttle import LoginThrottle
 from dcvix.director.tokens import ADMIN, USER, Claims, InvalidToken, TokenService
 from dcvix.director.tokens import token_hash as hash_of
 
 log = Logger()
-audit_log = Logger(namespace="dcvix.audit")
 
 FAILED = "authentication failed"
-
-
-class Audit:
-    """Audit lines: one log line (namespace ``dcvix.audit``) and one table row."""
-
-    def __init__(self, registry: AgentStore, tokens: TokenService) -> None:
-        self._registry = registry
-        self._tokens = tokens
-
-    async def record(
-        self, actor: str, action: str, target: str, detail: str = ""
-    ) -> None:
-        """Write one audit line."""
-        audit_log.info(
-            "{actor} {action} {target} {detail}",
-            actor=actor,
-            action=action,
-            target=target,
-            detail=detail,
-        )
-        await self._registry.run(
-            store.audit_txn, self._tokens.now(), actor, action, target, detail
-        )
 
 
 class LoginService:
@@ -59,17 +35,20 @@ class LoginService:
         authenticator: Authenticator,
         tokens: TokenService,
         policy: PolicyHolder,
-        registry: AgentStore,
+        revoked: RevokedTokens,
         throttle: LoginThrottle,
+        audit: Audit,
     ) -> None:
         self._authenticator = authenticator
         self._tokens = tokens
         self._policy = policy
-        self._registry = registry
+        self._revoked = revoked
         self._throttle = throttle
-        self.audit = Audit(registry, tokens)
+        self._audit = audit
 
-    async def login(self, body: Any, address: str, admin: bool) -> tuple[str, Any]:
+    async def login(
+        self, body: LoginRequest, address: str, admin: bool
+    ) -> tuple[str, dt.datetime]:
         """A login token (and its expiry) for good credentials.
 
         Raises:
@@ -77,8 +56,7 @@ class LoginService:
             TooManyRequests: too many recent failures for this user or address.
             Unauthorized: anything else that is not a success, always the same text.
         """
-        fields = go_fields(body, {"userID": str, "password": str, "otp": str})
-        user = fields["userID"]
+        user = body.user_id
         if not valid_id(user):
             raise BadRequest("invalid userID")
         route = "admin login" if admin else "login"
@@ -86,28 +64,24 @@ class LoginService:
         if self._throttle.locked(user, address):
             # Logged, not written to the audit table: a locked account being
             # hammered must not grow agents.db.
-            audit_log.info(
-                "{user} {route} refused {address} backend={backend} result=locked",
-                user=user,
-                route=route,
-                address=address,
-                backend=backend,
+            self._audit.logged(
+                user, f"{route} refused", address, f"backend={backend} result=locked"
             )
             raise TooManyRequests("too many failed logins; try again later")
         self._throttle.started(user, address)
         try:
-            result = await self._check(user, fields["password"], fields["otp"], admin)
+            result = await self._check(user, body.password, body.otp, admin)
         finally:
             self._throttle.ended(user, address)
         if result != "ok":
             self._throttle.failed(user, address)
-            await self.audit.record(
+            await self._audit.record(
                 user, f"{route} failed", address, f"backend={backend} result={result}"
             )
             raise Unauthorized(FAILED)
         self._throttle.succeeded(user, address)
         token, expires = self._tokens.issue(user, ADMIN if admin else USER)
-        await self.audit.record(user, route, address, f"backend={backend} result=ok")
+        await self._audit.record(user, route, address, f"backend={backend} result=ok")
         return token, expires
 
     async def _check(self, user: str, password: str, otp: str, admin: bool) -> str:
@@ -137,8 +111,8 @@ class LoginService:
             claims = self._tokens.check(token)
         except InvalidToken:
             return
-        await self._registry.run(store.revoke_token_txn, hash_of(token), claims.expires)
-        await self.audit.record(claims.user, "logout", address)
+        await self._revoked.revoke_token(hash_of(token), claims.expires)
+        await self._audit.record(claims.user, "logout", address)
 
     async def identify(self, token: str | None) -> Claims:
         """The caller of a cookie-authenticated route.
@@ -152,7 +126,7 @@ class LoginService:
             claims = self._tokens.check(token)
         except InvalidToken:
             raise Unauthorized("login required") from None
-        if await self._registry.run(store.token_revoked_txn, hash_of(token)):
+        if await self._revoked.token_revoked(hash_of(token)):
             raise Unauthorized("login required")
         return claims
 

@@ -1,143 +1,72 @@
-"""What agents report, in memory: servers, their stats and their sessions.
+"""What agents report: the parsed report and where it is kept.
 
-Each update is stored under the hostname *registered* for the certificate's
-GUID; a different ``stats.hostname`` is logged and ignored. Everything an agent
-reports is validated and capped before it is kept, and a server's sessions are
-replaced in one step. A server not heard from within max(``max_age``,
-3 x its ``update_interval``) is offline: still listed, its sessions dropped.
+:func:`parse_report` turns one ``/v1/agent/update`` body into a
+:class:`ServerState`, validating and capping everything an agent sends; it
+stores nothing. A :class:`RuntimeStore` keeps the last state of each server,
+under the hostname *registered* for the certificate's GUID (a different
+``stats.hostname`` is logged and ignored), and replaces a server's sessions in
+one step. A server not heard from within max(``max_age``, 3 x its
+``update_interval``) is offline (:func:`is_online`): still listed, its sessions
+dropped.
+
+The store is async although the only engine is in memory: several directors
+will later share one, behind the same interface.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import math
-import re
-from dataclasses import dataclass, field, replace
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Any, Protocol
 
 from twisted.logger import Logger
 
-from dcvix.common.config import split_host_port
 from dcvix.common.errors import BadRequest
-from dcvix.common.gotime import format_time, parse_time
+from dcvix.common.gotime import parse_time
+from dcvix.common.validate import InvalidInput, check_session_id, split_host_port
 
 log = Logger()
 
 MAX_SESSIONS = 500
 MAX_TAGS = 64
 MAX_TEXT = 1024  # paths such as x11-authority hold a session id of up to 256
-_ID = re.compile(r"[A-Za-z0-9_.@:+=-]{1,256}")
-_STAT_INTS = ("free_memory", "total_memory", "cores")
-_STAT_FLOATS = ("cpu_usage", "load1", "load5", "load15")
-_SESSION_TEXTS = (
-    "owner",
-    "user",
-    "licensing-mode",
-    "storage-root",
-    "status",
-    "x11-display",
-    "x11-authority",
-)
+MAX_UPDATE_INTERVAL = 86400.0
+DEFAULT_UPDATE_INTERVAL = 30.0  # Go's
 
 
-def _clean_text(value: Any, what: str) -> str:
-    if value is None:
-        return ""
-    if not isinstance(value, str) or len(value) > MAX_TEXT:
-        raise BadRequest(f"{what} must be a string of at most {MAX_TEXT} characters")
-    if any(ord(c) < 32 or c == "\x7f" for c in value):
-        raise BadRequest(f"{what} holds a control character")
-    return value
+@dataclass(frozen=True)
+class Session:
+    """One DCV session as its agent reported it.
 
-
-def clean_session(entry: Any) -> dict[str, Any]:
-    """One reported session, checked, in the agent's session JSON shape.
-
-    Raises:
-        BadRequest: a field of the wrong type, a bad id, type or timestamp.
+    Times are None for Go's zero time (never disconnected, or not reported).
     """
-    if not isinstance(entry, dict):
-        raise BadRequest("each session must be an object")
-    session_id = entry.get("id")
-    if (
-        not isinstance(session_id, str)
-        or not _ID.fullmatch(session_id)
-        or (session_id.startswith("-"))
-    ):
-        raise BadRequest("a session id is invalid")
-    kind = entry.get("type")
-    if not isinstance(kind, str) or kind.lower() not in ("console", "virtual", ""):
-        raise BadRequest(f"session {session_id}: type must be console or virtual")
-    connections = entry.get("num-of-connections", 0)
-    if connections is None:
-        connections = 0
-    if not isinstance(connections, int) or isinstance(connections, bool):
-        raise BadRequest(f"session {session_id}: num-of-connections must be an integer")
-    times = {}
-    for key in ("creation-time", "last-disconnection-time"):
-        try:
-            times[key] = format_time(parse_time(entry.get(key)))
-        except ValueError:
-            raise BadRequest(
-                f"session {session_id}: {key} is not a timestamp"
-            ) from None
-    texts = {
-        key: _clean_text(entry.get(key), f"session {session_id}: {key}")
-        for key in _SESSION_TEXTS
-    }
-    # Go's order (reference original-agent.md §12.4).
-    return {
-        "id": session_id,
-        "owner": texts["owner"],
-        "user": texts["user"],
-        "num-of-connections": max(connections, 0),
-        "creation-time": times["creation-time"],
-        "last-disconnection-time": times["last-disconnection-time"],
-        "licensing-mode": texts["licensing-mode"],
-        "storage-root": texts["storage-root"],
-        "type": kind.lower(),
-        "status": texts["status"],
-        "x11-display": texts["x11-display"],
-        "x11-authority": texts["x11-authority"],
-    }
+
+    id: str
+    owner: str
+    user: str
+    connections: int
+    creation_time: dt.datetime | None
+    last_disconnection_time: dt.datetime | None
+    licensing_mode: str
+    storage_root: str
+    type: str
+    status: str
+    x11_display: str
+    x11_authority: str
 
 
-def clean_stats(stats: Any) -> dict[str, Any]:
-    """The numeric stats, checked (the hostname is handled by the caller)."""
-    if not isinstance(stats, dict):
-        raise BadRequest("stats must be an object")
-    cleaned: dict[str, Any] = {}
-    for key in _STAT_INTS:
-        value = stats.get(key)
-        if value is None:
-            value = 0
-        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            raise BadRequest(f"stats.{key} must be a non-negative integer")
-        cleaned[key] = value
-    for key in _STAT_FLOATS:
-        value = stats.get(key)
-        if value is None:
-            value = 0
-        if (
-            not isinstance(value, int | float)
-            or isinstance(value, bool)
-            or not 0 <= value < math.inf
-        ):
-            raise BadRequest(f"stats.{key} must be a non-negative number")
-        try:
-            cleaned[key] = float(value)
-        except OverflowError:  # an integer too large for a float
-            raise BadRequest(f"stats.{key} is out of range") from None
-    return cleaned
+@dataclass(frozen=True)
+class HostStats:
+    """A server's load as its agent reported it."""
 
-
-def clean_tags(tags: Any) -> list[str]:
-    """Reported tags, checked and capped."""
-    if tags is None:
-        return []
-    if not isinstance(tags, list) or len(tags) > MAX_TAGS:
-        raise BadRequest(f"tags must be a list of at most {MAX_TAGS} strings")
-    return [_clean_text(tag, "a tag") for tag in tags]
+    free_memory: int
+    total_memory: int
+    cores: int
+    cpu_usage: float
+    load1: float
+    load5: float
+    load15: float
 
 
 @dataclass(frozen=True)
@@ -150,121 +79,258 @@ class ServerState:
     agent_port: int
     update_interval: float
     last_seen: dt.datetime
-    stats: dict[str, Any] = field(default_factory=dict)
+    stats: HostStats
     tags: tuple[str, ...] = ()
-    sessions: tuple[dict[str, Any], ...] = ()
+    sessions: tuple[Session, ...] = ()
     version: str = ""
     dcv_error: str = ""
 
 
-class Runtime:
-    """Servers and sessions as agents last reported them.
+def parse_report(
+    guid: str,
+    hostname: str,
+    payload: Any,
+    address: str,
+    now: dt.datetime,
+    default_agent_port: int,
+    previous: ServerState | None,
+) -> ServerState:
+    """One ``/v1/agent/update`` body of the agent ``guid``, registered as ``hostname``.
 
     Args:
-        max_age: seconds after which a silent server is offline.
-        default_agent_port: the port of agents that do not report theirs.
-    """
+        guid: the agent, from its certificate.
+        hostname: its registered hostname, which wins over ``stats.hostname``.
+        payload: the decoded JSON body.
+        address: the peer address, used unless a valid ``advertise_address``.
+        now: when the report arrived.
+        default_agent_port: for agents that do not report their port.
+        previous: the server's last state; its sessions are kept when the body
+            has no ``sessions`` key (dcv failed on the agent).
 
-    def __init__(self, max_age: float, default_agent_port: int) -> None:
-        self._max_age = max_age
-        self._default_port = default_agent_port
+    Raises:
+        BadRequest: the body does not validate.
+    """
+    if not isinstance(payload, dict):
+        raise BadRequest("request body must be a JSON object")
+    stats_in = payload.get("stats")
+    stats = parse_stats(stats_in)
+    reported = stats_in.get("hostname") if isinstance(stats_in, dict) else None
+    if reported not in (None, "", hostname):
+        log.warn(
+            "agent {guid} reported hostname {reported!r}; keeping its registered "
+            "{hostname}",
+            guid=guid,
+            reported=str(reported)[:100],
+            hostname=hostname,
+        )
+    tags = parse_tags(payload.get("tags"))
+    if "sessions" not in payload and previous is not None:
+        sessions = previous.sessions  # dcv failed on the agent: keep what we knew
+    else:
+        sessions = _parse_sessions(payload.get("sessions"))
+    return ServerState(
+        guid=guid,
+        hostname=hostname,
+        address=_address(payload.get("advertise_address"), address),
+        agent_port=_port(payload.get("agent_port"), default_agent_port),
+        update_interval=_interval(payload.get("update_interval")),
+        last_seen=now,
+        stats=stats,
+        tags=tuple(tags),
+        sessions=sessions,
+        version=_text(payload.get("version"), "version"),
+        dcv_error=_printable(str(payload.get("dcv_error") or "")[:MAX_TEXT]),
+    )
+
+
+def is_online(state: ServerState, now: dt.datetime, max_age: float) -> bool:
+    """Heard from within max(``max_age``, 3 x its update interval).
+
+    A slow agent is not declared offline between two of its own updates.
+    """
+    window = max(max_age, 3 * state.update_interval)
+    return (now - state.last_seen).total_seconds() <= window
+
+
+def parse_session(entry: Any) -> Session:
+    """One reported session, checked.
+
+    Raises:
+        BadRequest: a field of the wrong type, a bad id, type or timestamp.
+    """
+    if not isinstance(entry, dict):
+        raise BadRequest("each session must be an object")
+    session_id = entry.get("id")
+    if not isinstance(session_id, str):
+        raise BadRequest("a session id is invalid")
+    try:
+        check_session_id(session_id)
+    except InvalidInput:
+        raise BadRequest("a session id is invalid") from None
+    kind = entry.get("type")
+    if not isinstance(kind, str) or kind.lower() not in ("console", "virtual", ""):
+        raise BadRequest(f"session {session_id}: type must be console or virtual")
+    connections = entry.get("num-of-connections", 0)
+    if connections is None:
+        connections = 0
+    if not isinstance(connections, int) or isinstance(connections, bool):
+        raise BadRequest(f"session {session_id}: num-of-connections must be an integer")
+
+    def moment(key: str) -> dt.datetime | None:
+        try:
+            return parse_time(entry.get(key))
+        except ValueError:
+            raise BadRequest(
+                f"session {session_id}: {key} is not a timestamp"
+            ) from None
+
+    def text(key: str) -> str:
+        return _text(entry.get(key), f"session {session_id}: {key}")
+
+    # Times before texts: a report bad in both is refused for its time, as before.
+    creation_time = moment("creation-time")
+    last_disconnection_time = moment("last-disconnection-time")
+    return Session(
+        id=session_id,
+        owner=text("owner"),
+        user=text("user"),
+        connections=max(connections, 0),
+        creation_time=creation_time,
+        last_disconnection_time=last_disconnection_time,
+        licensing_mode=text("licensing-mode"),
+        storage_root=text("storage-root"),
+        type=kind.lower(),
+        status=text("status"),
+        x11_display=text("x11-display"),
+        x11_authority=text("x11-authority"),
+    )
+
+
+def parse_stats(stats: Any) -> HostStats:
+    """The numeric stats, checked (the hostname is the caller's business).
+
+    Raises:
+        BadRequest: not an object, or a value of the wrong type or sign.
+    """
+    if not isinstance(stats, dict):
+        raise BadRequest("stats must be an object")
+    return HostStats(
+        free_memory=_count(stats, "free_memory"),
+        total_memory=_count(stats, "total_memory"),
+        cores=_count(stats, "cores"),
+        cpu_usage=_amount(stats, "cpu_usage"),
+        load1=_amount(stats, "load1"),
+        load5=_amount(stats, "load5"),
+        load15=_amount(stats, "load15"),
+    )
+
+
+def parse_tags(tags: Any) -> list[str]:
+    """Reported tags, checked and capped.
+
+    Raises:
+        BadRequest: not a list of short printable strings.
+    """
+    if tags is None:
+        return []
+    if not isinstance(tags, list) or len(tags) > MAX_TAGS:
+        raise BadRequest(f"tags must be a list of at most {MAX_TAGS} strings")
+    return [_text(tag, "a tag") for tag in tags]
+
+
+class RuntimeStore(Protocol):
+    """The last state of each server, by registered hostname."""
+
+    async def put(self, state: ServerState) -> None:
+        """Keep ``state`` as its server's, replacing the previous one whole."""
+
+    async def server(self, hostname: str) -> ServerState | None:
+        """One server by registered hostname, or None."""
+
+    async def servers(self) -> list[ServerState]:
+        """Every server that reported since start, online or not."""
+
+    async def drop_sessions(self, hostname: str) -> None:
+        """Empty a server's sessions (it went offline); it stays listed."""
+
+    async def forget_guid(self, guid: str) -> None:
+        """Drop the server of an agent that was deleted."""
+
+
+class MemoryRuntimeStore:
+    """A :class:`RuntimeStore` in this process's memory: one director's own."""
+
+    def __init__(self) -> None:
         self._servers: dict[str, ServerState] = {}
 
-    def record(
-        self,
-        guid: str,
-        hostname: str,
-        payload: Any,
-        address: str,
-        now: dt.datetime,
-    ) -> ServerState:
-        """Store one ``/v1/agent/update`` body for the agent ``guid``.
+    async def put(self, state: ServerState) -> None:
+        """Keep ``state`` as its server's, replacing the previous one whole."""
+        self._servers[state.hostname] = state
 
-        Raises:
-            BadRequest: the body does not validate; nothing is stored then.
-        """
-        if not isinstance(payload, dict):
-            raise BadRequest("request body must be a JSON object")
-        stats_in = payload.get("stats")
-        stats = clean_stats(stats_in)
-        reported = stats_in.get("hostname") if isinstance(stats_in, dict) else None
-        if reported not in (None, "", hostname):
-            log.warn(
-                "agent {guid} reported hostname {reported!r}; keeping its registered "
-                "{hostname}",
-                guid=guid,
-                reported=str(reported)[:100],
-                hostname=hostname,
-            )
-        tags = clean_tags(payload.get("tags"))
-        previous = self._servers.get(hostname)
-        raw_sessions = payload.get("sessions", None)
-        if "sessions" not in payload and previous is not None:
-            sessions = previous.sessions  # dcv failed on the agent: keep what we knew
-        else:
-            if raw_sessions is None:
-                raw_sessions = []
-            if not isinstance(raw_sessions, list) or len(raw_sessions) > MAX_SESSIONS:
-                raise BadRequest(f"sessions must be a list of at most {MAX_SESSIONS}")
-            by_id = {s["id"]: s for s in map(clean_session, raw_sessions)}
-            sessions = tuple(by_id.values())
-        state = ServerState(
-            guid=guid,
-            hostname=hostname,
-            address=_address(payload.get("advertise_address"), address),
-            agent_port=_port(payload.get("agent_port"), self._default_port),
-            update_interval=_interval(payload.get("update_interval")),
-            last_seen=now,
-            stats={"hostname": hostname, **stats},
-            tags=tuple(tags),
-            sessions=sessions,
-            version=_clean_text(payload.get("version"), "version"),
-            dcv_error=_printable(str(payload.get("dcv_error") or "")[:MAX_TEXT]),
-        )
-        self._servers[hostname] = state
-        return state
+    async def server(self, hostname: str) -> ServerState | None:
+        """One server by registered hostname, or None."""
+        return self._servers.get(hostname)
 
-    def online(self, state: ServerState, now: dt.datetime) -> bool:
-        """Heard from within max(max_age, 3 x its update interval)."""
-        window = max(self._max_age, 3 * state.update_interval)
-        return (now - state.last_seen).total_seconds() <= window
+    async def servers(self) -> list[ServerState]:
+        """Every server that reported since start, in the order first seen."""
+        return list(self._servers.values())
 
-    def live_servers(self, now: dt.datetime) -> list[ServerState]:
-        """The servers online now (whose sessions can be trusted)."""
-        return [s for s in self._servers.values() if self.online(s, now)]
+    async def drop_sessions(self, hostname: str) -> None:
+        """Empty a server's sessions (it went offline); it stays listed."""
+        state = self._servers.get(hostname)
+        if state is not None and state.sessions:
+            self._servers[hostname] = replace(state, sessions=())
 
-    def forget_guid(self, guid: str) -> None:
+    async def forget_guid(self, guid: str) -> None:
         """Drop the server of an agent that was deleted."""
         for state in list(self._servers.values()):
             if state.guid == guid:
                 del self._servers[state.hostname]
 
-    def servers(self) -> list[ServerState]:
-        """Every server that ever reported (since start)."""
-        return list(self._servers.values())
 
-    def server(self, hostname: str) -> ServerState | None:
-        """One server by registered hostname."""
-        return self._servers.get(hostname)
+def _parse_sessions(raw: Any) -> tuple[Session, ...]:
+    """The reported sessions; of one id reported twice, the last is kept."""
+    if raw is None:
+        raw = []
+    if not isinstance(raw, list) or len(raw) > MAX_SESSIONS:
+        raise BadRequest(f"sessions must be a list of at most {MAX_SESSIONS}")
+    by_id = {s.id: s for s in map(parse_session, raw)}
+    return tuple(by_id.values())
 
-    def forget_sessions(self, hostname: str) -> None:
-        """Drop a server's sessions (it went offline)."""
-        state = self._servers.get(hostname)
-        if state is not None and state.sessions:
-            self._servers[hostname] = replace(state, sessions=())
 
-    def forget(self, hostname: str) -> None:
-        """Drop a server entirely (its agent was deleted or revoked)."""
-        self._servers.pop(hostname, None)
+def _count(stats: dict[str, Any], key: str) -> int:
+    value = stats.get(key)
+    if value is None:
+        return 0
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise BadRequest(f"stats.{key} must be a non-negative integer")
+    return value
 
-    def expire(self, now: dt.datetime) -> list[str]:
-        """Drop the sessions of servers gone offline; their hostnames."""
-        gone = []
-        for state in list(self._servers.values()):
-            if not self.online(state, now) and state.sessions:
-                self.forget_sessions(state.hostname)
-                gone.append(state.hostname)
-        return gone
+
+def _amount(stats: dict[str, Any], key: str) -> float:
+    value = stats.get(key)
+    if value is None:
+        return 0.0
+    if (
+        not isinstance(value, int | float)
+        or isinstance(value, bool)
+        or not 0 <= value < math.inf
+    ):
+        raise BadRequest(f"stats.{key} must be a non-negative number")
+    try:
+        return float(value)
+    except OverflowError:  # an integer too large for a float
+        raise BadRequest(f"stats.{key} is out of range") from None
+
+
+def _text(value: Any, what: str) -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, str) or len(value) > MAX_TEXT:
+        raise BadRequest(f"{what} must be a string of at most {MAX_TEXT} characters")
+    if any(ord(c) < 32 or c == "\x7f" for c in value):
+        raise BadRequest(f"{what} holds a control character")
+    return value
 
 
 def _printable(text: str) -> str:
@@ -296,9 +362,6 @@ def _port(value: Any, default: int) -> int:
     return default
 
 
-MAX_UPDATE_INTERVAL = 86400.0
-
-
 def _interval(value: Any) -> float:
     """The agent's update interval; absurd values fall back to Go's 30 s.
 
@@ -310,32 +373,4 @@ def _interval(value: Any) -> float:
         and 0 < value <= MAX_UPDATE_INTERVAL
     ):
         return float(value)
-    return 30.0
-
-
-def session_json(state: ServerState, session: dict[str, Any]) -> dict[str, Any]:
-    """A session as ``GET /v1/sessions`` shows it (Go's keys)."""
-    return {
-        "uid": f"{session['id']}-{state.hostname}",
-        "server_id": state.hostname,
-        "last-seen": format_time(state.last_seen),
-        **session,
-    }
-
-
-def server_json(state: ServerState, online: bool, agent_state: str) -> dict[str, Any]:
-    """A server as ``GET /v1/servers`` shows it (Go's keys, then ours)."""
-    return {
-        "last-seen": format_time(state.last_seen),
-        "hostname": state.hostname,
-        "agent_ip": state.address,
-        **{k: v for k, v in state.stats.items() if k != "hostname"},
-        "tags": list(state.tags),
-        "sessions": [session_json(state, s) for s in state.sessions] if online else [],
-        "guid": state.guid,
-        "agent_state": agent_state,
-        "online": online,
-        "agent_port": state.agent_port,
-        "version": state.version,
-        "dcv_error": state.dcv_error,
-    }
+    return DEFAULT_UPDATE_INTERVAL

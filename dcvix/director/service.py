@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +13,7 @@ from twisted.application.service import Service
 from twisted.logger import ILogObserver, Logger
 
 from dcvix import __version__
+from dcvix.common.clock import now_utc
 from dcvix.common.daemon import (
     DaemonService,
     SighupService,
@@ -21,29 +24,36 @@ from dcvix.common.daemon import (
 )
 from dcvix.common.http import DcvixSite
 from dcvix.common.jobs import PeriodicJob
-from dcvix.common.pki import load_certificates, load_private_key
 from dcvix.common.threads import ThreadPoolService
 from dcvix.common.tls import DIRECTOR_NAME, ReloadingServerTLS, ServerFiles
-from dcvix.director import store
+from dcvix.director.agent_admin import AgentAdmin
 from dcvix.director.agent_client import AgentClient
-from dcvix.director.api import DirectorAPI
+from dcvix.director.api.admin import AdminRoutes
+from dcvix.director.api.agents import AgentRoutes
+from dcvix.director.api.auth import AuthRoutes
+from dcvix.director.api.authz import Gate
+from dcvix.director.api.root import DirectorRoot
+from dcvix.director.api.sessions import SessionRoutes
+from dcvix.director.audit import Audit
 from dcvix.director.auth import Authenticator
 from dcvix.director.auth.external import ExternalAuthenticator
 from dcvix.director.auth.pam import PamAuthenticator
 from dcvix.director.ca import (
     LOOPBACK,
-    DirectorFiles,
     ensure_server_certificate,
     load_or_create_authority,
-    own_host_names,
 )
 from dcvix.director.config import DirectorConfig
+from dcvix.director.datadir import DirectorFiles
 from dcvix.director.enrolment import Enrolment, EnrolmentPolicy
+from dcvix.director.hostnames import own_host_names
+from dcvix.director.housekeeper import Housekeeper
 from dcvix.director.login import LoginService
 from dcvix.director.policy import PolicyError, PolicyHolder, ensure_policy_files
-from dcvix.director.runtime import Runtime
+from dcvix.director.registry import StoreError
+from dcvix.director.registry.sqlite import SqliteRegistry, pool_runner
+from dcvix.director.runtime import MemoryRuntimeStore
 from dcvix.director.sessions import SessionControl
-from dcvix.director.store import AgentStore
 from dcvix.director.throttle import LoginThrottle
 from dcvix.director.tokens import TokenService, load_token_key
 
@@ -51,6 +61,20 @@ log = Logger()
 
 AUTH_THREADS = 4
 TOKEN_VACUUM_SECONDS = 3600.0
+
+
+@dataclass(frozen=True)
+class Dependencies:
+    """What the director takes from its machine, replaceable in tests.
+
+    ``host_names``: the machine's host name and FQDN (a DNS lookup);
+    ``authenticator``: the login back end for a config (PAM needs root).
+    """
+
+    host_names: Callable[[], list[str]] = own_host_names
+    authenticator: Callable[[DirectorConfig, Any, ThreadPoolService], Authenticator] = (
+        field(default_factory=lambda: _authenticator)
+    )
 
 
 def _is_ip(name: str) -> bool:
@@ -64,7 +88,7 @@ def _is_ip(name: str) -> bool:
 class _StoreCloser(Service):
     """Closes the database once everything that uses it has stopped."""
 
-    def __init__(self, registry: AgentStore) -> None:
+    def __init__(self, registry: SqliteRegistry) -> None:
         self._registry = registry
 
     def stopService(self) -> None:
@@ -98,20 +122,26 @@ def _authenticator(
 
 
 def build_director(
-    config: DirectorConfig, reactor: Any, observer: ILogObserver | None = None
+    config: DirectorConfig,
+    reactor: Any,
+    observer: ILogObserver | None = None,
+    deps: Dependencies | None = None,
 ) -> DaemonService:
     """The director: resources first, then work, then the listener.
 
     Raises:
-        StartupError: when the data folder, the CA or the certificate is unusable.
+        StartupError: when the data folder, the CA, the certificate or
+            ``agents.db`` is unusable.
     """
+    deps = deps or Dependencies()
     settings = config.director
     root = DaemonService("dcvix-director", observer)
     data_dir = private_dir(Path(settings.data_dir), "data_dir")
     files = DirectorFiles(data_dir)
-    now = dt.datetime.fromtimestamp(reactor.seconds(), dt.UTC)
+    now = now_utc(reactor)
     authority = load_or_create_authority(files, now)
-    own_names = own_host_names()
+    own_names = deps.host_names()
+    own_lower = frozenset(n.lower() for n in own_names)
     extra_dns = [n for n in settings.server_names if not _is_ip(n)]
     extra_ips = [n for n in settings.server_names if _is_ip(n)]
     ensure_server_certificate(
@@ -126,9 +156,13 @@ def build_director(
     )
 
     database = ThreadPoolService("db", 1, reactor)
-    registry = AgentStore(files.agents_db, database)
+    try:
+        registry = SqliteRegistry(files.agents_db, pool_runner(database))
+    except StoreError as error:
+        raise StartupError(str(error)) from None
     _StoreCloser(registry).setServiceParent(root)
     database.setServiceParent(root)
+    audit = Audit(registry, reactor)
     enrolment = Enrolment(
         registry,
         authority,
@@ -141,8 +175,9 @@ def build_director(
             reserved_names=frozenset(
                 n.lower() for n in (DIRECTOR_NAME, "localhost", *settings.server_names)
             ),
-            own_names=frozenset(n.lower() for n in own_names),
+            own_names=own_lower,
         ),
+        audit,
         reactor,
     )
 
@@ -154,34 +189,40 @@ def build_director(
         settings.login_max_failures, settings.login_lockout, reactor
     )
     logins = LoginService(
-        _authenticator(config, reactor, auth_pool), tokens, policy, registry, throttle
+        deps.authenticator(config, reactor, auth_pool),
+        tokens,
+        policy,
+        registry,
+        throttle,
+        audit,
     )
 
-    async def vacuum_tokens() -> None:
-        throttle.prune()
-        dropped = await registry.run(store.vacuum_tokens_txn, tokens.now())
-        if dropped:
-            log.info("forgot {count} expired logged-out tokens", count=dropped)
+    runtime = MemoryRuntimeStore()
+    client = AgentClient(
+        reactor, [authority.certificate], files.server_crt, files.server_key
+    )
+    client.setServiceParent(root)
+    control = SessionControl(
+        runtime,
+        registry,
+        client,
+        settings.config_allow,
+        config.housekeeper.max_age,
+        reactor,
+    )
+    admin = AgentAdmin(registry, audit, reactor, own_lower, control.forget)
 
-    PeriodicJob(
-        "token-vacuum", TOKEN_VACUUM_SECONDS, vacuum_tokens, reactor, 60.0
-    ).setServiceParent(root)
-
-    runtime = Runtime(config.housekeeper.max_age, settings.agent_port)
     keeper = config.housekeeper
-
-    async def housekeeping() -> None:
-        now = tokens.now()
-        for hostname in runtime.expire(now):
-            log.info("server {hostname} went quiet: offline", hostname=hostname)
-        cutoff = now - dt.timedelta(seconds=keeper.pending_max_age)
-        for guid in await registry.run(store.purge_pending_txn, cutoff):
-            log.info("purged agent {guid}: pending too long", guid=guid)
-
+    housekeeper = Housekeeper(
+        registry, control, throttle, keeper.pending_max_age, reactor
+    )
+    PeriodicJob(
+        "token-vacuum", TOKEN_VACUUM_SECONDS, housekeeper.vacuum, reactor, 60.0
+    ).setServiceParent(root)
     PeriodicJob(
         "housekeeper",
         keeper.housekeeper_frequency,
-        housekeeping,
+        housekeeper.sweep,
         reactor,
         keeper.housekeeper_frequency,
     ).setServiceParent(root)
@@ -199,29 +240,17 @@ def build_director(
     tls_reload_job(tls, reactor, sighup).setServiceParent(root)
     # After the certificate: SIGHUP's first line stays the TLS reload.
     sighup.add(policy.reload)
-    api = DirectorAPI(
+    api = DirectorRoot(
         settings.max_body_bytes,
-        enrolment,
-        logins,
-        registry,
-        authority.pem,
-        frozenset(n.lower() for n in own_names),
-        reactor,
-        runtime,
-        SessionControl(
-            runtime,
-            registry,
-            AgentClient(
-                reactor,
-                [authority.certificate],
-                load_certificates(files.server_crt.read_bytes())[0],
-                load_private_key(files.server_key.read_bytes()),
-            ),
-            settings.config_allow,
-            tokens.now,
-        ),
+        Gate(logins, enrolment),
+        [
+            AgentRoutes(enrolment, runtime, settings.agent_port, reactor),
+            AuthRoutes(logins),
+            AdminRoutes(admin, authority.pem),
+            SessionRoutes(control, audit),
+        ],
     )
-    site = DcvixSite(api.app.resource(), body_limit=api.body_limit)
+    site = DcvixSite(api.resource(), body_limit=api.body_limit)
     tls_listener(
         reactor, settings.director_host, settings.director_port, tls, site
     ).setServiceParent(root)

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet.defer import TimeoutError as DeferredTimeout
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
+from dcvix.common.clock import now_utc
 from dcvix.common.errors import (
     ApiError,
     BadGateway,
@@ -23,7 +26,6 @@ from dcvix.common.errors import (
     GatewayTimeout,
     NotFound,
 )
-from dcvix.common.http import go_fields
 from dcvix.common.validate import (
     InvalidInput,
     NotAllowed,
@@ -31,46 +33,98 @@ from dcvix.common.validate import (
     check_session_id,
 )
 from dcvix.common.webclient import Answer
-from dcvix.director import store
 from dcvix.director.agent_client import AgentAddress, AgentClient
 from dcvix.director.policy import valid_id
-from dcvix.director.runtime import Runtime, ServerState
-from dcvix.director.store import AgentStore
+from dcvix.director.registry import AgentRegistry
+from dcvix.director.requests import ConfigRequest, CreateSessionRequest
+from dcvix.director.runtime import RuntimeStore, ServerState, Session, is_online
 
 log = Logger()
 
 
+@dataclass(frozen=True)
+class ServerView:
+    """A server as admins see it: its last report, online now, its agent's state."""
+
+    state: ServerState
+    online: bool
+    agent_state: str
+
+
 class SessionControl:
-    """What the admin session routes do."""
+    """What the admin server and session routes do.
+
+    Args:
+        runtime: the agents' last reports.
+        registry: the agent registry (only registered agents are called).
+        client: calls to agents.
+        config_allow: the DCV settings that may be pushed.
+        max_age: seconds after which a silent server is offline.
+        clock: the time.
+    """
 
     def __init__(
         self,
-        runtime: Runtime,
-        registry: AgentStore,
+        runtime: RuntimeStore,
+        registry: AgentRegistry,
         client: AgentClient,
         config_allow: Sequence[str],
-        now: Any,
+        max_age: float,
+        clock: IReactorTime,
     ) -> None:
         self._runtime = runtime
         self._registry = registry
         self._client = client
         self._allow = tuple(config_allow)
-        self._now = now
+        self._max_age = max_age
+        self._clock = clock
 
-    def forget(self, guid: str, deleted: bool) -> None:
-        """An agent was revoked or deleted: drop its connections (and reports)."""
+    async def forget(self, guid: str, deleted: bool) -> None:
+        """An agent may no longer be called: drop its connections (and reports)."""
         self._client.forget(guid)
         if deleted:
-            self._runtime.forget_guid(guid)
+            await self._runtime.forget_guid(guid)
+
+    def online(self, state: ServerState) -> bool:
+        """Whether a server is online now."""
+        return is_online(state, now_utc(self._clock), self._max_age)
+
+    async def servers(self) -> list[ServerView]:
+        """Every server that reported since start, hostname descending."""
+        states = {r.guid: r.state for r in await self._registry.list()}
+        listed = sorted(
+            await self._runtime.servers(), key=lambda s: s.hostname, reverse=True
+        )
+        return [
+            ServerView(s, self.online(s), states.get(s.guid, "unknown")) for s in listed
+        ]
+
+    async def live_sessions(self) -> list[tuple[ServerState, Session]]:
+        """The sessions of the servers online now."""
+        return [
+            (server, session)
+            for server in await self._runtime.servers()
+            if self.online(server)
+            for session in server.sessions
+        ]
+
+    async def expire(self) -> list[str]:
+        """Drop the sessions of servers gone quiet; their hostnames."""
+        gone = []
+        for state in await self._runtime.servers():
+            if state.sessions and not self.online(state):
+                await self._runtime.drop_sessions(state.hostname)
+                gone.append(state.hostname)
+        return gone
 
     async def _target(self, hostname: str) -> tuple[ServerState, AgentAddress]:
-        state = self._runtime.server(hostname)
+        state = await self._runtime.server(hostname)
         if state is None:
             raise NotFound(f"unknown server {hostname}")
-        record = await self._registry.run(store.get_txn, state.guid)
+        record = await self._registry.get(state.guid)
         if record is None or not record.pinned or record.hostname != hostname:
             raise Conflict(f"server {hostname} is not a registered agent")
-        if not self._runtime.online(state, self._now()):
+        if not self.online(state):
             raise Conflict(f"server {hostname} is offline")
         return state, AgentAddress(
             state.guid, state.address, state.agent_port, record.key_fingerprint
@@ -93,30 +147,26 @@ class SessionControl:
             )
             raise BadGateway("the agent could not be reached") from None
 
-    async def create(self, body: Any) -> dict[str, str]:
+    async def create(self, body: CreateSessionRequest) -> dict[str, str]:
         """``POST /v1/sessions``: a session on a server, for a user."""
-        fields = go_fields(
-            body,
-            {"serverId": str, "userId": str, "sessionId": str, "sessionType": str},
-        )
-        if not valid_id(fields["userId"]):
+        if not valid_id(body.user_id):
             raise BadRequest("invalid userId")
-        kind = fields["sessionType"].lower()
+        kind = body.session_type.lower()
         if kind not in ("console", "virtual"):
             raise BadRequest("sessionType must be console or virtual")
-        session_id = fields["sessionId"] or f"dcvix_{uuid.uuid4()}"
+        session_id = body.session_id or f"dcvix_{uuid.uuid4()}"
         try:
             check_session_id(session_id)
         except InvalidInput as error:
             raise BadRequest(str(error)) from None
-        state, target = await self._target(fields["serverId"])
+        state, target = await self._target(body.server_id)
         answer = await self._call(
             target,
             "POST",
             "/v1/sessions",
             {
                 "serverId": state.hostname,
-                "userId": fields["userId"],
+                "userId": body.user_id,
                 "sessionId": session_id,
                 "sessionType": kind,
             },
@@ -136,8 +186,9 @@ class SessionControl:
         """``DELETE /v1/sessions/{id}[?serverId=]``."""
         holders = [
             s
-            for s in self._runtime.live_servers(self._now())
-            if any(session["id"] == session_id for session in s.sessions)
+            for s in await self._runtime.servers()
+            if self.online(s)
+            and any(session.id == session_id for session in s.sessions)
             and (server_id is None or s.hostname == server_id)
         ]
         if not holders:
@@ -157,11 +208,10 @@ class SessionControl:
             "message": "Session close request sent successfully",
         }
 
-    async def configure(self, hostname: str, body: Any) -> dict[str, Any]:
+    async def configure(self, hostname: str, body: ConfigRequest) -> dict[str, Any]:
         """``POST /v1/servers/{server}/config``: allowed DCV settings only."""
-        entries = go_fields(body, {"config": list})["config"]
         checked = []
-        for entry in entries:
+        for entry in body.config:
             values = entry if isinstance(entry, dict) else {}
             section, key, value = (values.get(k) for k in ("section", "key", "value"))
             if not all(isinstance(v, str) for v in (section, key, value)):

@@ -31,6 +31,7 @@ from twisted.logger import Logger
 
 from dcvix.common.daemon import StartupError, require_private_file
 from dcvix.common.files import atomic_write
+from dcvix.director.datadir import DirectorFiles
 
 log = Logger()
 
@@ -67,7 +68,7 @@ def load_token_key(configured: str, data_dir: Path) -> bytes:
     """
     if configured:
         return base64.b64decode("".join(configured.split()))
-    path = data_dir / "token.key"
+    path = DirectorFiles(data_dir).token_key
     if path.exists():
         require_private_file(path)
         try:

@@ -6,6 +6,7 @@ import io
 import json
 import types
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,12 +21,12 @@ from twisted.web.iweb import IRequest
 
 from dcvix.common.errors import BadRequest
 from dcvix.common.http import (
-    go_fields,
     install_error_handlers,
     json_response,
     read_json,
 )
-from dcvix.director.api import DirectorAPI
+from dcvix.common.jsonfields import go_fields
+from dcvix.testing import director_harness
 
 ECHO_FIELDS = {"userID": str, "count": int}
 
@@ -79,8 +80,9 @@ def call(stub: StubTreq, method: str, url: str, **kwargs: Any) -> Answer:
 
 
 @pytest.fixture
-def director() -> StubTreq:
-    return StubTreq(DirectorAPI(1048576).app.resource())
+def director(tmp_path: Path) -> Iterator[StubTreq]:
+    with director_harness(tmp_path) as harness:
+        yield StubTreq(harness.resource())
 
 
 @pytest.fixture
@@ -96,7 +98,7 @@ def log_events() -> Iterator[list[dict[str, Any]]]:
     globalLogPublisher.removeObserver(events.append)
 
 
-# ------------------------------------------------------------ DirectorAPI
+# ----------------------------------------------------------- DirectorRoot
 
 
 def test_health_is_healthy_json_with_a_trailing_newline(director: StubTreq) -> None:
@@ -434,3 +436,14 @@ def test_read_json_reads_whatever_the_content_type(echo: StubTreq) -> None:
             headers=headers,
         )
         assert (answer.code, answer.json()) == (200, {"userID": "u", "count": 1})
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b'{"userID": "\\ud800", "password": "x"}', b'{"registrationToken": "\\udfff"}'],
+)
+def test_read_json_refuses_a_lone_surrogate_escape(raw: bytes) -> None:
+    with pytest.raises(BadRequest) as raised:
+        read_json(body_of(raw))
+    assert raised.value.status == 400
+    assert raised.value.message == "request body holds an invalid \\u escape"

@@ -41,7 +41,6 @@ from fleet import (
     Agent,
     Director,
     Fleet,
-    certificate_file,
     enrol,
     https,
     mode,
@@ -359,8 +358,8 @@ async def test_agent_client_reaches_the_agent_by_its_pinned_key(
     client = AgentClient(
         reactor,
         load_certificates(director.ca_file.read_bytes()),
-        certificate_file(director.server_crt),
-        private_key_file(director.server_key),
+        director.server_crt,
+        director.server_key,
     )
     right = AgentAddress(agent.guid, "127.0.0.1", agent.port, pin)
     wrong = AgentAddress(agent.guid, "127.0.0.1", agent.port, "0" * 64)

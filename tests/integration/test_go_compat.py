@@ -37,7 +37,7 @@ from OpenSSL import SSL
 from daemons import DaemonProcess, free_port
 from dcvix import __version__
 from dcvix.common.tls import is_director_certificate
-from dcvix.director.ca import own_host_names
+from dcvix.director.hostnames import own_host_names
 from go_agent import (
     GoAgentKey,
     Reply,
@@ -438,14 +438,19 @@ def test_go_director_data_dir_is_adopted(tmp_path: Path, daemons, ca_kind: str) 
     restart = register(director.port, key_a, guid_a, "go-ws-a")
     assert restart.status == 200
 
-    # B: first contact is a register: its key is recorded, it waits for approval.
+    # B: first contact is a register: the row stays registered, its key is a
+    # claim that waits for an admin (or for B's certificate at an mTLS call).
     assert_pending(register(director.port, key_b, guid_b, "go-ws-b"))
     line_b = agents_list_line(director, guid_b)
-    assert "pending" in line_b
-    assert key_fingerprint(key_b)[:16] in line_b
+    assert f"registered (unpinned, claim {key_fingerprint(key_b)[:16]})" in line_b
+    # A stranger who read B's GUID replaces the claim, never B's state.
+    assert_pending(register(director.port, stranger, guid_b, "go-ws-b"))
+    line_b = agents_list_line(director, guid_b)
+    assert f"registered (unpinned, claim {key_fingerprint(stranger)[:16]})" in line_b
+    assert_pending(register(director.port, key_b, guid_b, "go-ws-b"))
+    dcvixctl(director, "agents", "approve", guid_b)
     mismatch = register(director.port, stranger, guid_b, "go-ws-b")
     assert (mismatch.status, mismatch.json) == (409, {"error": "key mismatch"})
-    dcvixctl(director, "agents", "approve", guid_b)
     # C was pending under Go (no key known): its first key is recorded now.
     key_c = new_go_key("ed25519")
     assert_pending(register(director.port, key_c, guid_c, "go-ws-c"))

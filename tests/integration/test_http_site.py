@@ -15,6 +15,7 @@ import socket
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -31,7 +32,7 @@ from dcvix.common.http import (
     install_error_handlers,
     json_response,
 )
-from dcvix.director.api import DirectorAPI
+from dcvix.testing import director_harness
 
 MiB = 1024 * 1024
 KiB = 1024
@@ -486,10 +487,11 @@ async def test_a_plain_site_would_spool_the_same_body(
 
 
 @pytest.fixture
-def register_probe(serve: Callable[..., int]) -> int:
+def register_probe(serve: Callable[..., int], tmp_path: Path) -> Iterator[int]:
     """ProbeAPI with the director's per-path limits (register: 16 KiB)."""
-    limits = DirectorAPI(1048576).body_limit
-    return serve(DcvixSite(ProbeAPI().app.resource(), body_limit=limits))
+    with director_harness(tmp_path) as director:
+        limits = director.root.body_limit
+        yield serve(DcvixSite(ProbeAPI().app.resource(), body_limit=limits))
 
 
 @pytest.mark.parametrize(
@@ -550,18 +552,23 @@ async def test_other_paths_keep_the_general_cap(
 
 @pytest_twisted.ensureDeferred
 async def test_director_site_uses_its_limits(
-    reactor: Any, serve: Callable[..., int]
+    reactor: Any, serve: Callable[..., int], tmp_path: Path
 ) -> None:
-    api = DirectorAPI(4096)
-    port = serve(DcvixSite(api.app.resource(), body_limit=api.body_limit))
-    over = await in_thread(exchange, port, "POST", "/v1/health", b"h" * 5000)
-    assert (over.status, over.json()) == (413, TOO_LARGE)
-    under = await in_thread(exchange, port, "POST", "/v1/health", b"h" * 4000)
-    assert (under.status, under.json()) == (405, {"error": "method not allowed"})
-    register = await in_thread(
-        exchange, port, "POST", "/v1/agent/register", b"h" * (10 * KiB)
-    )
-    assert (register.status, register.json()) == (404, {"error": "not found"})
+    with director_harness(tmp_path, max_body_bytes=4096) as director:
+        api = director.root
+        port = serve(DcvixSite(api.resource(), body_limit=api.body_limit))
+        over = await in_thread(exchange, port, "POST", "/v1/health", b"h" * 5000)
+        assert (over.status, over.json()) == (413, TOO_LARGE)
+        under = await in_thread(exchange, port, "POST", "/v1/health", b"h" * 4000)
+        assert (under.status, under.json()) == (405, {"error": "method not allowed"})
+        # Over the general cap, under register's own: it reaches the route.
+        register = await in_thread(
+            exchange, port, "POST", "/v1/agent/register", b"h" * (10 * KiB)
+        )
+        assert (register.status, register.json()) == (
+            400,
+            {"error": "request body is not valid JSON"},
+        )
 
 
 @pytest.mark.parametrize(
@@ -712,11 +719,12 @@ async def test_the_413_on_a_declared_length_carries_the_security_headers(
 
 @pytest_twisted.ensureDeferred
 async def test_director_health_carries_the_security_headers(
-    reactor: Any, serve: Callable[..., int]
+    reactor: Any, serve: Callable[..., int], tmp_path: Path
 ) -> None:
-    api = DirectorAPI(1048576)
-    port = serve(DcvixSite(api.app.resource(), body_limit=api.body_limit))
-    answer = await in_thread(exchange, port, "GET", "/v1/health")
+    with director_harness(tmp_path) as director:
+        api = director.root
+        port = serve(DcvixSite(api.resource(), body_limit=api.body_limit))
+        answer = await in_thread(exchange, port, "GET", "/v1/health")
     assert answer.status == 200
     assert answer.json() == {"status": "healthy"}
     assert_security_headers(answer)

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from dcvix import ctl
-from dcvix.director import store
+from dcvix.director.registry import sqlite as engine
+from dcvix.director.registry.sqlite_schema import connect
 
 A = "11111111-1111-4111-8111-111111111111"
 B = "22222222-2222-4222-8222-222222222222"
@@ -22,6 +23,12 @@ UNKNOWN = "99999999-9999-4999-8999-999999999999"
 KEY_A = "a1" * 32
 KEY_B = "b2" * 32
 T0 = dt.datetime(2025, 3, 1, 10, 0, 0, tzinfo=dt.UTC)
+SETUP = "test:setup"
+GO_TABLE = (
+    "CREATE TABLE agents (guid TEXT PRIMARY KEY, hostname TEXT, "
+    "state TEXT NOT NULL DEFAULT 'pending', created_at DATETIME, "
+    "registered_at DATETIME, last_seen_at DATETIME, cert_serial TEXT, tags TEXT)"
+)
 
 
 @pytest.fixture(autouse=True)
@@ -52,7 +59,7 @@ def conf(tmp_path: Path, data_dir: Path) -> Path:
 
 @pytest.fixture
 def db(data_dir: Path) -> Iterator[sqlite3.Connection]:
-    connection = store.connect(data_dir / "agents.db")
+    connection = connect(data_dir / "agents.db")
     yield connection
     connection.close()
 
@@ -70,22 +77,47 @@ def add(
     created: dt.datetime = T0,
 ) -> None:
     if state == "registered":
-        assert store.create_registered_txn(db, guid, hostname, key, "10.0.0.5", created)
+        assert engine.create_registered_txn(
+            db, guid, hostname, key, "10.0.0.5", created, SETUP
+        )
     else:
-        assert store.create_pending_txn(db, guid, hostname, key, "10.0.0.5", created)
+        assert engine.create_pending_txn(db, guid, hostname, key, "10.0.0.5", created)
         if state != "pending":
             db.execute("UPDATE agents SET state = ? WHERE guid = ?", (state, guid))
 
 
+def go_db(path: Path, rows: list[tuple[str, str]]) -> None:
+    """A Go ``agents.db``: registered rows (guid, hostname), no keys, Go times."""
+    connection = sqlite3.connect(path)
+    connection.execute(GO_TABLE)
+    connection.executemany(
+        "INSERT INTO agents (guid, hostname, state, created_at) "
+        "VALUES (?, ?, 'registered', '2025-03-01 10:20:30.123456789+01:00')",
+        rows,
+    )
+    connection.commit()
+    connection.close()
+
+
 def state_of(db: sqlite3.Connection, guid: str) -> str | None:
-    record = store.get_txn(db, guid)
+    record = engine.get_txn(db, guid)
     return None if record is None else record.state
 
 
 def audit(db: sqlite3.Connection) -> list[tuple[str, str, str]]:
+    """The audit lines dcvixctl wrote (not the set-up's), oldest first."""
     return [
-        (actor, action, target)
-        for _, actor, action, target, _ in reversed(store.audit_list_txn(db))
+        (entry.actor, entry.action, entry.target)
+        for entry in reversed(engine.audit_list_txn(db))
+        if entry.actor != SETUP
+    ]
+
+
+def cells(out: str) -> list[list[str]]:
+    """The rows of the ``agents list`` table below its heading, cell by cell."""
+    return [
+        [cell.strip() for cell in line.split("  ") if cell.strip()]
+        for line in out.splitlines()[1:]
     ]
 
 
@@ -97,7 +129,7 @@ def test_list_prints_a_table(
 ) -> None:
     add(db, A, "ws1", "registered")
     add(db, B, "ws2", "pending", KEY_B, T0 + dt.timedelta(hours=1))
-    store.record_issue_txn(db, A, 0xBEEF, T0 + dt.timedelta(days=14), "10.0.0.5", T0)
+    engine.record_issue_txn(db, A, 0xBEEF, T0 + dt.timedelta(days=14), "10.0.0.5", T0)
 
     assert run(conf, "agents", "list") == 0
 
@@ -131,23 +163,61 @@ def test_list_one_state(
 
 
 def test_list_flags_adopted_and_duplicate_rows(
-    conf: Path, db: sqlite3.Connection, capsys: pytest.CaptureFixture[str]
+    conf: Path, data_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # Go rows: no key, Go text timestamps, one hostname twice (in two cases).
-    for guid, hostname in ((A, "ws1"), (B, "WS1")):
-        db.execute(
-            "INSERT INTO agents (guid, hostname, state, created_at) "
-            "VALUES (?, ?, 'registered', '2025-03-01 10:20:30.123456789+01:00')",
-            (guid, hostname),
-        )
+    go_db(data_dir / "agents.db", [(A, "ws1"), (B, "WS1")])
 
     assert run(conf, "agents", "list") == 0
 
-    rows = [line.split("  ") for line in capsys.readouterr().out.splitlines()[1:]]
-    assert [[cell.strip() for cell in row if cell.strip()][:4] for row in rows] == [
+    assert [row[:4] for row in cells(capsys.readouterr().out)] == [
         [A, "ws1 (duplicate!)", "registered (unpinned)", "2025-03-01T09:20:30+00:00"],
         [B, "WS1 (duplicate!)", "registered (unpinned)", "2025-03-01T09:20:30+00:00"],
     ]
+
+
+def test_an_adopted_agents_claim_is_listed_and_approved(
+    conf: Path, data_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = data_dir / "agents.db"
+    go_db(path, [(A, "ws1")])
+    db = connect(path)
+    assert engine.claim_txn(db, A, KEY_B, "10.0.0.7", T0) == ""
+
+    assert run(conf, "agents", "list") == 0
+
+    assert cells(capsys.readouterr().out) == [
+        [
+            A,
+            "ws1",
+            "registered (unpinned, claim b2b2b2b2b2b2b2b2)",
+            "2025-03-01T09:20:30+00:00",
+            "-",
+            "-",
+            "-",
+        ]
+    ]
+
+    assert run(conf, "agents", "approve", A) == 0
+
+    out, err = capsys.readouterr()
+    assert (out, err) == (f"agent {A} (ws1) approved\n", "")
+    record = engine.get_txn(db, A)
+    assert record is not None
+    assert (record.state, record.key_fingerprint, record.claimed_key) == (
+        "registered",
+        KEY_B,
+        "",
+    )
+    assert audit(db) == [
+        ("address 10.0.0.7", "claim key", A),
+        ("os:alice", "approve claim", A),
+    ]
+    assert run(conf, "agents", "list") == 0
+    assert [row[2:6] for row in cells(capsys.readouterr().out)] == [
+        ["registered", "2025-03-01T09:20:30+00:00", "-", "b2b2b2b2b2b2b2b2"]
+    ]
+    db.close()
 
 
 def test_list_empty(
@@ -402,15 +472,33 @@ def test_no_command_is_a_usage_error(conf: Path) -> None:
     assert raised.value.code == 2
 
 
-def test_a_corrupt_agents_db_is_a_message_not_a_traceback(tmp_path, capsys):
-    from dcvix import ctl
+@pytest.mark.parametrize("command", [["list"], ["approve", A]])
+def test_a_corrupt_agents_db_is_one_line_not_a_traceback(
+    conf: Path,
+    data_dir: Path,
+    capsys: pytest.CaptureFixture[str],
+    command: list[str],
+) -> None:
+    path = data_dir / "agents.db"
+    path.write_bytes(b"this is not a database" * 100)
 
-    data = tmp_path / "data"
-    data.mkdir()
-    (data / "agents.db").write_bytes(b"this is not a database" * 100)
-    conf = tmp_path / "d.conf"
-    conf.write_text(f"[director]\ndata_dir = {data}\n")
-    assert ctl.main(["--conf", str(conf), "agents", "list"]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("agents.db: ")
-    assert "Traceback" not in err
+    assert run(conf, "agents", *command) == 2
+
+    out, err = capsys.readouterr()
+    assert (out, err) == ("", f"{path}: file is not a database\n")
+    assert path.read_bytes() == b"this is not a database" * 100
+
+
+def test_a_newer_agents_db_is_refused(
+    conf: Path, data_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = data_dir / "agents.db"
+    raw = sqlite3.connect(path)
+    raw.execute("PRAGMA user_version = 99")
+    raw.close()
+
+    assert run(conf, "agents", "list") == 2
+
+    assert capsys.readouterr().err == (
+        f"{path}: schema version 99 is newer than this dcvix (2): upgrade dcvix\n"
+    )

@@ -684,3 +684,21 @@ def test_parse_csr_refuses_an_unknown_key_algorithm() -> None:
 
     with pytest.raises(CertificateRequestError, match=r"^invalid csr signature$"):
         parse_csr(unknown)
+
+
+def test_a_csr_whose_subject_is_not_utf8_is_refused_not_a_crash() -> None:
+    guid = "5d2c8e1a-7f3b-4a69-b0d4-9e8c1f2a3b4c"
+    key = ed25519.Ed25519PrivateKey.generate()
+    common_name = f"dcvix-agent-{guid}"
+    request = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
+        .sign(key, None)
+    )
+    der = request.public_bytes(serialization.Encoding.DER)
+    body = request.tbs_certrequest_bytes
+    broken = body.replace(common_name.encode(), b"\xff\xfe" + common_name.encode()[2:])
+    forged = der.replace(body, broken).replace(request.signature, key.sign(broken))
+    assert x509.load_der_x509_csr(forged).is_signature_valid  # a well-signed CSR
+    with pytest.raises(CertificateRequestError, match=r"^invalid csr$"):
+        parse_csr(forged)

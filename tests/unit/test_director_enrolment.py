@@ -1,8 +1,9 @@
 """Register, renew and authenticate: CONTRACT §3's decision table, row by row.
 
-The registry is a real AgentStore on tmp_path whose pool runs each call at once
-in the test's thread, so every coroutine completes synchronously; time is a
-task.Clock.
+The registry is a real SqliteRegistry on tmp_path run inline, so every
+coroutine completes synchronously; time is a task.Clock. Bodies are the decoded
+request types the routes hand over; the checks of raw JSON bodies are those of
+``jsonfields.decode``.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import sqlite3
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,9 +21,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import NameOID
-from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.task import Clock
-from twisted.python.failure import Failure
 
 from dcvix.common.errors import (
     ApiError,
@@ -32,10 +31,17 @@ from dcvix.common.errors import (
     TooManyRequests,
     Unauthorized,
 )
+from dcvix.common.jsonfields import decode
 from dcvix.common.pki import public_key_fingerprint
-from dcvix.director import ca, store
+from dcvix.ctl import wait as resolve
+from dcvix.director import ca
+from dcvix.director.agent_admin import AgentAdmin, forget_nothing
+from dcvix.director.audit import Audit
 from dcvix.director.enrolment import Enrolment, EnrolmentPolicy, PendingApproval
-from dcvix.director.store import AgentStore
+from dcvix.director.registry import AgentRecord, AuditEntry, sqlite
+from dcvix.director.registry.sqlite import SqliteRegistry, inline_runner
+from dcvix.director.registry.sqlite_schema import connect
+from dcvix.director.requests import RegisterRequest, RenewRequest
 
 NOW = dt.datetime(2025, 3, 1, 12, 0, 0, tzinfo=dt.UTC)
 LIFETIME = dt.timedelta(days=14)
@@ -44,28 +50,11 @@ B = "22222222-2222-4222-8222-222222222222"
 C = "33333333-3333-4333-8333-333333333333"
 TOKEN = "s3cret-token"
 ADDRESS = "10.0.0.7"
+STRANGER = "203.0.113.9"
+OWN_NAMES = frozenset({"director1", "director1.example.org"})
 
 
 # ------------------------------------------------------------------- harness
-
-
-class InlinePool:
-    """Stands in for ThreadPoolService: runs each call at once, in this thread."""
-
-    def run(
-        self, timeout: float | None, function: Callable[..., Any], *args: Any
-    ) -> Deferred[Any]:
-        return maybeDeferred(function, *args)
-
-
-def resolve(coroutine: Coroutine[Any, Any, Any]) -> Any:
-    """The result of a coroutine that completes at once (or raise its error)."""
-    results: list[Any] = []
-    Deferred.fromCoroutine(coroutine).addBoth(results.append)
-    assert len(results) == 1, "the coroutine did not complete synchronously"
-    if isinstance(results[0], Failure):
-        results[0].raiseException()
-    return results[0]
 
 
 def new_key() -> ed25519.Ed25519PrivateKey:
@@ -95,18 +84,9 @@ def csr_b64(key: Any, guid: str, subject: x509.Name | None = None) -> str:
     return base64.b64encode(der).decode()
 
 
-def body(
-    key: Any, guid: str, hostname: str, token: str | None = None
-) -> dict[str, Any]:
-    """A register body as the Go agent sends it."""
-    fields: dict[str, Any] = {
-        "csr": csr_b64(key, guid),
-        "guid": guid,
-        "hostname": hostname,
-    }
-    if token is not None:
-        fields["registrationToken"] = token
-    return fields
+def body(key: Any, guid: str, hostname: str, token: str = "") -> RegisterRequest:
+    """A register body as the Go agent sends it (no token: an empty one)."""
+    return RegisterRequest(csr_b64(key, guid), guid, hostname, token)
 
 
 def certificate_of(answer: dict[str, Any]) -> x509.Certificate:
@@ -115,24 +95,32 @@ def certificate_of(answer: dict[str, Any]) -> x509.Certificate:
 
 @dataclass
 class World:
-    """An Enrolment with its registry, CA and clock, and a window on the db."""
+    """An Enrolment with its registry, CA, clock and admin, and a window on the db."""
 
     enrolment: Enrolment
-    registry: AgentStore
+    registry: SqliteRegistry
     authority: ca.CertificateAuthority
     clock: Clock
+    admin: AgentAdmin
     db: sqlite3.Connection
 
-    def register(self, request: Any, address: str = ADDRESS) -> dict[str, Any]:
+    def register(self, request: RegisterRequest, address: str = ADDRESS) -> Any:
         return resolve(self.enrolment.register(request, address))
 
     def renew(
-        self, peer: x509.Certificate | None, request: Any, address: str = ADDRESS
-    ) -> dict[str, Any]:
-        return resolve(self.enrolment.renew(peer, request, address))
+        self,
+        peer: x509.Certificate | None,
+        request: RenewRequest,
+        address: str = ADDRESS,
+    ) -> Any:
+        identity = self.enrolment.identify(peer)
+        return resolve(self.enrolment.renew(identity, request, address))
 
-    def authenticate(self, peer: x509.Certificate | None) -> store.AgentRecord:
-        return resolve(self.enrolment.authenticate(peer))
+    def authenticate(self, peer: x509.Certificate | None) -> AgentRecord:
+        record: AgentRecord = resolve(
+            self.enrolment.authenticate(self.enrolment.identify(peer))
+        )
+        return record
 
     def refused(
         self, error: type[ApiError], message: str, call: Any, audited: bool = False
@@ -156,30 +144,49 @@ class World:
         audit = self.db.execute("SELECT * FROM audit ORDER BY id").fetchall()
         return agents, audit
 
-    def record(self, guid: str) -> store.AgentRecord:
-        record = store.get_txn(self.db, guid)
+    def record(self, guid: str) -> AgentRecord:
+        record = sqlite.get_txn(self.db, guid)
         assert record is not None
         return record
 
     def audit(self) -> list[tuple[str, str, str]]:
-        return [
-            (actor, action, target)
-            for _, actor, action, target, _ in reversed(store.audit_list_txn(self.db))
-        ]
+        """(actor, action, target) of each audit row, oldest first."""
+        return [(e.actor, e.action, e.target) for e in self.audit_entries()]
+
+    def audit_details(self) -> list[tuple[str, str, str, str]]:
+        """(actor, action, target, detail) of each audit row, oldest first."""
+        return [(e.actor, e.action, e.target, e.detail) for e in self.audit_entries()]
+
+    def audit_entries(self) -> list[AuditEntry]:
+        return list(reversed(sqlite.audit_list_txn(self.db)))
 
     def approve(self, guid: str) -> None:
-        store.approve_txn(self.db, guid, "os:admin", self.now())
+        sqlite.approve_txn(self.db, guid, "os:admin", self.now())
 
     def now(self) -> dt.datetime:
         return dt.datetime.fromtimestamp(self.clock.seconds(), dt.UTC)
 
-    def adopt(self, guid: str, hostname: str, state: str = "registered") -> None:
+    def adopt(
+        self,
+        guid: str,
+        hostname: str,
+        state: str = "registered",
+        key: str | None = None,
+    ) -> None:
         """A row as a Go director left it: no key, Go text timestamps."""
         self.db.execute(
-            "INSERT INTO agents (guid, hostname, state, created_at, registered_at) "
-            "VALUES (?, ?, ?, '2025-01-10 09:00:00.123456789+01:00', "
-            "'2025-01-10 08:05:00+00:00')",
-            (guid, hostname, state),
+            "INSERT INTO agents (guid, hostname, state, created_at, registered_at, "
+            "key_fingerprint) VALUES (?, ?, ?, "
+            "'2025-01-10 09:00:00.123456789+01:00', '2025-01-10 08:05:00+00:00', ?)",
+            (guid, hostname, state, key),
+        )
+
+    def go_era_certificate(
+        self, key: Any, guid: str = A, hostname: str = "ws1"
+    ) -> x509.Certificate:
+        """The certificate an adopted agent got from the Go director, same CA."""
+        return self.authority.sign_agent(
+            key.public_key(), guid, hostname, NOW - dt.timedelta(days=3), LIFETIME
         )
 
 
@@ -191,18 +198,22 @@ def make_world(tmp_path: Path) -> Iterator[Callable[..., World]]:
         clock = Clock()
         clock.advance(NOW.timestamp())
         path = tmp_path / f"agents{len(opened)}.db"
-        registry = AgentStore(path, InlinePool())  # type: ignore[arg-type]
+        registry = SqliteRegistry(path, inline_runner)
+        audit = Audit(registry, clock)
         authority = ca.new_authority(NOW)
         settings: dict[str, Any] = {
             "lifetime": LIFETIME,
             "reserved_names": frozenset(
                 {"dcvix-director", "localhost", "broker.example.org"}
             ),
-            "own_names": frozenset({"director1", "director1.example.org"}),
+            "own_names": OWN_NAMES,
         }
         settings.update(policy)
-        enrolment = Enrolment(registry, authority, EnrolmentPolicy(**settings), clock)
-        world = World(enrolment, registry, authority, clock, store.connect(path))
+        enrolment = Enrolment(
+            registry, authority, EnrolmentPolicy(**settings), audit, clock
+        )
+        admin = AgentAdmin(registry, audit, clock, OWN_NAMES, forget_nothing)
+        world = World(enrolment, registry, authority, clock, admin, connect(path))
         opened.append(world)
         return world
 
@@ -237,34 +248,59 @@ def registered_agent(world: World, guid: str = A, hostname: str = "ws1") -> Any:
         ([1, 2], "request body must be a JSON object"),
         (None, "request body must be a JSON object"),
         ({"csr": 5, "guid": A, "hostname": "ws1"}, "field 'csr' must be a string"),
+        ({"csr": "x", "guid": 7, "hostname": "ws1"}, "field 'guid' must be a string"),
+        (
+            {"csr": "x", "guid": A, "registrationToken": True},
+            "field 'registrationToken' must be a string",
+        ),
+    ],
+    ids=["string", "list", "null", "csr-not-string", "guid-not-string", "token-bool"],
+)
+def test_a_body_that_is_not_a_register_request_is_400(
+    request_body: Any, message: str
+) -> None:
+    with pytest.raises(BadRequest) as raised:
+        decode(RegisterRequest, request_body)
+
+    assert raised.value.message == message
+
+
+def test_a_register_body_is_read_as_go_reads_it() -> None:
+    request = decode(
+        RegisterRequest,
+        {
+            "CSR": "abc",
+            "Guid": A,
+            "hostName": "ws1",
+            "REGISTRATIONTOKEN": TOKEN,
+            "x": 1,
+        },
+    )
+
+    assert request == RegisterRequest("abc", A, "ws1", TOKEN)
+    assert decode(RegisterRequest, {}) == RegisterRequest("", "", "", "")
+
+
+@pytest.mark.parametrize(
+    ("request_body", "message"),
+    [
         ({"csr": "!!not base64!!", "guid": A}, "invalid csr encoding"),
         ({"csr": "aGVsbG8", "guid": A}, "invalid csr encoding"),  # no padding
         ({"csr": base64.b64encode(b"hello").decode(), "guid": A}, "invalid csr"),
         ({"guid": A, "hostname": "ws1"}, "invalid csr"),
     ],
-    ids=[
-        "string",
-        "list",
-        "null",
-        "csr-not-string",
-        "bad-base64",
-        "unpadded",
-        "not-a-csr",
-        "no-csr",
-    ],
+    ids=["bad-base64", "unpadded", "not-a-csr", "no-csr"],
 )
-def test_malformed_body_is_400(world: World, request_body: Any, message: str) -> None:
-    world.refused(BadRequest, message, lambda: world.register(request_body))
+def test_malformed_csr_is_400(world: World, request_body: Any, message: str) -> None:
+    request = decode(RegisterRequest, request_body)
+
+    world.refused(BadRequest, message, lambda: world.register(request))
 
 
 def test_bad_csr_signature_is_400(world: World) -> None:
     der = bytearray(csr_der(new_key(), agent_name(A)))
     der[-1] ^= 0x01
-    request = {
-        "csr": base64.b64encode(bytes(der)).decode(),
-        "guid": A,
-        "hostname": "ws1",
-    }
+    request = RegisterRequest(base64.b64encode(bytes(der)).decode(), A, "ws1")
 
     world.refused(BadRequest, "invalid csr signature", lambda: world.register(request))
 
@@ -281,8 +317,7 @@ def test_bad_csr_signature_is_400(world: World) -> None:
     ],
 )
 def test_guid_not_a_uuid_is_400(world: World, guid: str) -> None:
-    key = new_key()
-    request = {"csr": csr_b64(key, guid), "guid": guid, "hostname": "ws1"}
+    request = RegisterRequest(csr_b64(new_key(), guid), guid, "ws1")
 
     world.refused(BadRequest, "guid must be a UUID", lambda: world.register(request))
 
@@ -315,7 +350,7 @@ def test_invalid_hostname_is_400(world: World, hostname: str, message: str) -> N
 
 def test_400_comes_before_401(world: World) -> None:
     # CN of another GUID (a 401) and a wildcard hostname (a 400): 400 wins.
-    request = {"csr": csr_b64(new_key(), B), "guid": A, "hostname": "*.x.org"}
+    request = RegisterRequest(csr_b64(new_key(), B), A, "*.x.org")
 
     world.refused(BadRequest, "invalid hostname", lambda: world.register(request))
 
@@ -344,14 +379,14 @@ def test_400_comes_before_401(world: World) -> None:
 def test_csr_subject_not_exactly_the_guid_is_401(
     world: World, subject: x509.Name
 ) -> None:
-    request = {"csr": csr_b64(new_key(), A, subject), "guid": A, "hostname": "ws1"}
+    request = RegisterRequest(csr_b64(new_key(), A, subject), A, "ws1")
 
     world.refused(Unauthorized, "csr guid mismatch", lambda: world.register(request))
 
 
 def test_the_401_row_does_not_touch_a_known_agent(world: World) -> None:
     registered_agent(world)
-    request = {"csr": csr_b64(new_key(), B), "guid": A, "hostname": "ws1"}
+    request = RegisterRequest(csr_b64(new_key(), B), A, "ws1")
 
     world.refused(Unauthorized, "csr guid mismatch", lambda: world.register(request))
 
@@ -361,7 +396,7 @@ def test_the_401_row_does_not_touch_a_known_agent(world: World) -> None:
 
 def test_revoked_is_401(world: World) -> None:
     key, _ = registered_agent(world)
-    store.revoke_txn(world.db, A, "os:admin", NOW)
+    sqlite.revoke_txn(world.db, A, "os:admin", NOW)
 
     world.refused(
         Unauthorized, "agent revoked", lambda: world.register(body(key, A, "ws1"))
@@ -377,7 +412,7 @@ def test_denied_is_403_and_stays_denied(world: World) -> None:
     key = new_key()
     with pytest.raises(PendingApproval):
         world.register(body(key, A, "ws1"))
-    store.deny_txn(world.db, A, "os:admin", NOW)
+    sqlite.deny_txn(world.db, A, "os:admin", NOW)
 
     for _ in range(3):  # the Go agent keeps polling
         world.refused(
@@ -386,10 +421,74 @@ def test_denied_is_403_and_stays_denied(world: World) -> None:
     assert world.record(A).state == "denied"
 
 
-# ----------------------------------------------------------- row 3: registered
+# ------------------------------- row 3, case 3: registered, adopted without a pin
 
 
-def test_registered_adopted_without_a_pin_records_the_key_and_waits(
+@pytest.mark.parametrize("no_key", [None, ""], ids=["null", "empty"])
+def test_a_stranger_knowing_the_guid_cannot_lock_out_an_adopted_agent(
+    world: World, no_key: str | None
+) -> None:
+    """The GUID is in the agent's certificate, which anyone on the path can read.
+
+    Before CONTRACT §3 case 3, a registration with that GUID and any key sent an
+    adopted (unpinned) agent back to pending, where its mTLS calls were refused.
+    """
+    world.adopt(A, "ws1", key=no_key)
+    real = new_key()
+    certificate = world.go_era_certificate(real)
+    stranger = new_key()
+
+    with pytest.raises(PendingApproval) as raised:
+        world.register(body(stranger, A, "ws1"), STRANGER)
+
+    assert (raised.value.status, raised.value.message) == (403, "pending approval")
+    record = world.record(A)
+    assert (record.state, record.key_fingerprint, record.claimed_key) == (
+        "registered",
+        "",
+        fingerprint(stranger),
+    )
+
+    pinned = world.authenticate(certificate)
+
+    assert (pinned.guid, pinned.state, pinned.key_fingerprint, pinned.claimed_key) == (
+        A,
+        "registered",
+        fingerprint(real),
+        "",
+    )
+    record = world.record(A)
+    assert (record.key_fingerprint, record.claimed_key, record.claimed_at) == (
+        fingerprint(real),
+        "",
+        None,
+    )
+    assert world.audit_details() == [
+        (f"address {STRANGER}", "claim key", A, f"key={fingerprint(stranger)}"),
+        (
+            "mtls",
+            "pin key",
+            A,
+            f"key={fingerprint(real)} dropped claim {fingerprint(stranger)}",
+        ),
+    ]
+    answer = world.renew(certificate, renew_body(real))
+    assert sorted(answer) == ["certificate", "renewalIntervalSeconds"]
+    assert public_key_fingerprint(certificate_of(answer).public_key()) == (
+        fingerprint(real)
+    )
+    assert world.authenticate(certificate).guid == A
+    # Pinned now: the stranger's key is refused outright.
+    world.refused(
+        Conflict,
+        "key mismatch",
+        lambda: world.register(body(stranger, A, "ws1"), STRANGER),
+        audited=True,
+    )
+    assert world.record(A).state == "registered"
+
+
+def test_registered_adopted_without_a_pin_records_a_claim_and_waits(
     world: World,
 ) -> None:
     world.adopt(A, "ws1")
@@ -402,16 +501,191 @@ def test_registered_adopted_without_a_pin_records_the_key_and_waits(
     assert raised.value.message == "pending approval"
     record = world.record(A)
     assert (record.state, record.key_fingerprint, record.hostname) == (
-        "pending",
-        fingerprint(key),
+        "registered",
+        "",
         "ws1",
     )
-    assert record.address == ADDRESS
+    assert (record.claimed_key, record.claimed_at) == (fingerprint(key), NOW)
+    assert (record.registered_at, record.state_changed_at) == (
+        dt.datetime(2025, 1, 10, 8, 5, tzinfo=dt.UTC),
+        None,
+    )
+    assert world.audit_details() == [
+        ("address 10.0.0.7", "claim key", A, f"key={fingerprint(key)}")
+    ]
 
     world.approve(A)
-    assert world.record(A).pinned is True
+    record = world.record(A)
+    assert (record.pinned, record.key_fingerprint, record.claimed_key) == (
+        True,
+        fingerprint(key),
+        "",
+    )
+    assert world.audit_details()[-1] == (
+        "os:admin",
+        "approve claim",
+        A,
+        f"key={fingerprint(key)}",
+    )
     answer = world.register(body(key, A, "ws1"))
     assert certificate_of(answer).subject == agent_name(A)
+
+
+def test_a_claim_never_changes_the_agent_and_polling_is_audited_once(
+    world: World,
+) -> None:
+    world.adopt(A, "ws1")
+    before = world.record(A)
+    first, second = new_key(), new_key()
+
+    for _ in range(3):  # a Go agent polls every 30 s
+        with pytest.raises(PendingApproval):
+            world.register(body(first, A, "ws1"))
+        world.clock.advance(30)
+    with pytest.raises(PendingApproval):
+        world.register(body(second, A, "ws1-renamed"), "10.0.0.8")
+
+    record = world.record(A)
+    assert record.claimed_key == fingerprint(second)
+    assert record.claimed_at == NOW + dt.timedelta(seconds=90)
+    unchanged = ("state", "hostname", "key_fingerprint", "address", "registered_at")
+    assert [getattr(record, name) for name in unchanged] == [
+        getattr(before, name) for name in unchanged
+    ]
+    assert record.state_changed_at == before.state_changed_at
+    assert world.audit_details() == [
+        ("address 10.0.0.7", "claim key", A, f"key={fingerprint(first)}"),
+        (
+            "address 10.0.0.8",
+            "claim key",
+            A,
+            f"key={fingerprint(second)} replacing {fingerprint(first)}",
+        ),
+    ]
+
+
+@pytest.mark.parametrize("token", [None, "", "wrong"])
+def test_a_claim_needs_the_registration_token_when_one_is_set(
+    make_world: Callable[..., World], token: str | None
+) -> None:
+    world = make_world(registration_token=TOKEN)
+    world.adopt(A, "ws1")
+    fields = {"csr": csr_b64(new_key(), A), "guid": A, "hostname": "ws1"}
+    if token is not None:
+        fields["registrationToken"] = token
+    request = decode(RegisterRequest, fields)
+
+    world.refused(
+        Unauthorized, "invalid registration token", lambda: world.register(request)
+    )
+    assert world.record(A).claimed_key == ""
+
+
+def test_an_admin_approving_a_claim_pins_the_claimed_key(
+    make_world: Callable[..., World],
+) -> None:
+    world = make_world(registration_token=TOKEN)
+    world.adopt(A, "ws1")
+    old = new_key()
+    old_certificate = world.go_era_certificate(old)
+    new = new_key()
+
+    with pytest.raises(PendingApproval):
+        world.register(body(new, A, "ws1", TOKEN))
+    assert world.audit() == [("address 10.0.0.7", "claim key", A)]
+    claimed = world.record(A)
+    assert (claimed.state, claimed.key_fingerprint, claimed.claimed_key) == (
+        "registered",
+        "",
+        fingerprint(new),
+    )
+
+    outcome = resolve(world.admin.act("approve", A, "admin:alice"))
+
+    assert (outcome.action, outcome.replaced, outcome.warning) == ("approve", (), "")
+    record = outcome.record
+    assert (record.state, record.key_fingerprint, record.claimed_key) == (
+        "registered",
+        fingerprint(new),
+        "",
+    )
+    assert world.record(A) == record
+    assert world.audit_details()[-1] == (
+        "admin:alice",
+        "approve claim",
+        A,
+        f"key={fingerprint(new)}",
+    )
+
+    answer = world.register(body(new, A, "ws1"))  # a pinned agent needs no token
+
+    assert sorted(answer) == ["agentId", "ca", "certificate", "renewalIntervalSeconds"]
+    issued = certificate_of(answer)
+    assert issued.subject == agent_name(A)
+    assert public_key_fingerprint(issued.public_key()) == fingerprint(new)
+    world.refused(
+        Conflict,
+        "key mismatch",
+        lambda: world.register(body(old, A, "ws1", TOKEN)),
+        audited=True,
+    )
+    world.refused(
+        Unauthorized,
+        "client certificate does not carry the agent's key",
+        lambda: world.authenticate(old_certificate),
+    )
+    assert world.record(A).state == "registered"
+
+
+def test_every_audit_row_of_an_adoption_has_its_audit_log_line(
+    world: World, audit_lines: list[str]
+) -> None:
+    world.adopt(A, "ws1")
+    world.adopt(B, "ws2")
+    stranger, real_a, real_b = new_key(), new_key(), new_key()
+
+    with pytest.raises(PendingApproval):
+        world.register(body(stranger, A, "ws1"), STRANGER)
+    world.authenticate(world.go_era_certificate(real_a))
+    world.authenticate(world.go_era_certificate(real_b, B, "ws2"))
+
+    claim = f"key={fingerprint(stranger)}"
+    pin_a = f"key={fingerprint(real_a)} dropped claim {fingerprint(stranger)}"
+    pin_b = f"key={fingerprint(real_b)}"
+    assert world.audit_details() == [
+        (f"address {STRANGER}", "claim key", A, claim),
+        ("mtls", "pin key", A, pin_a),
+        ("mtls", "pin key", B, pin_b),
+    ]
+    assert audit_lines == [
+        f"address {STRANGER} claim key {A} {claim}",
+        f"mtls pin key {A} {pin_a}",
+        f"mtls pin key {B} {pin_b}",
+    ]
+
+
+def test_renew_pins_an_adopted_agent_and_drops_a_claim_for_its_own_key(
+    world: World,
+) -> None:
+    world.adopt(A, "ws1")
+    key = new_key()
+    with pytest.raises(PendingApproval):
+        world.register(body(key, A, "ws1"))
+
+    answer = world.renew(world.go_era_certificate(key), renew_body(key))
+
+    assert sorted(answer) == ["certificate", "renewalIntervalSeconds"]
+    record = world.record(A)
+    assert (record.key_fingerprint, record.claimed_key) == (fingerprint(key), "")
+    assert world.audit_details()[-1] == (
+        "mtls",
+        "pin key",
+        A,
+        f"key={fingerprint(key)}",
+    )
+
+
+# ----------------------------------------------------- row 3: registered, pinned
 
 
 def test_registered_with_another_key_is_409_audited_once_a_minute(
@@ -610,11 +884,13 @@ def test_unknown_with_a_wrong_token_is_401(
     make_world: Callable[..., World], token: str | None
 ) -> None:
     world = make_world(registration_token=TOKEN)
+    fields = {"csr": csr_b64(new_key(), A), "guid": A, "hostname": "ws1"}
+    if token is not None:
+        fields["registrationToken"] = token
+    request = decode(RegisterRequest, fields)
 
     world.refused(
-        Unauthorized,
-        "invalid registration token",
-        lambda: world.register(body(new_key(), A, "ws1", token)),
+        Unauthorized, "invalid registration token", lambda: world.register(request)
     )
 
 
@@ -624,7 +900,17 @@ def test_unknown_with_the_right_token_is_pending(
     world = make_world(registration_token=TOKEN)
 
     with pytest.raises(PendingApproval):
-        world.register({**body(new_key(), A, "ws1"), "RegistrationToken": TOKEN})
+        world.register(
+            decode(
+                RegisterRequest,
+                {
+                    "csr": csr_b64(new_key(), A),
+                    "guid": A,
+                    "hostname": "ws1",
+                    "RegistrationToken": TOKEN,
+                },
+            )
+        )
 
     assert world.record(A).state == "pending"
 
@@ -749,8 +1035,8 @@ def test_auto_approve_needs_the_token(make_world: Callable[..., World]) -> None:
 # ---------------------------------------------------------------------- renew
 
 
-def renew_body(key: Any, guid: str = A) -> dict[str, Any]:
-    return {"csr": csr_b64(key, guid)}
+def renew_body(key: Any, guid: str = A) -> RenewRequest:
+    return RenewRequest(csr_b64(key, guid))
 
 
 def test_renew_without_a_certificate_is_401(world: World) -> None:
@@ -809,8 +1095,8 @@ def test_renew_never_promotes_a_pending_agent(world: World) -> None:
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        (lambda db: store.revoke_txn(db, A, "os:admin", NOW), "agent revoked"),
-        (lambda db: store.delete_txn(db, A, "os:admin", NOW), "unknown agent"),
+        (lambda db: sqlite.revoke_txn(db, A, "os:admin", NOW), "agent revoked"),
+        (lambda db: sqlite.delete_txn(db, A, "os:admin", NOW), "unknown agent"),
     ],
     ids=["revoked", "unknown"],
 )
@@ -829,7 +1115,7 @@ def test_renew_denied_is_401(world: World) -> None:
     key, certificate = registered_agent(world)
     with pytest.raises(PendingApproval):
         world.register(body(key, A, "ws1-renamed"))
-    store.deny_txn(world.db, A, "os:admin", NOW)
+    sqlite.deny_txn(world.db, A, "os:admin", NOW)
 
     world.refused(
         Unauthorized,
@@ -841,16 +1127,13 @@ def test_renew_denied_is_401(world: World) -> None:
 def test_renew_pins_an_adopted_agent_from_its_certificate(world: World) -> None:
     world.adopt(A, "ws1")
     key = new_key()
-    go_era = world.authority.sign_agent(
-        key.public_key(), A, "ws1", NOW - dt.timedelta(days=3), LIFETIME
-    )
 
-    answer = world.renew(go_era, renew_body(key))
+    answer = world.renew(world.go_era_certificate(key), renew_body(key))
 
     assert sorted(answer) == ["certificate", "renewalIntervalSeconds"]
     record = world.record(A)
     assert (record.state, record.key_fingerprint) == ("registered", fingerprint(key))
-    assert world.audit() == []
+    assert world.audit_details() == [("mtls", "pin key", A, f"key={fingerprint(key)}")]
 
 
 def test_renew_with_a_csr_for_another_key_is_409(world: World) -> None:
@@ -906,7 +1189,7 @@ def test_renew_with_a_malformed_body_is_400(world: World) -> None:
     world.refused(
         BadRequest,
         "invalid csr encoding",
-        lambda: world.renew(certificate, {"csr": "***"}),
+        lambda: world.renew(certificate, RenewRequest("***")),
     )
 
 
@@ -940,7 +1223,7 @@ def test_authenticate_an_expired_certificate_is_401(world: World) -> None:
 
 def test_authenticate_a_revoked_agent_is_401(world: World) -> None:
     _, certificate = registered_agent(world)
-    store.revoke_txn(world.db, A, "os:admin", NOW)
+    sqlite.revoke_txn(world.db, A, "os:admin", NOW)
 
     world.refused(
         Unauthorized, "agent revoked", lambda: world.authenticate(certificate)
@@ -961,10 +1244,10 @@ def test_authenticate_is_checked_each_time(world: World) -> None:
     _, certificate = registered_agent(world)
     assert world.authenticate(certificate).guid == A
 
-    store.revoke_txn(world.db, A, "os:admin", NOW)
+    sqlite.revoke_txn(world.db, A, "os:admin", NOW)
     with pytest.raises(Unauthorized):
         world.authenticate(certificate)
-    store.reactivate_txn(world.db, A, "os:admin", NOW)
+    sqlite.reactivate_txn(world.db, A, "os:admin", NOW)
 
     assert world.authenticate(certificate).guid == A
 

@@ -1,16 +1,16 @@
 """LoginService: logins, throttling, audit, logout, identify and require_admin.
 
 A fake back end; a real TokenService on a task.Clock, PolicyHolder on files in
-tmp_path, AgentStore on tmp_path (its pool runs every call at once, in this
-thread) and LoginThrottle. Every coroutine completes synchronously unless the
-fake back end is told to wait.
+tmp_path, a SqliteRegistry on tmp_path run inline, Audit on the same clock and
+LoginThrottle. Every coroutine completes synchronously unless the fake back end
+is told to wait. Bodies are decoded LoginRequests, as the routes hand them over.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,9 +18,8 @@ from typing import Any
 import pyseto
 import pytest
 from pyseto import Key
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
-from twisted.python.failure import Failure
 
 from dcvix.common.errors import (
     ApiError,
@@ -29,11 +28,15 @@ from dcvix.common.errors import (
     TooManyRequests,
     Unauthorized,
 )
-from dcvix.director import store
+from dcvix.common.jsonfields import decode
+from dcvix.ctl import wait as resolve
+from dcvix.director.audit import Audit
 from dcvix.director.auth import AuthUnavailable
 from dcvix.director.login import LoginService
 from dcvix.director.policy import PolicyHolder
-from dcvix.director.store import AgentStore
+from dcvix.director.registry import AuditEntry
+from dcvix.director.registry.sqlite import SqliteRegistry, inline_runner
+from dcvix.director.requests import LoginRequest
 from dcvix.director.throttle import LoginThrottle
 from dcvix.director.tokens import CONNECTION, Claims, TokenService
 
@@ -47,19 +50,6 @@ LOCKED = "too many failed logins; try again later"
 
 
 # ------------------------------------------------------------------- harness
-
-
-class SyncPool:
-    """Stands in for ThreadPoolService: runs each call at once, in this thread."""
-
-    def run(
-        self,
-        timeout: float | None,
-        function: Callable[..., Any],
-        *args: Any,
-        **kwargs: Any,
-    ) -> Deferred[Any]:
-        return succeed(function(*args, **kwargs))
 
 
 class FakeAuthenticator:
@@ -84,23 +74,13 @@ class FakeAuthenticator:
         return self.passwords.get(user) == password
 
 
-def resolve(coroutine: Coroutine[Any, Any, Any]) -> Any:
-    """The result of a coroutine that completes at once (or raise its error)."""
-    results: list[Any] = []
-    Deferred.fromCoroutine(coroutine).addBoth(results.append)
-    assert len(results) == 1, "the coroutine did not complete synchronously"
-    if isinstance(results[0], Failure):
-        results[0].raiseException()
-    return results[0]
-
-
 @dataclass
 class World:
     service: LoginService
     backend: FakeAuthenticator
     tokens: TokenService
     policy: PolicyHolder
-    registry: AgentStore
+    registry: SqliteRegistry
     clock: Clock
     folder: Path
 
@@ -111,7 +91,7 @@ class World:
         admin: bool = False,
         address: str = ADDRESS,
     ) -> tuple[str, dt.datetime]:
-        body = {"userID": user, "password": password}
+        body = LoginRequest(user, password)
         result: tuple[str, dt.datetime] = resolve(
             self.service.login(body, address, admin)
         )
@@ -125,17 +105,12 @@ class World:
         assert type(raised.value) is error
         assert raised.value.message == message
 
-    def audit(self) -> list[tuple[Any, ...]]:
+    def audit(self) -> list[AuditEntry]:
         """The audit table, oldest first."""
-        rows = resolve(_run(self.registry, store.audit_list_txn))
-        return list(reversed(rows))
+        return list(reversed(resolve(self.registry.latest())))
 
     def write_users(self, users: Any) -> None:
         (self.folder / "users.json").write_text(json.dumps(users))
-
-
-async def _run(registry: AgentStore, function: Callable[..., Any]) -> Any:
-    return await registry.run(function)
 
 
 @pytest.fixture
@@ -146,17 +121,22 @@ def make_world(tmp_path: Path) -> Iterator[Callable[[], World]]:
     (folder / "pools.json").write_text("[]")
     clock = Clock()
     clock.advance(NOW.timestamp())
-    opened: list[AgentStore] = []
+    opened: list[SqliteRegistry] = []
 
     def make() -> World:
         """A director; a second call is the same director after a restart."""
-        registry = AgentStore(tmp_path / "agents.db", SyncPool())  # type: ignore[arg-type]
+        registry = SqliteRegistry(tmp_path / "agents.db", inline_runner)
         opened.append(registry)
         backend = FakeAuthenticator()
         tokens = TokenService(KEY, clock)
         policy = PolicyHolder(folder)
         service = LoginService(
-            backend, tokens, policy, registry, LoginThrottle(5, 300, clock)
+            backend,
+            tokens,
+            policy,
+            registry,
+            LoginThrottle(5, 300, clock),
+            Audit(registry, clock),
         )
         return World(service, backend, tokens, policy, registry, clock, folder)
 
@@ -180,7 +160,7 @@ def test_user_login_issues_a_user_token(world: World) -> None:
     assert world.tokens.check(token) == Claims("bob", "user", "login", EXPIRES)
     assert world.backend.calls == [("bob", "bob-pw", "")]
     assert world.audit() == [
-        (NOW, "bob", "login", ADDRESS, "backend=fake result=ok"),
+        AuditEntry(NOW, "bob", "login", ADDRESS, "backend=fake result=ok"),
     ]
 
 
@@ -196,14 +176,17 @@ def test_admin_login_issues_an_admin_token(world: World) -> None:
     assert expires == EXPIRES
     assert world.tokens.check(token) == Claims("alice", "admin", "login", EXPIRES)
     assert world.audit() == [
-        (NOW, "alice", "admin login", ADDRESS, "backend=fake result=ok"),
+        AuditEntry(NOW, "alice", "admin login", ADDRESS, "backend=fake result=ok"),
     ]
 
 
 def test_login_body_keys_match_as_go_does(world: World) -> None:
     body = {"userid": "bob", "PASSWORD": "bob-pw", "OTP": "123456", "extra": 1}
 
-    token, _ = resolve(world.service.login(body, ADDRESS, False))
+    request = decode(LoginRequest, body)
+
+    assert request == LoginRequest("bob", "bob-pw", "123456")
+    token, _ = resolve(world.service.login(request, ADDRESS, False))
     assert world.tokens.check(token).user == "bob"
     assert world.backend.calls == [("bob", "bob-pw", "123456")]
 
@@ -230,7 +213,7 @@ def test_every_failure_looks_the_same(
     # An empty password never reaches a back end (for LDAP it would bind anonymously).
     assert world.backend.calls == ([(user, password, "")] if password else [])
     assert world.audit() == [
-        (NOW, user, action, ADDRESS, f"backend=fake result={result}"),
+        AuditEntry(NOW, user, action, ADDRESS, f"backend=fake result={result}"),
     ]
 
 
@@ -246,6 +229,18 @@ def test_every_failure_looks_the_same(
             {"userID": "bob", "password": "x", "otp": 123},
             "field 'otp' must be a string",
         ),
+    ],
+)
+def test_a_body_that_is_not_a_login_request_is_400(body: Any, message: str) -> None:
+    with pytest.raises(BadRequest) as raised:
+        decode(LoginRequest, body)
+
+    assert raised.value.message == message
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
         ({"password": "bob-pw"}, "invalid userID"),
         ({"userID": "", "password": "bob-pw"}, "invalid userID"),
         ({"userID": "bob\n", "password": "bob-pw"}, "invalid userID"),
@@ -260,8 +255,12 @@ def test_every_failure_looks_the_same(
 def test_bad_requests_never_reach_the_back_end(
     world: World, body: Any, message: str, admin: bool
 ) -> None:
+    request = decode(LoginRequest, body)
+
     world.refused(
-        BadRequest, message, lambda: resolve(world.service.login(body, ADDRESS, admin))
+        BadRequest,
+        message,
+        lambda: resolve(world.service.login(request, ADDRESS, admin)),
     )
     assert world.backend.calls == []
     assert world.audit() == []
@@ -270,7 +269,9 @@ def test_bad_requests_never_reach_the_back_end(
 # ---------------------------------------------------------------- throttling
 
 
-def test_sixth_failure_is_locked_without_asking_the_back_end(world: World) -> None:
+def test_sixth_failure_is_locked_without_asking_the_back_end(
+    world: World, audit_lines: list[str]
+) -> None:
     for _ in range(5):
         world.refused(Unauthorized, FAILED, lambda: world.login("bob", "wrong"))
 
@@ -281,6 +282,12 @@ def test_sixth_failure_is_locked_without_asking_the_back_end(world: World) -> No
     assert world.backend.calls == [("bob", "wrong", "")] * 5
     # Refusals while locked are logged, not stored: hammering must not grow the db.
     assert len(world.audit()) == 5
+    assert audit_lines == [
+        "bob login failed 10.0.0.7 backend=fake result=rejected"
+    ] * 5 + [
+        "bob login refused 10.0.0.7 backend=fake result=locked",
+        "bob admin login refused 10.0.0.7 backend=fake result=locked",
+    ]
 
     world.clock.advance(299)
     world.refused(TooManyRequests, LOCKED, lambda: world.login("bob", "bob-pw"))
@@ -322,7 +329,7 @@ def test_a_burst_of_simultaneous_logins_is_throttled(world: World) -> None:
     """Attempts waiting for the back end count: a burst cannot outrun the limit."""
     gate: Deferred[None] = Deferred()
     world.backend.gate = gate
-    body = {"userID": "alice", "password": "guess"}
+    body = LoginRequest("alice", "guess")
     attempts = [
         Deferred.fromCoroutine(world.service.login(body, f"192.0.2.{n}", True))
         for n in range(8)
@@ -443,7 +450,7 @@ def test_logout_revokes_the_token(
         lambda: resolve(world.service.identify(token + "=")),
     )
     assert resolve(world.service.identify(other)).user == "bob"
-    assert world.audit()[-1] == (NOW, "bob", "logout", "10.0.0.9", "")
+    assert world.audit()[-1] == AuditEntry(NOW, "bob", "logout", "10.0.0.9", "")
 
     restarted = make_world()
     world.refused(

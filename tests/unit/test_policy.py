@@ -393,3 +393,8 @@ def test_policy_check_refuses_a_broken_file(
     assert out == ""
     assert err == f"{folder}/pools.json: item 2: 'id' 'gpu' repeats item 1\n"
     assert not (tmp_path / "data").exists()
+
+
+def test_a_lone_surrogate_is_not_a_valid_id() -> None:
+    assert not policy.valid_id("a\ud800b")
+    assert policy.valid_id("alice")

@@ -3,20 +3,34 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import datetime as dt
+import json
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+import pytest_twisted
 from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import LogLevel, globalLogPublisher
 
 from dcvix.common.errors import BadRequest
-from dcvix.director.runtime import Runtime, ServerState, server_json, session_json
+from dcvix.director.api.render import server_json, session_json
+from dcvix.director.runtime import (
+    HostStats,
+    MemoryRuntimeStore,
+    RuntimeStore,
+    ServerState,
+    Session,
+    is_online,
+    parse_report,
+)
 
 UTC = dt.UTC
 NOW = dt.datetime(2026, 7, 1, 12, 0, 0, tzinfo=UTC)
 GUID = "5b0c7e1c-3f5e-4d2a-9d6b-1f2e3a4b5c6d"
+GUID2 = "6c1f2d7e-0a4b-4c8e-9f31-2b7d5e9a1c44"
+GUID3 = "7d2e3f8a-1b5c-4d9e-8a42-3c8e6f0b2d55"
 PEER = "192.0.2.10"
 SESSION_ID = "dcvix_0b6f2c1e-8d3a-4f5b-9c7d-1e2f3a4b5c6d"
 
@@ -52,7 +66,33 @@ GO_PAYLOAD: dict[str, Any] = {
     "tags": ["gpu", "linux"],
 }
 
-GO_SESSION_STORED = {
+GO_SESSION = Session(
+    id=SESSION_ID,
+    owner="alice",
+    user="",
+    connections=1,
+    creation_time=dt.datetime(2026, 7, 1, 8, 12, 44, 101203, tzinfo=UTC),
+    last_disconnection_time=None,
+    licensing_mode="DEMO",
+    storage_root="",
+    type="virtual",
+    status="",
+    x11_display=":1",
+    x11_authority=f"/run/user/1001/dcv/{SESSION_ID}.xauth",
+)
+
+GO_STATS = HostStats(
+    free_memory=54545088512,
+    total_memory=66996871168,
+    cores=8,
+    cpu_usage=1.16,
+    load1=0.11,
+    load5=0.13,
+    load15=0.15,
+)
+
+# The session as the Go agent sent it is what GET /v1/sessions shows.
+GO_SESSION_JSON = {
     "id": SESSION_ID,
     "owner": "alice",
     "user": "",
@@ -82,9 +122,32 @@ def later(seconds: float) -> dt.datetime:
     return NOW + dt.timedelta(seconds=seconds)
 
 
+def parse(
+    body: Any,
+    now: dt.datetime = NOW,
+    previous: ServerState | None = None,
+    guid: str = GUID,
+    hostname: str = "ws01",
+    address: str = PEER,
+) -> ServerState:
+    return parse_report(guid, hostname, body, address, now, 8446, previous)
+
+
+def refusal(body: Any, previous: ServerState | None = None) -> str:
+    """The message of the BadRequest that ``body`` gets."""
+    with pytest.raises(BadRequest) as caught:
+        parse(body, previous=previous)
+    return str(caught.value)
+
+
+def ids(state: ServerState | None) -> list[str]:
+    assert state is not None
+    return [s.id for s in state.sessions]
+
+
 @pytest.fixture
-def runtime() -> Runtime:
-    return Runtime(max_age=90, default_agent_port=8446)
+def store() -> RuntimeStore:
+    return MemoryRuntimeStore()
 
 
 @pytest.fixture
@@ -95,47 +158,33 @@ def events() -> Iterator[EventLoggingObserver]:
     globalLogPublisher.removeObserver(observer)
 
 
-# --------------------------------------------------------------------- record
+# --------------------------------------------------------------- parse_report
 
 
-def test_a_go_agent_update_is_stored_as_is(runtime: Runtime) -> None:
-    state = runtime.record(GUID, "ws01", payload(), PEER, NOW)
-
-    assert runtime.server("ws01") is state
-    assert runtime.servers() == [state]
-    assert state.guid == GUID
-    assert state.hostname == "ws01"
-    assert state.address == PEER
-    assert state.agent_port == 8446
-    assert state.update_interval == 30.0
-    assert state.last_seen == NOW
-    assert state.stats == {
-        "hostname": "ws01",
-        "free_memory": 54545088512,
-        "total_memory": 66996871168,
-        "cores": 8,
-        "cpu_usage": 1.16,
-        "load1": 0.11,
-        "load5": 0.13,
-        "load15": 0.15,
-    }
-    assert state.tags == ("gpu", "linux")
-    assert state.sessions == (GO_SESSION_STORED,)
-    assert list(state.sessions[0]) == list(GO_SESSION_STORED)
-    assert state.version == ""
-    assert state.dcv_error == ""
+def test_a_go_agent_update_is_parsed_as_is() -> None:
+    assert parse(payload()) == ServerState(
+        guid=GUID,
+        hostname="ws01",
+        address=PEER,
+        agent_port=8446,
+        update_interval=30.0,
+        last_seen=NOW,
+        stats=GO_STATS,
+        tags=("gpu", "linux"),
+        sessions=(GO_SESSION,),
+        version="",
+        dcv_error="",
+    )
 
 
 def test_the_registered_hostname_wins_over_stats_hostname(
-    runtime: Runtime, events: EventLoggingObserver
+    events: EventLoggingObserver,
 ) -> None:
     body = payload()
     body["stats"]["hostname"] = "ws99"
-    state = runtime.record(GUID, "ws01", body, PEER, NOW)
+    state = parse(body)
 
-    assert runtime.server("ws99") is None
-    assert runtime.server("ws01") is state
-    assert state.stats["hostname"] == "ws01"
+    assert state.hostname == "ws01"
     warned = [
         (e["guid"], e["reported"], e["hostname"], e["log_level"])
         for e in events
@@ -144,51 +193,40 @@ def test_the_registered_hostname_wins_over_stats_hostname(
     assert warned == [(GUID, "ws99", "ws01", LogLevel.warn)]
 
 
-def test_a_matching_stats_hostname_is_not_logged(
-    runtime: Runtime, events: EventLoggingObserver
-) -> None:
-    runtime.record(GUID, "ws01", payload(), PEER, NOW)
+def test_a_matching_stats_hostname_is_not_logged(events: EventLoggingObserver) -> None:
+    parse(payload())
     assert [e for e in events if "reported hostname" in e.get("log_format", "")] == []
 
 
-def test_sessions_are_replaced_wholesale_by_each_update(runtime: Runtime) -> None:
-    runtime.record(
-        GUID,
-        "ws01",
-        payload(sessions=[session("dcvix_a"), session("dcvix_b")]),
-        PEER,
-        NOW,
-    )
-    state = runtime.record(
-        GUID, "ws01", payload(sessions=[session("dcvix_c")]), PEER, NOW
-    )
-    assert [s["id"] for s in state.sessions] == ["dcvix_c"]
+def test_each_update_brings_all_of_a_servers_sessions() -> None:
+    first = parse(payload(sessions=[session("dcvix_a"), session("dcvix_b")]))
+    state = parse(payload(sessions=[session("dcvix_c")]), previous=first)
+    assert ids(state) == ["dcvix_c"]
 
-    state = runtime.record(GUID, "ws01", payload(sessions=[]), PEER, NOW)
-    assert state.sessions == ()
+    assert parse(payload(sessions=[]), previous=state).sessions == ()
+    assert parse(payload(sessions=None), previous=first).sessions == ()
 
 
-def test_an_update_without_sessions_keeps_the_previous_ones(runtime: Runtime) -> None:
-    runtime.record(GUID, "ws01", payload(sessions=[session("dcvix_a")]), PEER, NOW)
+def test_an_update_without_sessions_keeps_the_previous_ones() -> None:
+    previous = parse(payload(sessions=[session("dcvix_a")]))
     body = payload(dcv_error="dcv list-sessions took over 20 s")
     del body["sessions"]
-    state = runtime.record(GUID, "ws01", body, PEER, later(30))
+    state = parse(body, now=later(30), previous=previous)
 
-    assert [s["id"] for s in state.sessions] == ["dcvix_a"]
+    assert ids(state) == ["dcvix_a"]
     assert state.dcv_error == "dcv list-sessions took over 20 s"
     assert state.last_seen == later(30)
 
 
-def test_a_first_update_without_sessions_has_none(runtime: Runtime) -> None:
+def test_a_first_update_without_sessions_has_none() -> None:
     body = payload()
     del body["sessions"]
-    assert runtime.record(GUID, "ws01", body, PEER, NOW).sessions == ()
+    assert parse(body).sessions == ()
 
 
-def test_dcv_error_with_control_characters_is_kept_readable(runtime: Runtime) -> None:
+def test_dcv_error_with_control_characters_is_kept_readable() -> None:
     body = payload(dcv_error="dcv list-sessions failed (exit 1): \x1b[31mno\tgood\n")
-    state = runtime.record(GUID, "ws01", body, PEER, NOW)
-    assert state.dcv_error == "dcv list-sessions failed (exit 1):  [31mno good "
+    assert parse(body).dcv_error == "dcv list-sessions failed (exit 1):  [31mno good "
 
 
 def _set(path: str, value: Any) -> Callable[[dict[str, Any]], None]:
@@ -211,112 +249,172 @@ def _drop(key: str) -> Callable[[dict[str, Any]], None]:
     return change
 
 
-INVALID: dict[str, Callable[[dict[str, Any]], None]] = {
-    "sessions not a list": _set("sessions", "dcvix_a"),
-    "sessions an object": _set("sessions", {"id": "dcvix_a"}),
-    "501 sessions": _set("sessions", [session(f"dcvix_{n}") for n in range(501)]),
-    "session not an object": _set("sessions", ["dcvix_a"]),
-    "session id with a space": _set("sessions.0.id", "dcvix a"),
-    "session id with a leading dash": _set("sessions.0.id", "-rf"),
-    "session id empty": _set("sessions.0.id", ""),
-    "session id a number": _set("sessions.0.id", 7),
-    "session id with a slash": _set("sessions.0.id", "a/b"),
-    "session id too long": _set("sessions.0.id", "x" * 257),
-    "bad type": _set("sessions.0.type", "gpu"),
-    "type a number": _set("sessions.0.type", 1),
-    "connections a string": _set("sessions.0.num-of-connections", "1"),
-    "connections a float": _set("sessions.0.num-of-connections", 1.5),
-    "connections a bool": _set("sessions.0.num-of-connections", True),
-    "bad creation-time": _set("sessions.0.creation-time", "yesterday"),
-    "month 13": _set("sessions.0.last-disconnection-time", "2026-13-01T00:00:00Z"),
-    "time a number": _set("sessions.0.creation-time", 1751357564),
-    "time past year 9999": _set(
-        "sessions.0.creation-time", "9999-12-31T23:59:59-01:00"
+_S = f"session {SESSION_ID}:"
+_SESSIONS = "sessions must be a list of at most 500"
+_ID = "a session id is invalid"
+_TYPE = f"{_S} type must be console or virtual"
+_CONNECTIONS = f"{_S} num-of-connections must be an integer"
+_OWNER_TEXT = f"{_S} owner must be a string of at most 1024 characters"
+_STATS = "stats must be an object"
+_TAGS = "tags must be a list of at most 64 strings"
+_TAG_TEXT = "a tag must be a string of at most 1024 characters"
+
+
+def _int(key: str) -> str:
+    return f"stats.{key} must be a non-negative integer"
+
+
+def _number(key: str) -> str:
+    return f"stats.{key} must be a non-negative number"
+
+
+INVALID: dict[str, tuple[Callable[[dict[str, Any]], None], str]] = {
+    "sessions not a list": (_set("sessions", "dcvix_a"), _SESSIONS),
+    "sessions an object": (_set("sessions", {"id": "dcvix_a"}), _SESSIONS),
+    "501 sessions": (
+        _set("sessions", [session(f"dcvix_{n}") for n in range(501)]),
+        _SESSIONS,
     ),
-    "owner with a newline": _set("sessions.0.owner", "alice\n"),
-    "owner too long": _set("sessions.0.owner", "a" * 1025),
-    "owner a list": _set("sessions.0.owner", ["alice"]),
-    "stats not an object": _set("stats", "ws01"),
-    "stats missing": _drop("stats"),
-    "free_memory a string": _set("stats.free_memory", "54545088512"),
-    "free_memory empty string": _set("stats.free_memory", ""),
-    "free_memory negative": _set("stats.free_memory", -1),
-    "total_memory a float": _set("stats.total_memory", 1.5),
-    "cores a bool": _set("stats.cores", True),
-    "cores negative": _set("stats.cores", -8),
-    "cpu_usage a string": _set("stats.cpu_usage", "1.16"),
-    "cpu_usage negative": _set("stats.cpu_usage", -0.5),
-    "cpu_usage infinite": _set("stats.cpu_usage", float("inf")),
-    "cpu_usage not a number": _set("stats.cpu_usage", float("nan")),
-    "load1 a list": _set("stats.load1", [0.11]),
-    "load15 a bool": _set("stats.load15", False),
-    "tags not a list": _set("tags", "gpu"),
-    "65 tags": _set("tags", [f"t{n}" for n in range(65)]),
-    "tag with a newline": _set("tags", ["gpu\nlinux"]),
-    "tag a number": _set("tags", [1]),
-    "tag too long": _set("tags", ["t" * 1025]),
-    "version a number": _set("version", 1),
+    "session not an object": (
+        _set("sessions", ["dcvix_a"]),
+        "each session must be an object",
+    ),
+    "session id with a space": (_set("sessions.0.id", "dcvix a"), _ID),
+    "session id with a leading dash": (_set("sessions.0.id", "-rf"), _ID),
+    "session id empty": (_set("sessions.0.id", ""), _ID),
+    "session id a number": (_set("sessions.0.id", 7), _ID),
+    "session id with a slash": (_set("sessions.0.id", "a/b"), _ID),
+    "session id too long": (_set("sessions.0.id", "x" * 257), _ID),
+    "session id a dot": (_set("sessions.0.id", "."), _ID),
+    "session id two dots": (_set("sessions.0.id", ".."), _ID),
+    "session id only dots": (_set("sessions.0.id", "..."), _ID),
+    "bad type": (_set("sessions.0.type", "gpu"), _TYPE),
+    "type a number": (_set("sessions.0.type", 1), _TYPE),
+    "type missing": (_set("sessions.0.type", None), _TYPE),
+    "connections a string": (_set("sessions.0.num-of-connections", "1"), _CONNECTIONS),
+    "connections a float": (_set("sessions.0.num-of-connections", 1.5), _CONNECTIONS),
+    "connections a bool": (_set("sessions.0.num-of-connections", True), _CONNECTIONS),
+    "bad creation-time": (
+        _set("sessions.0.creation-time", "yesterday"),
+        f"{_S} creation-time is not a timestamp",
+    ),
+    "month 13": (
+        _set("sessions.0.last-disconnection-time", "2026-13-01T00:00:00Z"),
+        f"{_S} last-disconnection-time is not a timestamp",
+    ),
+    "time a number": (
+        _set("sessions.0.creation-time", 1751357564),
+        f"{_S} creation-time is not a timestamp",
+    ),
+    "time past year 9999": (
+        _set("sessions.0.creation-time", "9999-12-31T23:59:59-01:00"),
+        f"{_S} creation-time is not a timestamp",
+    ),
+    "owner with a newline": (
+        _set("sessions.0.owner", "alice\n"),
+        f"{_S} owner holds a control character",
+    ),
+    "owner too long": (_set("sessions.0.owner", "a" * 1025), _OWNER_TEXT),
+    "owner a list": (_set("sessions.0.owner", ["alice"]), _OWNER_TEXT),
+    "x11-authority with a tab": (
+        _set("sessions.0.x11-authority", "/run/a\tb"),
+        f"{_S} x11-authority holds a control character",
+    ),
+    "stats not an object": (_set("stats", "ws01"), _STATS),
+    "stats missing": (_drop("stats"), _STATS),
+    "free_memory a string": (
+        _set("stats.free_memory", "54545088512"),
+        _int("free_memory"),
+    ),
+    "free_memory empty string": (_set("stats.free_memory", ""), _int("free_memory")),
+    "free_memory negative": (_set("stats.free_memory", -1), _int("free_memory")),
+    "total_memory a float": (_set("stats.total_memory", 1.5), _int("total_memory")),
+    "cores a bool": (_set("stats.cores", True), _int("cores")),
+    "cores negative": (_set("stats.cores", -8), _int("cores")),
+    "cpu_usage a string": (_set("stats.cpu_usage", "1.16"), _number("cpu_usage")),
+    "cpu_usage negative": (_set("stats.cpu_usage", -0.5), _number("cpu_usage")),
+    "cpu_usage infinite": (
+        _set("stats.cpu_usage", float("inf")),
+        _number("cpu_usage"),
+    ),
+    "cpu_usage not a number": (
+        _set("stats.cpu_usage", float("nan")),
+        _number("cpu_usage"),
+    ),
+    "load1 a list": (_set("stats.load1", [0.11]), _number("load1")),
+    "load15 a bool": (_set("stats.load15", False), _number("load15")),
+    "tags not a list": (_set("tags", "gpu"), _TAGS),
+    "65 tags": (_set("tags", [f"t{n}" for n in range(65)]), _TAGS),
+    "tag with a newline": (
+        _set("tags", ["gpu\nlinux"]),
+        "a tag holds a control character",
+    ),
+    "tag a number": (_set("tags", [1]), _TAG_TEXT),
+    "tag too long": (_set("tags", ["t" * 1025]), _TAG_TEXT),
+    "version a number": (
+        _set("version", 1),
+        "version must be a string of at most 1024 characters",
+    ),
 }
 
 
-@pytest.mark.parametrize("change", INVALID.values(), ids=INVALID.keys())
-def test_invalid_input_is_refused_and_nothing_changes(
-    runtime: Runtime, change: Callable[[dict[str, Any]], None]
-) -> None:
-    before = runtime.record(GUID, "ws01", payload(), PEER, NOW)
-    body = payload()
-    change(body)
-
-    with pytest.raises(BadRequest):
-        runtime.record(GUID, "ws01", body, "198.51.100.7", later(30))
-
-    assert runtime.server("ws01") is before
-    assert runtime.servers() == [before]
-
-
-@pytest.mark.parametrize("change", INVALID.values(), ids=INVALID.keys())
-def test_invalid_first_update_stores_nothing(
-    runtime: Runtime, change: Callable[[dict[str, Any]], None]
+@pytest.mark.parametrize(("change", "message"), INVALID.values(), ids=INVALID.keys())
+@pytest.mark.parametrize("known", [False, True], ids=["first", "after-one"])
+def test_invalid_input_is_refused_with_its_reason(
+    change: Callable[[dict[str, Any]], None], message: str, known: bool
 ) -> None:
     body = payload()
     change(body)
-    with pytest.raises(BadRequest):
-        runtime.record(GUID, "ws01", body, PEER, NOW)
-    assert runtime.servers() == []
+    previous = parse(payload()) if known else None
+    assert refusal(body, previous) == message
 
 
 @pytest.mark.parametrize("body", [[], "update", None, 42])
-def test_a_body_that_is_not_an_object_is_refused(runtime: Runtime, body: Any) -> None:
-    with pytest.raises(BadRequest, match="request body must be a JSON object"):
-        runtime.record(GUID, "ws01", body, PEER, NOW)
-    assert runtime.servers() == []
+def test_a_body_that_is_not_an_object_is_refused(body: Any) -> None:
+    assert refusal(body) == "request body must be a JSON object"
 
 
-def test_limits_are_inclusive(runtime: Runtime) -> None:
+def test_a_huge_integer_in_the_stats_is_a_400_not_a_crash() -> None:
+    body = {"stats": {"hostname": "ws01", "cpu_usage": 10**400}, "tags": []}
+    assert refusal(body) == "stats.cpu_usage is out of range"
+
+
+def test_the_first_bad_session_field_is_the_one_named() -> None:
+    timed = session("dcvix_a", owner="\n", **{"creation-time": "soon"})
+    assert refusal(payload(sessions=[timed])) == (
+        "session dcvix_a: creation-time is not a timestamp"
+    )
+    typed = {"id": "dcvix a", "type": "gpu"}
+    assert refusal(payload(sessions=[typed])) == "a session id is invalid"
+
+
+def test_limits_are_inclusive() -> None:
     body = payload(
         sessions=[session(f"dcvix_{n}") for n in range(500)],
         tags=[f"t{n}" for n in range(64)],
     )
-    state = runtime.record(GUID, "ws01", body, PEER, NOW)
+    state = parse(body)
     assert len(state.sessions) == 500
     assert len(state.tags) == 64
 
 
-@pytest.mark.parametrize("empty", ["", None])
-def test_empty_or_null_timestamps_are_no_time(runtime: Runtime, empty: Any) -> None:
-    body = payload(
-        sessions=[
-            session(
-                "dcvix_a", **{"creation-time": empty, "last-disconnection-time": empty}
-            )
-        ]
-    )
-    stored = runtime.record(GUID, "ws01", body, PEER, NOW).sessions[0]
-    assert stored["creation-time"] == "0001-01-01T00:00:00Z"
-    assert stored["last-disconnection-time"] == "0001-01-01T00:00:00Z"
+@pytest.mark.parametrize(
+    "session_id",
+    ["console", "a.b", "..a", "user@host:1+2=3", "A_b-C", "x" * 256, "dcvix_-1"],
+)
+def test_session_ids_dcv_accepts_are_kept(session_id: str) -> None:
+    assert ids(parse(payload(sessions=[session(session_id)]))) == [session_id]
 
 
-def test_reported_values_are_normalised(runtime: Runtime) -> None:
+@pytest.mark.parametrize("empty", ["", None, "0001-01-01T00:00:00Z"])
+def test_empty_null_or_zero_timestamps_are_no_time(empty: Any) -> None:
+    times = {"creation-time": empty, "last-disconnection-time": empty}
+    parsed = parse(payload(sessions=[session("dcvix_a", **times)])).sessions[0]
+    assert parsed.creation_time is None
+    assert parsed.last_disconnection_time is None
+
+
+def test_reported_values_are_normalised() -> None:
     body = payload(
         sessions=[
             {
@@ -324,43 +422,45 @@ def test_reported_values_are_normalised(runtime: Runtime) -> None:
                 "type": "Console",
                 "num-of-connections": -1,
                 "creation-time": "2026-07-01T10:00:00.500+02:00",
+                "last-disconnection-time": "2026-07-01T09:30:00.123456789Z",
                 "owner": None,
                 "name": "ignored",
             }
         ],
         stats={"hostname": "ws01", "cores": None, "cpu_usage": 3},
     )
-    state = runtime.record(GUID, "ws01", body, PEER, NOW)
+    state = parse(body)
     assert state.sessions == (
-        {
-            "id": "console",
-            "owner": "",
-            "user": "",
-            "num-of-connections": 0,
-            "creation-time": "2026-07-01T08:00:00.5Z",
-            "last-disconnection-time": "0001-01-01T00:00:00Z",
-            "licensing-mode": "",
-            "storage-root": "",
-            "type": "console",
-            "status": "",
-            "x11-display": "",
-            "x11-authority": "",
-        },
+        Session(
+            id="console",
+            owner="",
+            user="",
+            connections=0,
+            creation_time=dt.datetime(2026, 7, 1, 8, 0, 0, 500000, tzinfo=UTC),
+            last_disconnection_time=dt.datetime(
+                2026, 7, 1, 9, 30, 0, 123456, tzinfo=UTC
+            ),
+            licensing_mode="",
+            storage_root="",
+            type="console",
+            status="",
+            x11_display="",
+            x11_authority="",
+        ),
     )
-    assert state.stats == {
-        "hostname": "ws01",
-        "free_memory": 0,
-        "total_memory": 0,
-        "cores": 0,
-        "cpu_usage": 3.0,
-        "load1": 0.0,
-        "load5": 0.0,
-        "load15": 0.0,
-    }
-    assert isinstance(state.stats["cpu_usage"], float)
+    assert state.stats == HostStats(
+        free_memory=0,
+        total_memory=0,
+        cores=0,
+        cpu_usage=3.0,
+        load1=0.0,
+        load5=0.0,
+        load15=0.0,
+    )
+    assert isinstance(state.stats.cpu_usage, float)
 
 
-def test_duplicate_session_ids_in_one_payload_keep_one(runtime: Runtime) -> None:
+def test_duplicate_session_ids_in_one_payload_keep_the_last_in_first_place() -> None:
     body = payload(
         sessions=[
             session("dcvix_a", owner="alice"),
@@ -368,8 +468,7 @@ def test_duplicate_session_ids_in_one_payload_keep_one(runtime: Runtime) -> None
             session("dcvix_a", owner="mallory"),
         ]
     )
-    state = runtime.record(GUID, "ws01", body, PEER, NOW)
-    assert [(s["id"], s["owner"]) for s in state.sessions] == [
+    assert [(s.id, s.owner) for s in parse(body).sessions] == [
         ("dcvix_a", "mallory"),
         ("dcvix_b", "bob"),
     ]
@@ -395,12 +494,17 @@ def test_duplicate_session_ids_in_one_payload_keep_one(runtime: Runtime) -> None
     ],
 )
 def test_advertise_address_gives_the_host_to_reach(
-    runtime: Runtime, advertised: Any, address: str
+    advertised: Any, address: str
 ) -> None:
-    state = runtime.record(
-        GUID, "ws01", payload(advertise_address=advertised), PEER, NOW
-    )
-    assert state.address == address
+    assert parse(payload(advertise_address=advertised)).address == address
+
+
+def test_an_invalid_advertise_address_is_logged(events: EventLoggingObserver) -> None:
+    parse(payload(advertise_address="not a host"))
+    warned = [
+        e["value"] for e in events if "advertise_address" in e.get("log_format", "")
+    ]
+    assert warned == ["not a host"]
 
 
 @pytest.mark.parametrize(
@@ -418,11 +522,8 @@ def test_advertise_address_gives_the_host_to_reach(
         (None, 8446),
     ],
 )
-def test_agent_port_taken_when_valid(
-    runtime: Runtime, port: Any, expected: int
-) -> None:
-    state = runtime.record(GUID, "ws01", payload(agent_port=port), PEER, NOW)
-    assert state.agent_port == expected
+def test_agent_port_taken_when_valid(port: Any, expected: int) -> None:
+    assert parse(payload(agent_port=port)).agent_port == expected
 
 
 @pytest.mark.parametrize(
@@ -430,6 +531,7 @@ def test_agent_port_taken_when_valid(
     [
         (10, 10.0),
         (2.5, 2.5),
+        (86400, 86400.0),
         (0, 30.0),
         (-5, 30.0),
         ("30", 30.0),
@@ -437,21 +539,23 @@ def test_agent_port_taken_when_valid(
         (None, 30.0),
     ],
 )
-def test_update_interval_taken_when_valid(
-    runtime: Runtime, interval: Any, expected: float
-) -> None:
-    state = runtime.record(GUID, "ws01", payload(update_interval=interval), PEER, NOW)
-    assert state.update_interval == expected
+def test_update_interval_taken_when_valid(interval: Any, expected: float) -> None:
+    assert parse(payload(update_interval=interval)).update_interval == expected
 
 
-def test_our_agents_top_level_keys_are_kept(runtime: Runtime) -> None:
+@pytest.mark.parametrize("interval", [10**400, 86401, 1e300, 0, -5])
+def test_an_absurd_update_interval_falls_back_to_30_seconds(interval: object) -> None:
+    assert parse(payload(update_interval=interval)).update_interval == 30.0
+
+
+def test_our_agents_top_level_keys_are_kept() -> None:
     body = payload(
         update_interval=30,
         agent_port=8446,
         advertise_address="203.0.113.9",
         version="0.1.0",
     )
-    state = runtime.record(GUID, "ws01", body, PEER, NOW)
+    state = parse(body)
     assert (state.address, state.agent_port, state.version) == (
         "203.0.113.9",
         8446,
@@ -459,66 +563,139 @@ def test_our_agents_top_level_keys_are_kept(runtime: Runtime) -> None:
     )
 
 
-# ----------------------------------------------------------- online / expire
+def test_parsed_values_are_immutable() -> None:
+    state = parse(payload())
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        state.hostname = "ws02"  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        state.sessions[0].owner = "mallory"  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        state.stats.cores = 1  # type: ignore[misc]
+
+
+# ------------------------------------------------------------------ is_online
 
 
 @pytest.mark.parametrize(
-    ("interval", "window"),
-    [(30, 90), (10, 90), (60, 180), (45, 135)],
+    ("max_age", "interval", "window"),
+    [(90, 30, 90), (90, 10, 90), (90, 60, 180), (90, 45, 135), (200, 30, 200)],
 )
 def test_online_within_max_of_max_age_and_three_intervals(
-    runtime: Runtime, interval: int, window: int
+    max_age: float, interval: int, window: int
 ) -> None:
-    state = runtime.record(GUID, "ws01", payload(update_interval=interval), PEER, NOW)
-    assert runtime.online(state, NOW)
-    assert runtime.online(state, later(window))
-    assert not runtime.online(state, later(window + 1))
+    state = parse(payload(update_interval=interval))
+    assert is_online(state, NOW, max_age)
+    assert is_online(state, later(window), max_age)
+    assert not is_online(state, later(window + 1), max_age)
 
 
-def test_expire_drops_the_sessions_of_offline_servers_only(runtime: Runtime) -> None:
-    runtime.record(GUID, "ws01", payload(sessions=[session("dcvix_a")]), PEER, NOW)
-    runtime.record(
-        "6c1f2d7e-0a4b-4c8e-9f31-2b7d5e9a1c44",
-        "ws02",
-        payload(sessions=[session("dcvix_b")]),
-        "192.0.2.11",
-        later(60),
+# ---------------------------------------------------------- MemoryRuntimeStore
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_stored_state_is_found_by_hostname(store: RuntimeStore) -> None:
+    assert await store.server("ws01") is None
+    assert await store.servers() == []
+
+    state = parse(payload())
+    await store.put(state)
+
+    assert await store.server("ws01") is state
+    assert await store.server("ws99") is None
+    assert await store.servers() == [state]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_put_replaces_the_servers_state_and_sessions_whole(
+    store: RuntimeStore,
+) -> None:
+    await store.put(parse(payload(sessions=[session("dcvix_a"), session("dcvix_b")])))
+    previous = await store.server("ws01")
+    await store.put(parse(payload(sessions=[session("dcvix_c")]), later(30), previous))
+
+    assert ids(await store.server("ws01")) == ["dcvix_c"]
+    assert [s.last_seen for s in await store.servers()] == [later(30)]
+
+
+@pytest_twisted.ensureDeferred
+async def test_servers_are_listed_in_the_order_first_seen(store: RuntimeStore) -> None:
+    await store.put(parse(payload(), guid=GUID2, hostname="ws02"))
+    await store.put(parse(payload()))
+    await store.put(parse(payload(), now=later(5), guid=GUID2, hostname="ws02"))
+
+    assert [s.hostname for s in await store.servers()] == ["ws02", "ws01"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_listing_is_a_copy(store: RuntimeStore) -> None:
+    await store.put(parse(payload()))
+    (await store.servers()).clear()
+    assert len(await store.servers()) == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_drop_sessions_keeps_the_server_listed(store: RuntimeStore) -> None:
+    state = parse(payload())
+    await store.put(state)
+    await store.drop_sessions("ws01")
+    await store.drop_sessions("ws99")
+
+    assert await store.servers() == [dataclasses.replace(state, sessions=())]
+
+
+@pytest_twisted.ensureDeferred
+async def test_offline_servers_lose_their_sessions_but_stay_listed(
+    store: RuntimeStore,
+) -> None:
+    await store.put(parse(payload(sessions=[session("dcvix_a")])))
+    await store.put(
+        parse(
+            payload(sessions=[session("dcvix_b")]),
+            now=later(60),
+            guid=GUID2,
+            hostname="ws02",
+        )
     )
-    runtime.record(
-        "7d2e3f8a-1b5c-4d9e-8a42-3c8e6f0b2d55",
-        "ws03",
-        payload(sessions=[]),
-        "192.0.2.12",
-        NOW,
-    )
+    await store.put(parse(payload(sessions=[]), guid=GUID3, hostname="ws03"))
 
-    assert runtime.expire(later(90)) == []
-    assert runtime.expire(later(91)) == ["ws01"]
+    for state in await store.servers():
+        if not is_online(state, later(91), 90):
+            await store.drop_sessions(state.hostname)
 
-    ws01, ws02, ws03 = (runtime.server(h) for h in ("ws01", "ws02", "ws03"))
+    assert {s.hostname: ids(s) for s in await store.servers()} == {
+        "ws01": [],
+        "ws02": ["dcvix_b"],
+        "ws03": [],
+    }
+    ws01 = await store.server("ws01")
     assert ws01 is not None
-    assert ws02 is not None
-    assert ws03 is not None
-    assert ws01.sessions == ()
-    assert ws01.stats["free_memory"] == 54545088512  # still listed, as it was
-    assert [s["id"] for s in ws02.sessions] == ["dcvix_b"]
-    assert {s.hostname for s in runtime.servers()} == {"ws01", "ws02", "ws03"}
-    assert runtime.expire(later(91)) == []
+    assert ws01.stats == GO_STATS  # still listed, as it was
 
 
-def test_forget_drops_a_server(runtime: Runtime) -> None:
-    runtime.record(GUID, "ws01", payload(), PEER, NOW)
-    runtime.forget("ws01")
-    assert runtime.server("ws01") is None
-    assert runtime.servers() == []
+@pytest_twisted.ensureDeferred
+async def test_forget_guid_drops_only_that_agents_server(store: RuntimeStore) -> None:
+    await store.put(parse(payload()))
+    await store.put(parse(payload(), guid=GUID2, hostname="ws02"))
+
+    await store.forget_guid(GUID)
+    await store.forget_guid(GUID3)
+
+    assert await store.server("ws01") is None
+    assert [s.hostname for s in await store.servers()] == ["ws02"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_two_stores_share_nothing() -> None:
+    first, second = MemoryRuntimeStore(), MemoryRuntimeStore()
+    await first.put(parse(payload()))
+    assert await second.servers() == []
 
 
 # ------------------------------------------------------------------ JSON shape
 
 
-def test_server_json_go_keys_first_then_ours(runtime: Runtime) -> None:
-    state = runtime.record(GUID, "ws01", payload(version="0.1.0"), PEER, NOW)
-    document = server_json(state, True, "registered")
+def test_server_json_go_keys_first_then_ours() -> None:
+    document = server_json(parse(payload(version="0.1.0")), True, "registered")
 
     assert list(document) == [
         "last-seen",
@@ -557,7 +734,7 @@ def test_server_json_go_keys_first_then_ours(runtime: Runtime) -> None:
                 "uid": f"{SESSION_ID}-ws01",
                 "server_id": "ws01",
                 "last-seen": "2026-07-01T12:00:00Z",
-                **GO_SESSION_STORED,
+                **GO_SESSION_JSON,
             }
         ],
         "guid": GUID,
@@ -569,9 +746,8 @@ def test_server_json_go_keys_first_then_ours(runtime: Runtime) -> None:
     }
 
 
-def test_server_json_tags_and_sessions_are_always_lists(runtime: Runtime) -> None:
-    body = payload(sessions=[], tags=None)
-    state = runtime.record(GUID, "ws01", body, PEER, later(0.25))
+def test_server_json_tags_and_sessions_are_always_lists() -> None:
+    state = parse(payload(sessions=[], tags=None), now=later(0.25))
     document = server_json(state, False, "revoked")
     assert document["tags"] == []
     assert document["sessions"] == []
@@ -580,8 +756,24 @@ def test_server_json_tags_and_sessions_are_always_lists(runtime: Runtime) -> Non
     assert document["last-seen"] == "2026-07-01T12:00:00.25Z"
 
 
-def test_session_json_go_keys_in_order(runtime: Runtime) -> None:
-    state = runtime.record(GUID, "ws01", payload(), PEER, NOW)
+def test_an_offline_servers_sessions_are_not_shown() -> None:
+    state = parse(payload())
+    assert state.sessions
+    assert server_json(state, False, "registered")["sessions"] == []
+
+
+def test_server_json_numbers_encode_as_before() -> None:
+    body = payload(stats={"free_memory": 1, "cpu_usage": 3, "load1": 0})
+    document = server_json(parse(body), True, "registered")
+    encoded = json.dumps(
+        {k: document[k] for k in ("free_memory", "cores", "cpu_usage")}
+    )
+    assert encoded == '{"free_memory": 1, "cores": 0, "cpu_usage": 3.0}'
+    assert json.dumps(document["load1"]) == "0.0"
+
+
+def test_session_json_go_keys_in_order() -> None:
+    state = parse(payload())
     document = session_json(state, state.sessions[0])
     assert list(document) == [
         "uid",
@@ -600,12 +792,31 @@ def test_session_json_go_keys_in_order(runtime: Runtime) -> None:
         "x11-display",
         "x11-authority",
     ]
-    assert document["uid"] == f"{SESSION_ID}-ws01"
-    assert document["server_id"] == "ws01"
+    assert document == {
+        "uid": f"{SESSION_ID}-ws01",
+        "server_id": "ws01",
+        "last-seen": "2026-07-01T12:00:00Z",
+        **GO_SESSION_JSON,
+    }
 
 
-def test_server_state_is_immutable(runtime: Runtime) -> None:
-    state = runtime.record(GUID, "ws01", payload(), PEER, NOW)
-    assert isinstance(state, ServerState)
-    with pytest.raises(AttributeError):
-        state.hostname = "ws02"  # type: ignore[misc]
+@pytest.mark.parametrize(
+    ("reported", "shown"),
+    [
+        ("2026-07-01T10:00:00.500+02:00", "2026-07-01T08:00:00.5Z"),
+        ("2026-07-01T08:00:00.000000Z", "2026-07-01T08:00:00Z"),
+        ("2026-07-01T08:00:00.262880Z", "2026-07-01T08:00:00.26288Z"),
+        ("2026-07-01T08:00:00.123456789Z", "2026-07-01T08:00:00.123456Z"),
+        ("0001-01-01T00:00:00Z", "0001-01-01T00:00:00Z"),
+        ("", "0001-01-01T00:00:00Z"),
+        (None, "0001-01-01T00:00:00Z"),
+    ],
+)
+def test_session_times_are_shown_as_go_writes_them(
+    reported: str | None, shown: str
+) -> None:
+    times = {"creation-time": reported, "last-disconnection-time": reported}
+    state = parse(payload(sessions=[session("dcvix_a", **times)]))
+    document = session_json(state, state.sessions[0])
+    assert document["creation-time"] == shown
+    assert document["last-disconnection-time"] == shown

@@ -1,0 +1,80 @@
+"""What agents call: register (no certificate yet), renew and update (mTLS)."""
+
+from __future__ import annotations
+
+from twisted.internet.interfaces import IReactorTime
+from twisted.web.iweb import IRequest
+
+from dcvix.common.clock import now_utc
+from dcvix.common.http import client_address, json_response, read_json
+from dcvix.common.jsonfields import decode
+from dcvix.director.api.authz import Role, authorized
+from dcvix.director.enrolment import Enrolment, PeerIdentity
+from dcvix.director.registry import AgentRecord
+from dcvix.director.requests import RegisterRequest, RenewRequest
+from dcvix.director.runtime import RuntimeStore, parse_report
+
+
+class AgentRoutes:
+    """``/v1/agent/*``.
+
+    Args:
+        enrolment: registration and renewal decisions.
+        runtime: where reports are kept.
+        default_agent_port: the port of agents that do not report theirs.
+        clock: the time of each report.
+    """
+
+    def __init__(
+        self,
+        enrolment: Enrolment,
+        runtime: RuntimeStore,
+        default_agent_port: int,
+        clock: IReactorTime,
+    ) -> None:
+        self._enrolment = enrolment
+        self._runtime = runtime
+        self._default_port = default_agent_port
+        self._clock = clock
+
+    @authorized("POST", "/v1/agent/register", role=Role.PUBLIC)
+    async def register(self, request: IRequest) -> bytes:
+        """Enrol an agent (trust on first use: no certificate yet).
+
+        Body ``{"csr", "guid", "hostname", "registrationToken"?}``. 200 with
+        ``{"certificate", "ca", "agentId", "renewalIntervalSeconds"}``; 403
+        ``pending approval`` or ``agent denied``; 400, 401, 409, 413, 429.
+        """
+        body = decode(RegisterRequest, read_json(request))
+        answer = await self._enrolment.register(body, client_address(request))
+        return json_response(request, 200, answer)
+
+    @authorized("POST", "/v1/agent/renew", role=Role.AGENT_CERTIFICATE)
+    async def renew(self, request: IRequest, peer: PeerIdentity) -> bytes:
+        """A new certificate for the same key.
+
+        Body ``{"csr"}``. 200 with ``{"certificate", "renewalIntervalSeconds"}``;
+        403 while pending; 401 when revoked, denied or unknown; 409 key mismatch.
+        """
+        body = decode(RenewRequest, read_json(request))
+        answer = await self._enrolment.renew(peer, body, client_address(request))
+        return json_response(request, 200, answer)
+
+    @authorized("POST", "/v1/agent/update", role=Role.AGENT)
+    async def update(self, request: IRequest, agent: AgentRecord) -> bytes:
+        """Sessions, stats and tags, stored under the agent's registered hostname.
+
+        200 ``{}``; 400 for a body that does not validate (nothing is stored).
+        """
+        previous = await self._runtime.server(agent.hostname)
+        state = parse_report(
+            agent.guid,
+            agent.hostname,
+            read_json(request),
+            client_address(request),
+            now_utc(self._clock),
+            self._default_port,
+            previous,
+        )
+        await self._runtime.put(state)
+        return json_response(request, 200, {})

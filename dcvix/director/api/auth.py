@@ -1,0 +1,73 @@
+"""Logins, logout and auth-health: the ``dcvix_session`` cookie's life."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import cast
+
+from twisted.web.iweb import IRequest
+from twisted.web.server import Request
+
+from dcvix.common.http import client_address, json_response, read_json
+from dcvix.common.jsonfields import decode
+from dcvix.director.api.authz import COOKIE, Role, authorized, login_cookie
+from dcvix.director.login import LoginService
+from dcvix.director.requests import LoginRequest
+from dcvix.director.tokens import Claims
+
+
+def _set_cookie(request: IRequest, value: bytes, expires: dt.datetime | None) -> None:
+    """The cookie as CONTRACT §4 has it; no expiry clears it."""
+    options: dict[str, bytes] = (
+        {"max_age": b"0"}
+        if expires is None
+        else {"expires": expires.strftime("%a, %d %b %Y %H:%M:%S GMT").encode()}
+    )
+    cast(Request, request).addCookie(
+        COOKIE,
+        value,
+        path=b"/",
+        secure=True,
+        httpOnly=True,
+        sameSite="strict",
+        **options,
+    )
+
+
+class AuthRoutes:
+    """``/v1/user/login``, ``/v1/admin/login``, ``/v1/logout``, ``/v1/auth-health``."""
+
+    def __init__(self, logins: LoginService) -> None:
+        self._logins = logins
+
+    async def _login(self, request: IRequest, admin: bool) -> bytes:
+        body = decode(LoginRequest, read_json(request))
+        token, expires = await self._logins.login(body, client_address(request), admin)
+        _set_cookie(request, token.encode("ascii"), expires)
+        return json_response(request, 200, {})
+
+    @authorized("POST", "/v1/user/login", role=Role.PUBLIC)
+    async def user_login(self, request: IRequest) -> bytes:
+        """``{"userID", "password", "otp"}``: the ``dcvix_session`` cookie.
+
+        200 ``{}``; 401 ``authentication failed`` whatever the reason; 429
+        while throttled; 400 for a bad body.
+        """
+        return await self._login(request, admin=False)
+
+    @authorized("POST", "/v1/admin/login", role=Role.PUBLIC)
+    async def admin_login(self, request: IRequest) -> bytes:
+        """As user login, for ``admin: true`` users only."""
+        return await self._login(request, admin=True)
+
+    @authorized("POST", "/v1/logout", role=Role.PUBLIC)
+    async def logout(self, request: IRequest) -> bytes:
+        """Revoke the cookie's token (if valid) and clear the cookie."""
+        await self._logins.logout(login_cookie(request), client_address(request))
+        _set_cookie(request, b"", None)
+        return json_response(request, 200, {})
+
+    @authorized("GET", "/v1/auth-health", role=Role.USER)
+    async def auth_health(self, request: IRequest, caller: Claims) -> bytes:
+        """200 while the cookie is valid."""
+        return json_response(request, 200, {"status": "healthy"})

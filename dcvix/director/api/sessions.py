@@ -1,0 +1,97 @@
+"""Servers and sessions, for admins: list them, create, close, configure."""
+
+from __future__ import annotations
+
+from twisted.web.iweb import IRequest
+
+from dcvix.common.http import json_response, read_json
+from dcvix.common.jsonfields import decode
+from dcvix.director.api.authz import Role, authorized
+from dcvix.director.api.render import server_json, session_json
+from dcvix.director.audit import Audit
+from dcvix.director.requests import ConfigRequest, CreateSessionRequest
+from dcvix.director.sessions import SessionControl
+from dcvix.director.tokens import Claims
+
+
+class SessionRoutes:
+    """``/v1/servers``, ``/v1/sessions``.
+
+    Args:
+        control: the session service.
+        audit: where creates, closes and config pushes are recorded.
+    """
+
+    def __init__(self, control: SessionControl, audit: Audit) -> None:
+        self._control = control
+        self._audit = audit
+
+    @authorized("GET", "/v1/servers", role=Role.ADMIN)
+    async def servers(self, request: IRequest, caller: Claims) -> bytes:
+        """Every reporting server with its sessions (Go's keys, then ours).
+
+        Hostname descending; servers gone quiet are shown ``online: false``.
+        """
+        views = await self._control.servers()
+        return json_response(
+            request,
+            200,
+            [server_json(v.state, v.online, v.agent_state) for v in views],
+        )
+
+    @authorized("GET", "/v1/sessions", role=Role.ADMIN)
+    async def sessions(self, request: IRequest, caller: Claims) -> bytes:
+        """Every session of every online server (Go's shape)."""
+        found = [
+            session_json(server, session)
+            for server, session in await self._control.live_sessions()
+        ]
+        found.sort(key=lambda s: (s["user"], s["uid"]))
+        return json_response(request, 200, found)
+
+    @authorized("POST", "/v1/sessions", role=Role.ADMIN)
+    async def create_session(self, request: IRequest, caller: Claims) -> bytes:
+        """A session on a registered, online agent.
+
+        Body ``{"serverId", "userId", "sessionId"?, "sessionType"}``; a valid
+        ``sessionId`` is kept, else ``dcvix_<uuid4>``. 200 ``{"sessionID",
+        "serverId"}``; 404 unknown server; 409 offline; 502/504 agent trouble.
+        """
+        body = decode(CreateSessionRequest, read_json(request))
+        answer = await self._control.create(body)
+        await self._audit.record(
+            f"admin:{caller.user}",
+            "create session",
+            answer["sessionID"],
+            f"server={answer['serverId']}",
+        )
+        return json_response(request, 200, answer)
+
+    @authorized("DELETE", "/v1/sessions/<string:session_id>", role=Role.ADMIN)
+    async def close_session(
+        self, request: IRequest, caller: Claims, session_id: str
+    ) -> bytes:
+        """``?serverId=<hostname>``: close it.
+
+        200 ``{"status": "success", "code": 200, "message"}``; 404 unknown; 409
+        when the id is on two servers and no ``serverId`` says which; 502, 504.
+        """
+        raw = request.args.get(b"serverId", [b""])[0].decode("utf-8", "replace")
+        answer = await self._control.close(session_id, raw or None)
+        await self._audit.record(
+            f"admin:{caller.user}", "close session", session_id, f"server={raw or '-'}"
+        )
+        return json_response(request, 200, answer)
+
+    @authorized("POST", "/v1/servers/<string:server>/config", role=Role.ADMIN)
+    async def configure_server(
+        self, request: IRequest, caller: Claims, server: str
+    ) -> bytes:
+        """Push allowed DCV settings: ``{"config": [{"section", "key", "value"}]}``.
+
+        A setting outside ``config_allow`` → 403, on this side and the agent's.
+        """
+        body = decode(ConfigRequest, read_json(request))
+        answer = await self._control.configure(server, body)
+        await self._audit.record(f"admin:{caller.user}", "configure server", server)
+        return json_response(request, 200, answer)

@@ -1,0 +1,56 @@
+"""The director's periodic chores: stale servers, stale pending agents, old tokens."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from dcvix.common.clock import now_utc
+from dcvix.director.registry import AgentRegistry
+from dcvix.director.sessions import SessionControl
+from dcvix.director.throttle import LoginThrottle
+
+log = Logger()
+
+
+class Housekeeper:
+    """What the ``housekeeper`` and ``token-vacuum`` jobs do.
+
+    Args:
+        registry: the agent registry (pending agents, revoked tokens).
+        control: the fleet (servers gone quiet).
+        throttle: the login throttle (forgets old failures).
+        pending_max_age: seconds after which a pending agent is purged.
+        clock: the time.
+    """
+
+    def __init__(
+        self,
+        registry: AgentRegistry,
+        control: SessionControl,
+        throttle: LoginThrottle,
+        pending_max_age: float,
+        clock: IReactorTime,
+    ) -> None:
+        self._registry = registry
+        self._control = control
+        self._throttle = throttle
+        self._pending_max_age = dt.timedelta(seconds=pending_max_age)
+        self._clock = clock
+
+    async def sweep(self) -> None:
+        """Drop the sessions of servers gone quiet; purge stale pending agents."""
+        for hostname in await self._control.expire():
+            log.info("server {hostname} went quiet: offline", hostname=hostname)
+        cutoff = now_utc(self._clock) - self._pending_max_age
+        for guid in await self._registry.purge_pending(cutoff):
+            log.info("purged agent {guid}: pending too long", guid=guid)
+
+    async def vacuum(self) -> None:
+        """Forget expired logged-out tokens and old login failures."""
+        self._throttle.prune()
+        dropped = await self._registry.vacuum_tokens(now_utc(self._clock))
+        if dropped:
+            log.info("forgot {count} expired logged-out tokens", count=dropped)

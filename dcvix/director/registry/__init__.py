@@ -1,0 +1,216 @@
+"""The agent registry: what the director keeps across restarts, behind named methods.
+
+Everything outside an engine sees only these types and protocols: agents
+(:class:`AgentRegistry`), the audit trail (:class:`AuditTrail`) and logged-out
+tokens (:class:`RevokedTokens`). The SQLite engine (:mod:`.sqlite`) is the
+embedded default; a PostgreSQL engine will implement the same protocols, so no
+caller names a transaction or a SQL statement.
+
+Every mutating method that an admin or the enrolment rules call writes its
+audit row in the same transaction as the change, so the trail never misses a
+change that happened nor records one that did not.
+"""
+
+from __future__ import annotations
+
+import builtins
+import datetime as dt
+from dataclasses import dataclass
+from typing import Protocol
+
+PENDING, REGISTERED, REVOKED, DENIED = "pending", "registered", "revoked", "denied"
+STATES = (PENDING, REGISTERED, REVOKED, DENIED)
+
+
+class StoreError(Exception):
+    """The store cannot be used; the message names it and the problem."""
+
+
+@dataclass(frozen=True)
+class AgentRecord:
+    """One agent of the registry.
+
+    ``claimed_key`` is the key a registration presented for an adopted Go agent
+    that has no pinned key yet (CONTRACT §3, register case 3): recorded, never
+    trusted until its certificate pins a key or an admin approves the claim.
+    ``duplicate_hostname`` flags a registered agent sharing its hostname with
+    another registered one (adopted Go rows), or a pending agent sharing it
+    with any pending or registered one (approving it will need ``replace``).
+    """
+
+    guid: str
+    hostname: str
+    state: str
+    created_at: dt.datetime | None
+    registered_at: dt.datetime | None
+    last_seen_at: dt.datetime | None
+    cert_serial: str
+    cert_expires_at: dt.datetime | None
+    key_fingerprint: str
+    address: str
+    state_changed_at: dt.datetime | None
+    claimed_key: str = ""
+    claimed_at: dt.datetime | None = None
+    duplicate_hostname: bool = False
+
+    @property
+    def pinned(self) -> bool:
+        """A registered agent whose key is known (adopted Go rows have none yet)."""
+        return self.state == REGISTERED and bool(self.key_fingerprint)
+
+
+@dataclass(frozen=True)
+class ActionResult:
+    """What an admin action did: the agent after it, and the agents it revoked."""
+
+    record: AgentRecord
+    replaced: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """One line of the audit trail."""
+
+    time: dt.datetime | None
+    actor: str
+    action: str
+    target: str
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class Pinning:
+    """What pinning an adopted agent's key did.
+
+    ``record`` is the agent afterwards; ``dropped_claim`` the fingerprint of a
+    differing claim that the pin discarded (empty when none).
+    """
+
+    record: AgentRecord | None
+    dropped_claim: str = ""
+
+
+class AuditTrail(Protocol):
+    """The audit table: append and read."""
+
+    async def append(self, entry: AuditEntry) -> None:
+        """Write one line."""
+
+    async def latest(self, limit: int = 100) -> list[AuditEntry]:
+        """The latest lines, newest first."""
+
+
+class RevokedTokens(Protocol):
+    """Logged-out login tokens, kept by hash until they would have expired."""
+
+    async def revoke_token(self, token_hash: str, expires: dt.datetime) -> None:
+        """Remember a logged-out token."""
+
+    async def token_revoked(self, token_hash: str) -> bool:
+        """Whether a token was logged out."""
+
+    async def vacuum_tokens(self, now: dt.datetime) -> int:
+        """Forget entries past their expiry; how many."""
+
+
+class AgentRegistry(AuditTrail, RevokedTokens, Protocol):
+    """The agents, with the state changes of CONTRACT §3 as named methods.
+
+    Admin transitions raise :class:`~dcvix.common.errors.NotFound` for an
+    unknown GUID and :class:`~dcvix.common.errors.Conflict` for a wrong state
+    or a hostname another registered agent holds; a refused call changes
+    nothing. Hostnames are unique among registered agents (compared in lower
+    case) by a constraint of the store itself, except rows adopted as
+    duplicates from a Go ``agents.db``.
+    """
+
+    async def get(self, guid: str) -> AgentRecord | None:
+        """One agent, or None."""
+
+    async def list(self, state: str | None = None) -> builtins.list[AgentRecord]:
+        """Every agent (of one state), oldest first."""
+
+    async def count(self, state: str) -> int:
+        """How many agents are in ``state``."""
+
+    async def hostname_holders(self, hostname: str) -> builtins.list[str]:
+        """GUIDs of the registered agents holding ``hostname`` (any case)."""
+
+    async def create_pending(
+        self, guid: str, hostname: str, key: str, address: str, now: dt.datetime
+    ) -> bool:
+        """A new pending agent; False when the GUID exists already (a race)."""
+
+    async def create_registered(
+        self,
+        guid: str,
+        hostname: str,
+        key: str,
+        address: str,
+        now: dt.datetime,
+        actor: str,
+    ) -> bool:
+        """A new agent approved at once (``auto_approve = token``), audited.
+
+        False when the GUID exists or a registered agent holds the hostname.
+        """
+
+    async def to_pending(
+        self, guid: str, hostname: str, key: str, address: str, now: dt.datetime
+    ) -> None:
+        """A registered or pending agent goes (back) to pending with this key.
+
+        The expiry of its last certificate is forgotten: the approval that
+        follows stands for it. An agent revoked or denied meanwhile stays so.
+        """
+
+    async def claim(
+        self, guid: str, key: str, address: str, now: dt.datetime
+    ) -> str | None:
+        """Record ``key`` as claimed for a registered agent without a pin.
+
+        Never changes the agent's state. Returns the claim it replaced ("" when
+        there was none), or None when the agent is not an unpinned registered
+        one (nothing written).
+        """
+
+    async def record_issue(
+        self,
+        guid: str,
+        serial: int,
+        expires: dt.datetime,
+        address: str,
+        now: dt.datetime,
+    ) -> None:
+        """Note a certificate just issued to an agent."""
+
+    async def pin(self, guid: str, key: str, now: dt.datetime) -> Pinning:
+        """Pin ``key`` for a registered agent that has no pin yet.
+
+        Any claim is dropped; a claim for another key is audited as dropped.
+        """
+
+    async def approve(
+        self, guid: str, actor: str, now: dt.datetime, replace: bool = False
+    ) -> ActionResult:
+        """Pending → registered with the key it registered with; or approve a claim.
+
+        For a registered agent without a pin but with a claimed key, the claim
+        becomes its pin. A registered agent holding the hostname is a conflict
+        unless ``replace``, which revokes it (audited).
+        """
+
+    async def deny(self, guid: str, actor: str, now: dt.datetime) -> ActionResult:
+        """Pending → denied."""
+
+    async def revoke(self, guid: str, actor: str, now: dt.datetime) -> ActionResult:
+        """Registered → revoked."""
+
+    async def reactivate(self, guid: str, actor: str, now: dt.datetime) -> ActionResult:
+        """Revoked → registered (same pinned key); denied → pending."""
+
+    async def delete(self, guid: str, actor: str, now: dt.datetime) -> ActionResult:
+        """Forget an agent entirely."""
+
+    async def purge_pending(self, older_than: dt.datetime) -> builtins.list[str]:
+        """Delete agents pending since before ``older_than``; their GUIDs."""

@@ -1,0 +1,728 @@
+"""The SQLite engine of the registry: ``agents.db`` (WAL), every SQL statement.
+
+Each operation is a plain function of a ``sqlite3`` connection (``*_txn``);
+:class:`SqliteRegistry` runs them through a *runner*: the director's one-thread
+database pool (so calls are serialised on one connection, off the reactor), or
+inline for ``dcvixctl``. Both work on the same file: SQLite's locking makes that
+safe while the director runs, and the director reads agent state per request,
+so a ``dcvixctl`` change counts at once.
+
+A Go ``agents.db`` is read as it is: its table is extended with our columns (see
+:mod:`.sqlite_schema`) and its text timestamps are parsed.
+"""
+
+from __future__ import annotations
+
+import builtins
+import datetime as dt
+import sqlite3
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+from twisted.internet.defer import Deferred, fail, succeed
+
+from dcvix.common.errors import Conflict, NotFound
+from dcvix.common.gotime import parse_stored_time
+from dcvix.common.threads import ThreadPoolService
+from dcvix.director.registry import (
+    DENIED,
+    PENDING,
+    REGISTERED,
+    REVOKED,
+    ActionResult,
+    AgentRecord,
+    AuditEntry,
+    Pinning,
+    StoreError,
+)
+from dcvix.director.registry.sqlite_schema import (
+    DB_TIMEOUT,
+    connect,
+    to_db_time,
+    transaction,
+)
+
+R = TypeVar("R")
+
+# ``duplicate_hostname``, computed with the row: one indexed lookup of the
+# other agents holding the same name (see AgentRecord).
+_SELECT = """
+SELECT a.guid, a.hostname, a.state, a.created_at, a.registered_at,
+       a.last_seen_at, a.cert_serial, a.cert_expires_at, a.key_fingerprint,
+       a.address, a.state_changed_at, a.claimed_key, a.claimed_at,
+       a.state IN ('registered', 'pending') AND EXISTS (
+           SELECT 1 FROM agents b
+           WHERE lower(b.hostname) = lower(a.hostname) AND b.guid != a.guid
+             AND (b.state = 'registered'
+                  OR (a.state = 'pending' AND b.state = 'pending')))
+FROM agents a
+"""
+
+
+def _record(row: tuple[Any, ...]) -> AgentRecord:
+    return AgentRecord(
+        guid=row[0],
+        hostname=row[1] or "",
+        state=row[2],
+        created_at=parse_stored_time(row[3]),
+        registered_at=parse_stored_time(row[4]),
+        last_seen_at=parse_stored_time(row[5]),
+        cert_serial=row[6] or "",
+        cert_expires_at=parse_stored_time(row[7]),
+        key_fingerprint=row[8] or "",
+        address=row[9] or "",
+        state_changed_at=parse_stored_time(row[10]),
+        claimed_key=row[11] or "",
+        claimed_at=parse_stored_time(row[12]),
+        duplicate_hostname=bool(row[13]),
+    )
+
+
+# ------------------------------------------------------------------ reading
+
+
+def get_txn(connection: sqlite3.Connection, guid: str) -> AgentRecord | None:
+    """One agent, or None."""
+    row = connection.execute(f"{_SELECT} WHERE a.guid = ?", (guid,)).fetchone()
+    return _record(row) if row else None
+
+
+def list_txn(
+    connection: sqlite3.Connection, state: str | None = None
+) -> list[AgentRecord]:
+    """Every agent (of one state), oldest first."""
+    if state is None:
+        rows = connection.execute(f"{_SELECT} ORDER BY a.created_at, a.guid")
+    else:
+        rows = connection.execute(
+            f"{_SELECT} WHERE a.state = ? ORDER BY a.created_at, a.guid", (state,)
+        )
+    return [_record(row) for row in rows]
+
+
+def count_txn(connection: sqlite3.Connection, state: str) -> int:
+    """How many agents are in ``state``."""
+    row = connection.execute("SELECT COUNT(*) FROM agents WHERE state = ?", (state,))
+    return int(row.fetchone()[0])
+
+
+def hostname_holders_txn(
+    connection: sqlite3.Connection, hostname: str, other_than: str = ""
+) -> list[str]:
+    """Registered agents holding ``hostname`` (any case), but ``other_than``."""
+    rows = connection.execute(
+        "SELECT guid FROM agents WHERE lower(hostname) = lower(?) AND state = ? "
+        "AND guid != ? ORDER BY guid",
+        (hostname, REGISTERED, other_than),
+    )
+    return [row[0] for row in rows]
+
+
+# ------------------------------------------------------------------ writing
+
+
+def _audit(connection: sqlite3.Connection, entry: AuditEntry) -> None:
+    connection.execute(
+        "INSERT INTO audit (time, actor, action, target, detail) "
+        "VALUES (?, ?, ?, ?, ?)",
+        (to_db_time(entry.time), entry.actor, entry.action, entry.target, entry.detail),
+    )
+
+
+def audit_txn(connection: sqlite3.Connection, entry: AuditEntry) -> None:
+    """Append one line to the audit table."""
+    with transaction(connection):
+        _audit(connection, entry)
+
+
+def audit_list_txn(
+    connection: sqlite3.Connection, limit: int = 100
+) -> list[AuditEntry]:
+    """The latest audit lines, newest first."""
+    rows = connection.execute(
+        "SELECT time, actor, action, target, detail FROM audit "
+        "ORDER BY id DESC LIMIT ?",
+        (limit,),
+    )
+    return [AuditEntry(parse_stored_time(r[0]), r[1], r[2], r[3], r[4]) for r in rows]
+
+
+def create_pending_txn(
+    connection: sqlite3.Connection,
+    guid: str,
+    hostname: str,
+    key: str,
+    address: str,
+    now: dt.datetime,
+) -> bool:
+    """Insert a pending agent; False when the GUID exists already (a race)."""
+    with transaction(connection):
+        return _insert(connection, PENDING, guid, hostname, key, address, now)
+
+
+def _insert(
+    connection: sqlite3.Connection,
+    state: str,
+    guid: str,
+    hostname: str,
+    key: str,
+    address: str,
+    now: dt.datetime,
+) -> bool:
+    cursor = connection.execute(
+        "INSERT OR IGNORE INTO agents (guid, hostname, state, created_at, "
+        "registered_at, key_fingerprint, address, state_changed_at, "
+        "cert_serial, tags) VALUES (?, ?, ?, ?, ?, ?, ?, ?, '', '')",
+        (
+            guid,
+            hostname,
+            state,
+            to_db_time(now),
+            to_db_time(now) if state == REGISTERED else None,
+            key,
+            address,
+            to_db_time(now),
+        ),
+    )
+    return cursor.rowcount == 1
+
+
+def create_registered_txn(
+    connection: sqlite3.Connection,
+    guid: str,
+    hostname: str,
+    key: str,
+    address: str,
+    now: dt.datetime,
+    actor: str,
+) -> bool:
+    """Insert an agent approved at once, audited; False when it cannot be.
+
+    The hostname's uniqueness among registered agents is the database's
+    constraint, so two racing registrations cannot both win (on any engine).
+    """
+    try:
+        with transaction(connection):
+            # The index leaves out adopted duplicates; they hold their name too.
+            if hostname_holders_txn(connection, hostname, guid):
+                return False
+            if not _insert(connection, REGISTERED, guid, hostname, key, address, now):
+                return False
+            _audit(
+                connection,
+                AuditEntry(
+                    now,
+                    actor,
+                    "approve",
+                    guid,
+                    f"hostname={hostname} key={key} from {address}",
+                ),
+            )
+            return True
+    except sqlite3.IntegrityError:
+        return False
+
+
+def to_pending_txn(
+    connection: sqlite3.Connection,
+    guid: str,
+    hostname: str,
+    key: str,
+    address: str,
+    now: dt.datetime,
+) -> None:
+    """A registered agent goes back to pending (new hostname, expiry).
+
+    See :meth:`AgentRegistry.to_pending`.
+    """
+    with transaction(connection):
+        connection.execute(
+            "UPDATE agents SET state = ?, hostname = ?, key_fingerprint = ?, "
+            "address = ?, state_changed_at = ?, cert_expires_at = NULL, "
+            "claimed_key = NULL, claimed_at = NULL, adopted_duplicate = 0 "
+            "WHERE guid = ? AND state IN (?, ?)",
+            (
+                PENDING,
+                hostname,
+                key,
+                address,
+                to_db_time(now),
+                guid,
+                REGISTERED,
+                PENDING,
+            ),
+        )
+
+
+def claim_txn(
+    connection: sqlite3.Connection,
+    guid: str,
+    key: str,
+    address: str,
+    now: dt.datetime,
+) -> str | None:
+    """Record a claimed key for an unpinned registered agent; the claim it replaced.
+
+    A new or changed claim is audited; the same claim again is not (a Go agent
+    polls every 30 s).
+    """
+    with transaction(connection):
+        row = connection.execute(
+            "SELECT claimed_key FROM agents WHERE guid = ? AND state = ? "
+            "AND (key_fingerprint IS NULL OR key_fingerprint = '')",
+            (guid, REGISTERED),
+        ).fetchone()
+        if row is None:
+            return None
+        before = row[0] or ""
+        if before != key:
+            connection.execute(
+                "UPDATE agents SET claimed_key = ?, claimed_at = ? WHERE guid = ?",
+                (key, to_db_time(now), guid),
+            )
+            _audit(
+                connection,
+                AuditEntry(
+                    now,
+                    f"address {address}",
+                    "claim key",
+                    guid,
+                    f"key={key}" + (f" replacing {before}" if before else ""),
+                ),
+            )
+        return before
+
+
+def record_issue_txn(
+    connection: sqlite3.Connection,
+    guid: str,
+    serial: int,
+    expires: dt.datetime,
+    address: str,
+    now: dt.datetime,
+) -> None:
+    """Note a certificate just issued to an agent."""
+    with transaction(connection):
+        connection.execute(
+            "UPDATE agents SET cert_serial = ?, cert_expires_at = ?, "
+            "last_seen_at = ?, address = ? WHERE guid = ?",
+            (format(serial, "x"), to_db_time(expires), to_db_time(now), address, guid),
+        )
+
+
+def pin_txn(
+    connection: sqlite3.Connection, guid: str, key: str, now: dt.datetime
+) -> Pinning:
+    """Pin the key of an adopted registered agent that had none; drop its claim."""
+    with transaction(connection):
+        record = get_txn(connection, guid)
+        if record is None or record.state != REGISTERED or record.key_fingerprint:
+            return Pinning(record)
+        connection.execute(
+            "UPDATE agents SET key_fingerprint = ?, claimed_key = NULL, "
+            "claimed_at = NULL WHERE guid = ?",
+            (key, guid),
+        )
+        dropped = record.claimed_key if record.claimed_key != key else ""
+        _audit(
+            connection,
+            AuditEntry(
+                now,
+                "mtls",
+                "pin key",
+                guid,
+                f"key={key}" + (f" dropped claim {dropped}" if dropped else ""),
+            ),
+        )
+        return Pinning(
+            replace(record, key_fingerprint=key, claimed_key="", claimed_at=None),
+            dropped,
+        )
+
+
+# ------------------------------------------------------------- admin actions
+
+
+def _require(
+    connection: sqlite3.Connection, guid: str, states: tuple[str, ...], verb: str
+) -> AgentRecord:
+    record = get_txn(connection, guid)
+    if record is None:
+        raise NotFound(f"agent {guid} not found")
+    if record.state not in states:
+        raise Conflict(f"agent {guid} is {record.state}, it cannot be {verb}")
+    return record
+
+
+def _set_state(
+    connection: sqlite3.Connection,
+    record: AgentRecord,
+    state: str,
+    now: dt.datetime,
+) -> None:
+    registered_at = now if state == REGISTERED else record.registered_at
+    # A row adopted as a duplicate keeps its flag only while it stays as it
+    # was adopted; any change of state puts it under the hostname rule.
+    connection.execute(
+        "UPDATE agents SET state = ?, state_changed_at = ?, registered_at = ?, "
+        "adopted_duplicate = 0 WHERE guid = ?",
+        (state, to_db_time(now), to_db_time(registered_at), record.guid),
+    )
+
+
+def approve_txn(
+    connection: sqlite3.Connection,
+    guid: str,
+    actor: str,
+    now: dt.datetime,
+    replace_holders: bool = False,
+) -> ActionResult:
+    """Pending → registered, or a claim → the pin; see :meth:`AgentRegistry.approve`.
+
+    Raises:
+        NotFound, Conflict: as the API answers them.
+    """
+    with transaction(connection):
+        record = get_txn(connection, guid)
+        if record is not None and record.state == REGISTERED and record.claimed_key:
+            if record.key_fingerprint:
+                raise Conflict(f"agent {guid} is registered, it cannot be approved")
+            connection.execute(
+                "UPDATE agents SET key_fingerprint = claimed_key, claimed_key = NULL, "
+                "claimed_at = NULL WHERE guid = ?",
+                (guid,),
+            )
+            _audit(
+                connection,
+                AuditEntry(
+                    now, actor, "approve claim", guid, f"key={record.claimed_key}"
+                ),
+            )
+            return ActionResult(_fresh(connection, guid))
+        record = _require(connection, guid, (PENDING,), "approved")
+        holders = hostname_holders_txn(connection, record.hostname, guid)
+        if holders and not replace_holders:
+            raise Conflict(
+                f"hostname {record.hostname} is already registered to agent "
+                f"{', '.join(holders)}; approve with replace to revoke it"
+            )
+        for holder in holders:
+            old = get_txn(connection, holder)
+            assert old is not None
+            _set_state(connection, old, REVOKED, now)
+            _audit(
+                connection,
+                AuditEntry(
+                    now,
+                    actor,
+                    "revoke",
+                    holder,
+                    f"replaced by {guid} ({record.hostname})",
+                ),
+            )
+        _set_state(connection, record, REGISTERED, now)
+        _audit(
+            connection,
+            AuditEntry(
+                now,
+                actor,
+                "approve",
+                guid,
+                f"hostname={record.hostname} key={record.key_fingerprint}",
+            ),
+        )
+        return ActionResult(_fresh(connection, guid), tuple(holders))
+
+
+def _fresh(connection: sqlite3.Connection, guid: str) -> AgentRecord:
+    record = get_txn(connection, guid)
+    assert record is not None
+    return record
+
+
+def _transition(
+    verb: str, past: str, allowed: tuple[str, ...], target: str
+) -> Callable[[sqlite3.Connection, str, str, dt.datetime], ActionResult]:
+    def action(
+        connection: sqlite3.Connection, guid: str, actor: str, now: dt.datetime
+    ) -> ActionResult:
+        with transaction(connection):
+            record = _require(connection, guid, allowed, past)
+            _set_state(connection, record, target, now)
+            _audit(
+                connection,
+                AuditEntry(now, actor, verb, guid, f"hostname={record.hostname}"),
+            )
+            return ActionResult(_fresh(connection, guid))
+
+    action.__name__ = f"{verb}_txn"
+    action.__doc__ = f"{'/'.join(allowed)} → {target}, audited."
+    return action
+
+
+deny_txn = _transition("deny", "denied", (PENDING,), DENIED)
+revoke_txn = _transition("revoke", "revoked", (REGISTERED,), REVOKED)
+
+
+def reactivate_txn(
+    connection: sqlite3.Connection, guid: str, actor: str, now: dt.datetime
+) -> ActionResult:
+    """Revoked → registered (same pinned key); denied → pending."""
+    with transaction(connection):
+        record = _require(connection, guid, (REVOKED, DENIED), "reactivated")
+        target = REGISTERED if record.state == REVOKED else PENDING
+        if target == REGISTERED:
+            clash = hostname_holders_txn(connection, record.hostname, guid)
+            if clash:
+                raise Conflict(
+                    f"hostname {record.hostname} is now registered to agent "
+                    f"{', '.join(clash)}"
+                )
+        _set_state(connection, record, target, now)
+        _audit(connection, AuditEntry(now, actor, "reactivate", guid, f"now {target}"))
+        return ActionResult(_fresh(connection, guid))
+
+
+def delete_txn(
+    connection: sqlite3.Connection, guid: str, actor: str, now: dt.datetime
+) -> ActionResult:
+    """Forget an agent entirely (its next registration starts afresh)."""
+    with transaction(connection):
+        record = get_txn(connection, guid)
+        if record is None:
+            raise NotFound(f"agent {guid} not found")
+        connection.execute("DELETE FROM agents WHERE guid = ?", (guid,))
+        _audit(
+            connection,
+            AuditEntry(
+                now,
+                actor,
+                "delete",
+                guid,
+                f"was {record.state}, hostname={record.hostname}",
+            ),
+        )
+        return ActionResult(record)
+
+
+def purge_pending_txn(
+    connection: sqlite3.Connection, older_than: dt.datetime
+) -> list[str]:
+    """Delete pending agents created before ``older_than``; their GUIDs.
+
+    Compared in Python: Go's and our timestamps do not sort alike as text.
+    """
+    with transaction(connection):
+        rows = connection.execute(
+            "SELECT guid, created_at FROM agents WHERE state = ?", (PENDING,)
+        )
+        stale = [
+            guid
+            for guid, created in rows
+            if (parse_stored_time(created) or older_than) < older_than
+        ]
+        connection.executemany(
+            "DELETE FROM agents WHERE guid = ?", [(g,) for g in stale]
+        )
+        return stale
+
+
+# ------------------------------------------------------------ revoked tokens
+
+
+def revoke_token_txn(
+    connection: sqlite3.Connection, token_hash: str, expires: dt.datetime
+) -> None:
+    """Remember a logged-out token until it would have expired anyway."""
+    with transaction(connection):
+        connection.execute(
+            "INSERT OR IGNORE INTO revoked_tokens (hash, expires_at) VALUES (?, ?)",
+            (token_hash, to_db_time(expires)),
+        )
+
+
+def token_revoked_txn(connection: sqlite3.Connection, token_hash: str) -> bool:
+    """Whether a token was logged out."""
+    row = connection.execute(
+        "SELECT 1 FROM revoked_tokens WHERE hash = ?", (token_hash,)
+    ).fetchone()
+    return row is not None
+
+
+def vacuum_tokens_txn(connection: sqlite3.Connection, now: dt.datetime) -> int:
+    """Forget revoked tokens that have expired; how many were dropped."""
+    with transaction(connection):
+        cursor = connection.execute(
+            "DELETE FROM revoked_tokens WHERE expires_at < ?", (to_db_time(now),)
+        )
+        return cursor.rowcount
+
+
+# ------------------------------------------------------------------ engine
+
+
+class Runner(Protocol):
+    """Runs one ``*_txn`` function with the connection, giving a Deferred."""
+
+    def __call__(
+        self, function: Callable[..., R], connection: sqlite3.Connection, *args: Any
+    ) -> Deferred[R]:
+        """Run ``function(connection, *args)``."""
+
+
+def _guarded(
+    function: Callable[..., R], connection: sqlite3.Connection, *args: Any
+) -> R:
+    """Run one transaction; a database failure becomes a :class:`StoreError`."""
+    try:
+        return function(connection, *args)
+    except sqlite3.Error as error:
+        raise StoreError(f"agents.db: {error}") from None
+
+
+def inline_runner(
+    function: Callable[..., R], connection: sqlite3.Connection, *args: Any
+) -> Deferred[R]:
+    """Run at once, in the caller's thread (``dcvixctl``, tests)."""
+    try:
+        return succeed(_guarded(function, connection, *args))
+    except Exception:
+        return fail()
+
+
+def pool_runner(pool: ThreadPoolService) -> Runner:
+    """Run in ``pool`` (one thread: calls are serialised on one connection)."""
+
+    def run(
+        function: Callable[..., R], connection: sqlite3.Connection, *args: Any
+    ) -> Deferred[R]:
+        return pool.run(DB_TIMEOUT * 2, _guarded, function, connection, *args)
+
+    return run
+
+
+class SqliteRegistry:
+    """:class:`~dcvix.director.registry.AgentRegistry` on ``agents.db``.
+
+    Args:
+        path: the database file (created or upgraded on open).
+        runner: where the transactions run (:func:`pool_runner`, or
+            :func:`inline_runner`).
+
+    Raises:
+        StoreError: the file is not a usable database, or is newer than us.
+    """
+
+    def __init__(self, path: Path, runner: Runner) -> None:
+        self.path = path
+        self._connection = connect(path)
+        self._run = runner
+
+    def close(self) -> None:
+        """Close the connection (after the pool stopped)."""
+        self._connection.close()
+
+    async def get(self, guid: str) -> AgentRecord | None:  # noqa: D102
+        return await self._run(get_txn, self._connection, guid)
+
+    async def list(self, state: str | None = None) -> builtins.list[AgentRecord]:  # noqa: D102
+        return await self._run(list_txn, self._connection, state)
+
+    async def count(self, state: str) -> int:  # noqa: D102
+        return await self._run(count_txn, self._connection, state)
+
+    async def hostname_holders(self, hostname: str) -> builtins.list[str]:  # noqa: D102
+        return await self._run(hostname_holders_txn, self._connection, hostname)
+
+    async def create_pending(  # noqa: D102
+        self, guid: str, hostname: str, key: str, address: str, now: dt.datetime
+    ) -> bool:
+        return await self._run(
+            create_pending_txn, self._connection, guid, hostname, key, address, now
+        )
+
+    async def create_registered(  # noqa: D102
+        self,
+        guid: str,
+        hostname: str,
+        key: str,
+        address: str,
+        now: dt.datetime,
+        actor: str,
+    ) -> bool:
+        return await self._run(
+            create_registered_txn,
+            self._connection,
+            guid,
+            hostname,
+            key,
+            address,
+            now,
+            actor,
+        )
+
+    async def to_pending(  # noqa: D102
+        self, guid: str, hostname: str, key: str, address: str, now: dt.datetime
+    ) -> None:
+        await self._run(
+            to_pending_txn, self._connection, guid, hostname, key, address, now
+        )
+
+    async def claim(  # noqa: D102
+        self, guid: str, key: str, address: str, now: dt.datetime
+    ) -> str | None:
+        return await self._run(claim_txn, self._connection, guid, key, address, now)
+
+    async def record_issue(  # noqa: D102
+        self,
+        guid: str,
+        serial: int,
+        expires: dt.datetime,
+        address: str,
+        now: dt.datetime,
+    ) -> None:
+        await self._run(
+            record_issue_txn, self._connection, guid, serial, expires, address, now
+        )
+
+    async def pin(self, guid: str, key: str, now: dt.datetime) -> Pinning:  # noqa: D102
+        return await self._run(pin_txn, self._connection, guid, key, now)
+
+    async def approve(  # noqa: D102
+        self, guid: str, actor: str, now: dt.datetime, replace: bool = False
+    ) -> ActionResult:
+        return await self._run(approve_txn, self._connection, guid, actor, now, replace)
+
+    async def deny(self, guid: str, actor: str, now: dt.datetime) -> ActionResult:  # noqa: D102
+        return await self._run(deny_txn, self._connection, guid, actor, now)
+
+    async def revoke(self, guid: str, actor: str, now: dt.datetime) -> ActionResult:  # noqa: D102
+        return await self._run(revoke_txn, self._connection, guid, actor, now)
+
+    async def reactivate(  # noqa: D102
+        self, guid: str, actor: str, now: dt.datetime
+    ) -> ActionResult:
+        return await self._run(reactivate_txn, self._connection, guid, actor, now)
+
+    async def delete(self, guid: str, actor: str, now: dt.datetime) -> ActionResult:  # noqa: D102
+        return await self._run(delete_txn, self._connection, guid, actor, now)
+
+    async def purge_pending(self, older_than: dt.datetime) -> builtins.list[str]:  # noqa: D102
+        return await self._run(purge_pending_txn, self._connection, older_than)
+
+    async def append(self, entry: AuditEntry) -> None:  # noqa: D102
+        await self._run(audit_txn, self._connection, entry)
+
+    async def latest(self, limit: int = 100) -> builtins.list[AuditEntry]:  # noqa: D102
+        return await self._run(audit_list_txn, self._connection, limit)
+
+    async def revoke_token(self, token_hash: str, expires: dt.datetime) -> None:  # noqa: D102
+        await self._run(revoke_token_txn, self._connection, token_hash, expires)
+
+    async def token_revoked(self, token_hash: str) -> bool:  # noqa: D102
+        return await self._run(token_revoked_txn, self._connection, token_hash)
+
+    async def vacuum_tokens(self, now: dt.datetime) -> int:  # noqa: D102
+        return await self._run(vacuum_tokens_txn, self._connection, now)

@@ -1,0 +1,160 @@
+"""``agents.db``'s schema and its migrations, and how the engine writes time.
+
+Version 0 is Go dcvix's table (or an empty file); each migration moves the
+database one version up inside one transaction, and a database newer than this
+code is refused rather than misread.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+
+from dcvix.director.registry import REGISTERED, StoreError
+
+DB_TIMEOUT = 10.0
+
+
+def to_db_time(moment: dt.datetime | None) -> str | None:
+    """One format for everything we write: UTC, microseconds, explicit offset."""
+    if moment is None:
+        return None
+    return moment.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S.%f+00:00")
+
+
+class transaction:
+    """``BEGIN IMMEDIATE`` … ``COMMIT`` (or ``ROLLBACK`` on any exception)."""
+
+    def __init__(self, connection: sqlite3.Connection) -> None:
+        self._connection = connection
+
+    def __enter__(self) -> sqlite3.Connection:
+        self._connection.execute("BEGIN IMMEDIATE")
+        return self._connection
+
+    def __exit__(self, kind: object, value: object, traceback: object) -> None:
+        self._connection.execute("ROLLBACK" if kind else "COMMIT")
+
+
+_GO_COLUMNS = """
+    guid TEXT PRIMARY KEY,
+    hostname TEXT,
+    state TEXT NOT NULL DEFAULT 'pending',
+    created_at DATETIME,
+    registered_at DATETIME,
+    last_seen_at DATETIME,
+    cert_serial TEXT,
+    tags TEXT
+"""
+
+
+def _add_columns(connection: sqlite3.Connection, columns: dict[str, str]) -> None:
+    have = {row[1] for row in connection.execute("PRAGMA table_info(agents)")}
+    for column, kind in columns.items():
+        if column not in have:
+            connection.execute(f"ALTER TABLE agents ADD COLUMN {column} {kind}")
+
+
+def _to_1(connection: sqlite3.Connection) -> None:
+    """Go's table (or none) extended with our columns; audit and revoked tokens."""
+    connection.execute(f"CREATE TABLE IF NOT EXISTS agents ({_GO_COLUMNS})")
+    _add_columns(
+        connection,
+        {
+            "key_fingerprint": "TEXT",
+            "cert_expires_at": "DATETIME",
+            "address": "TEXT",
+            "state_changed_at": "DATETIME",
+        },
+    )
+    connection.execute(
+        "CREATE TABLE IF NOT EXISTS audit (id INTEGER PRIMARY KEY, "
+        "time DATETIME NOT NULL, actor TEXT NOT NULL, action TEXT NOT NULL, "
+        "target TEXT NOT NULL, detail TEXT NOT NULL DEFAULT '')"
+    )
+    connection.execute(
+        "CREATE TABLE IF NOT EXISTS revoked_tokens (hash TEXT PRIMARY KEY, "
+        "expires_at DATETIME NOT NULL)"
+    )
+
+
+def _to_2(connection: sqlite3.Connection) -> None:
+    """Claims; registered hostnames unique by constraint; indexes for lookups.
+
+    Registered agents sharing a hostname can only come from a Go ``agents.db``
+    (CONTRACT §3: kept and flagged, never a reason to refuse to start): all but
+    the first of each name are flagged ``adopted_duplicate`` before the unique
+    index, which leaves flagged rows out, is made.
+    """
+    _add_columns(
+        connection,
+        {
+            "claimed_key": "TEXT",
+            "claimed_at": "DATETIME",
+            "adopted_duplicate": "INTEGER NOT NULL DEFAULT 0",
+        },
+    )
+    connection.execute(
+        "UPDATE agents SET adopted_duplicate = 1 WHERE state = ? AND rowid NOT IN "
+        "(SELECT MIN(rowid) FROM agents WHERE state = ? GROUP BY lower(hostname))",
+        (REGISTERED, REGISTERED),
+    )
+    connection.execute(
+        "CREATE UNIQUE INDEX IF NOT EXISTS agents_registered_hostname "
+        f"ON agents (lower(hostname)) WHERE state = '{REGISTERED}' "
+        "AND adopted_duplicate = 0"
+    )
+    connection.execute(
+        "CREATE INDEX IF NOT EXISTS agents_hostname ON agents (lower(hostname))"
+    )
+    connection.execute(
+        "CREATE INDEX IF NOT EXISTS agents_state ON agents (state, created_at)"
+    )
+
+
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_to_1, _to_2)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    """Open ``agents.db`` (0600, WAL), creating or upgrading its tables.
+
+    Raises:
+        StoreError: not a database (corrupt, a folder), or newer than this code.
+    """
+    try:
+        connection = sqlite3.connect(
+            path, timeout=DB_TIMEOUT, isolation_level=None, check_same_thread=False
+        )
+    except sqlite3.Error as error:
+        raise StoreError(f"{path}: {error}") from None
+    try:
+        os.chmod(path, 0o600)
+        connection.execute("PRAGMA journal_mode=WAL")
+        connection.execute("PRAGMA synchronous=NORMAL")
+        connection.execute(f"PRAGMA busy_timeout={int(DB_TIMEOUT * 1000)}")
+        migrate(connection)
+    except (sqlite3.Error, OSError) as error:
+        connection.close()
+        raise StoreError(f"{path}: {error}") from None
+    except StoreError as error:
+        connection.close()
+        raise StoreError(f"{path}: {error}") from None
+    return connection
+
+
+def migrate(connection: sqlite3.Connection) -> None:
+    """Bring the schema to :data:`SCHEMA_VERSION`, one version per transaction."""
+    version = connection.execute("PRAGMA user_version").fetchone()[0]
+    if version > SCHEMA_VERSION:
+        raise StoreError(
+            f"schema version {version} is newer than this dcvix ({SCHEMA_VERSION}): "
+            "upgrade dcvix"
+        )
+    for number in range(version, SCHEMA_VERSION):
+        with transaction(connection):
+            MIGRATIONS[number](connection)
+            connection.execute(f"PRAGMA user_version={number + 1}")
