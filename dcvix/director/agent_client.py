@@ -145,6 +145,12 @@ class AgentClient(Service):
             return
         self._generation += 1
 
+    @property
+    def certificate(self) -> x509.Certificate:
+        """The client certificate the next new connection presents."""
+        self._refresh()
+        return self._certificate
+
     def _connection(self, target: AgentAddress) -> _AgentConnection:
         self._refresh()
         current = self._connections.get(target.guid)

@@ -51,7 +51,7 @@ from dcvix.director.housekeeper import Housekeeper
 from dcvix.director.login import LoginService
 from dcvix.director.policy import PolicyError, PolicyHolder, ensure_policy_files
 from dcvix.director.registry import StoreError
-from dcvix.director.registry.sqlite import SqliteRegistry, pool_runner
+from dcvix.director.registry.sqlite import Runner, SqliteRegistry, pool_runner
 from dcvix.director.runtime import MemoryRuntimeStore
 from dcvix.director.sessions import SessionControl
 from dcvix.director.throttle import LoginThrottle
@@ -68,13 +68,16 @@ class Dependencies:
     """What the director takes from its machine, replaceable in tests.
 
     ``host_names``: the machine's host name and FQDN (a DNS lookup);
-    ``authenticator``: the login back end for a config (PAM needs root).
+    ``authenticator``: the login back end for a config (PAM needs root);
+    ``db_runner``: where registry transactions run, given the database pool
+    (inline, a test can drive the whole director on a memory reactor).
     """
 
     host_names: Callable[[], list[str]] = own_host_names
     authenticator: Callable[[DirectorConfig, Any, ThreadPoolService], Authenticator] = (
         field(default_factory=lambda: _authenticator)
     )
+    db_runner: Callable[[ThreadPoolService], Runner] = pool_runner
 
 
 def _is_ip(name: str) -> bool:
@@ -157,7 +160,7 @@ def build_director(
 
     database = ThreadPoolService("db", 1, reactor)
     try:
-        registry = SqliteRegistry(files.agents_db, pool_runner(database))
+        registry = SqliteRegistry(files.agents_db, deps.db_runner(database))
     except StoreError as error:
         raise StartupError(str(error)) from None
     _StoreCloser(registry).setServiceParent(root)

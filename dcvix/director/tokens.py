@@ -29,6 +29,7 @@ from pyseto import Key
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
+from dcvix.common.clock import now_utc
 from dcvix.common.daemon import StartupError, require_private_file
 from dcvix.common.files import atomic_write
 from dcvix.director.datadir import DirectorFiles
@@ -105,10 +106,6 @@ class TokenService:
         self._key = Key.new(version=4, purpose="local", key=key)
         self._clock = clock
 
-    def now(self) -> dt.datetime:
-        """The injected clock's time, UTC."""
-        return dt.datetime.fromtimestamp(self._clock.seconds(), dt.UTC)
-
     def issue(
         self,
         user: str,
@@ -118,7 +115,7 @@ class TokenService:
         **binding: str,
     ) -> tuple[str, dt.datetime]:
         """A new token and its expiry."""
-        issued = self.now().replace(microsecond=0)
+        issued = now_utc(self._clock).replace(microsecond=0)
         expires = issued + lifetime
         claims: dict[str, Any] = {
             "iat": _rfc3339(issued),
@@ -163,7 +160,7 @@ class TokenService:
         expires = _parse_time(claims.get("exp"))
         if expires is None:
             raise InvalidToken("token has no valid exp")
-        if self.now() >= expires:
+        if now_utc(self._clock) >= expires:
             raise InvalidToken("token expired")
         user, category = claims.get("userID"), claims.get("userCategory")
         if not isinstance(user, str) or not user or not isinstance(category, str):

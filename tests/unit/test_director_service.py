@@ -1,0 +1,137 @@
+"""build_director in process, on a memory reactor: the tree, the jobs, the routes."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Any
+
+import pytest
+from treq.testing import StubTreq
+from twisted.internet.testing import MemoryReactorClock
+
+from dcvix.common.config import load_config
+from dcvix.common.pki import load_certificates, subject_alt_names
+from dcvix.common.threads import ThreadPoolService
+from dcvix.director.auth import Authenticator
+from dcvix.director.config import DirectorConfig
+from dcvix.director.registry import PENDING
+from dcvix.director.registry.sqlite import Runner, get_txn, inline_runner
+from dcvix.director.registry.sqlite_schema import connect, to_db_time
+from dcvix.director.service import Dependencies, build_director
+from dcvix.testing import PasswordAuthenticator
+
+START = dt.datetime(2026, 12, 1, 8, 0, tzinfo=dt.UTC)
+GUID = "11111111-1111-4111-8111-111111111111"
+
+
+def _config(tmp_path: Path) -> DirectorConfig:
+    path = tmp_path / "dcvix-director.conf"
+    path.write_text(
+        "[director]\n"
+        "director_host = 127.0.0.1\n"
+        "director_port = 18445\n"
+        f"data_dir = {tmp_path / 'data'}\n"
+        f"policydb_folder = {tmp_path / 'policydb'}\n"
+        "[housekeeper]\n"
+        "housekeeper_frequency = 40s\n"
+        "pending_max_age = 1h\n"
+        "[log]\n"
+        f"directory = {tmp_path / 'log'}\n"
+    )
+    path.chmod(0o600)
+    return load_config(DirectorConfig, path)
+
+
+def _fake_backend(config: DirectorConfig, reactor: Any, pool: Any) -> Authenticator:
+    return PasswordAuthenticator({"alice": "secret"})
+
+
+def _inline(pool: ThreadPoolService) -> Runner:
+    return inline_runner
+
+
+@pytest.fixture
+def reactor() -> MemoryReactorClock:
+    clock = MemoryReactorClock()
+    clock.advance(START.timestamp())
+    return clock
+
+
+@pytest.fixture
+def deps() -> Dependencies:
+    return Dependencies(
+        host_names=lambda: ["director1"],
+        authenticator=_fake_backend,
+        db_runner=_inline,
+    )
+
+
+def test_the_tree_a_fresh_install_and_the_listener(
+    tmp_path: Path, reactor: MemoryReactorClock, deps: Dependencies
+) -> None:
+    root = build_director(_config(tmp_path), reactor, None, deps)
+    assert [type(s).__name__ for s in root] == [
+        "_StoreCloser",
+        "ThreadPoolService",
+        "ThreadPoolService",
+        "AgentClient",
+        "PeriodicJob",
+        "PeriodicJob",
+        "SighupService",
+        "PeriodicJob",
+        "StreamServerEndpointService",
+    ]
+    data = tmp_path / "data"
+    assert {p.name for p in data.iterdir()} >= {
+        "agents.db",
+        "ca.key",
+        "ca.pem",
+        "server.crt",
+        "server.key",
+        "token.key",
+    }
+    certificate = load_certificates((data / "server.crt").read_bytes())[0]
+    assert subject_alt_names(certificate) == (
+        ["dcvix-director", "localhost", "director1"],
+        ["127.0.0.1"],
+    )
+    root.privilegedStartService()
+    root.startService()
+    try:
+        assert [(port, host) for port, _f, _b, host in reactor.tcpServers] == [
+            (18445, "127.0.0.1")
+        ]
+        site = reactor.tcpServers[0][1].wrappedFactory
+        answers: list[Any] = []
+        StubTreq(site.resource).get("https://director/v1/health").addBoth(
+            answers.append
+        )
+        assert [a.code for a in answers] == [200]
+    finally:
+        root.stopService()
+
+
+def test_the_housekeeper_purges_agents_pending_too_long(
+    tmp_path: Path, reactor: MemoryReactorClock, deps: Dependencies
+) -> None:
+    config = _config(tmp_path)
+    root = build_director(config, reactor, None, deps)
+    database = connect(tmp_path / "data" / "agents.db")
+    created = to_db_time(START - dt.timedelta(minutes=30))
+    database.execute(
+        "INSERT INTO agents (guid, hostname, state, created_at, cert_serial, tags) "
+        "VALUES (?, 'ws1', ?, ?, '', '')",
+        (GUID, PENDING, created),
+    )
+    root.privilegedStartService()
+    root.startService()
+    try:
+        reactor.advance(40)  # the first sweep: 30 min 40 s old, kept
+        assert get_txn(database, GUID) is not None
+        for _ in range(45):  # 30 more minutes of sweeps
+            reactor.advance(40)
+        assert get_txn(database, GUID) is None
+    finally:
+        root.stopService()
+        database.close()
