@@ -24,6 +24,7 @@ from pathlib import Path
 
 from twisted.internet import reactor, task
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorFromThreads
 
 from dcvix.common.threads import ThreadPoolService
 from dcvix.director.registry.sqlite import SqliteRegistry, pool_runner
@@ -31,16 +32,19 @@ from dcvix.director.registry.sqlite_schema import connect, to_db_time
 
 PENDING = 200
 
+# guid, hostname, state, created_at, registered_at, key_fingerprint
+Row = tuple[str, str, str, str | None, str | None, str]
+
 
 def populate(path: Path, registered: int) -> list[str]:
     """N registered agents and PENDING pending ones, written in one go."""
     now = to_db_time(dt.datetime.now(dt.UTC))
     connection = connect(path)
-    rows = [
+    rows: list[Row] = [
         (str(uuid.uuid4()), f"ws{n:06d}", "registered", now, now, "ab" * 32)
         for n in range(registered)
     ]
-    waiting = [
+    waiting: list[Row] = [
         (str(uuid.uuid4()), f"new{n:06d}", "pending", now, None, "cd" * 32)
         for n in range(PENDING)
     ]
@@ -64,7 +68,7 @@ async def approve_all(registry: SqliteRegistry, guids: list[str]) -> list[float]
 
 
 async def run(sizes: list[int]) -> None:
-    pool = ThreadPoolService("db", 1, reactor)
+    pool = ThreadPoolService("db", 1, IReactorFromThreads(reactor))
     pool.startService()
     try:
         for size in sizes:

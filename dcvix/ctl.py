@@ -140,13 +140,17 @@ PAST = {
 
 
 def act(
-    admin: AgentAdmin, action: str, guids: Sequence[str], replace: bool = False
+    admin: AgentAdmin,
+    action: str,
+    guids: Sequence[str],
+    replace: bool = False,
+    claimed_key: str = "",
 ) -> int:
     """Apply one action to each GUID; 0 when all succeeded, else 1."""
     status = 0
     for guid in guids:
         try:
-            outcome = wait(admin.act(action, guid, _actor(), replace))
+            outcome = wait(admin.act(action, guid, _actor(), replace, claimed_key))
         except ApiError as error:
             print(f"{guid}: {error.message}", file=sys.stderr)
             status = 1
@@ -176,6 +180,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--replace",
         action="store_true",
         help="revoke a registered agent that already has the same hostname",
+    )
+    approve.add_argument(
+        "--key",
+        default="",
+        metavar="FINGERPRINT",
+        help="approve an adopted agent's claim for this key (SHA-256, hex)",
     )
     for name, text in (
         ("deny", "deny a pending agent (kept as denied until deleted)"),
@@ -235,11 +245,13 @@ def _run(options: argparse.Namespace) -> int:
         if options.action == "list":
             print(list_agents(admin, options.state))
             return 0
+        approving = options.action == "approve"
         return act(
             admin,
             options.action,
             options.guids,
-            options.action == "approve" and options.replace,
+            approving and options.replace,
+            options.key if approving else "",
         )
     finally:
         registry.close()

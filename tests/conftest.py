@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
+from typing import cast
 
 import pytest
-from twisted.logger import LogEvent, formatEvent, globalLogPublisher
+from pluggy import Result
+from twisted.logger import ILogObserver, LogEvent, formatEvent, globalLogPublisher
 
 from daemons import DaemonProcess
 
@@ -15,7 +17,9 @@ REQUIRE_SERVICES = os.environ.get("DCVIX_REQUIRE_SERVICES") == "1"
 
 
 @pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, Result[pytest.TestReport], None]:
     """In CI (DCVIX_REQUIRE_SERVICES=1) a skipped test is a failed test."""
     outcome = yield
     report = outcome.get_result()
@@ -42,6 +46,8 @@ def audit_lines() -> Iterator[list[str]]:
         if event.get("log_namespace") == "dcvix.audit":
             lines.append(formatEvent(event))
 
-    globalLogPublisher.addObserver(observe)
+    # A function cannot declare that it provides an interface: cast, as Twisted does.
+    observer = cast(ILogObserver, observe)
+    globalLogPublisher.addObserver(observer)
     yield lines
-    globalLogPublisher.removeObserver(observe)
+    globalLogPublisher.removeObserver(observer)

@@ -375,7 +375,7 @@ def call_agent(
             "User-Agent: Go-http-client/1.1\r\nAccept-Encoding: gzip\r\n"
             "Connection: close\r\n\r\n".encode()
         )
-        answer = http.client.HTTPResponse(tls)  # type: ignore[arg-type]
+        answer = http.client.HTTPResponse(tls)
         answer.begin()
         return answer.status, json.loads(answer.read())
 
@@ -645,7 +645,7 @@ def _serve(config_path: str) -> None:  # pragma: no cover - runs in the subproce
     ready = Path(config["port_file"] + ".tmp")
     ready.write_text(str(port.getHost().port))
     ready.rename(config["port_file"])
-    reactor.run()  # type: ignore[attr-defined]
+    reactor.run()
 
 
 if __name__ == "__main__":  # pragma: no cover

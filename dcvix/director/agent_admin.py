@@ -81,12 +81,18 @@ class AgentAdmin:
         return await self._registry.list(state)
 
     async def act(
-        self, action: str, guid: str, actor: str, replace: bool = False
+        self,
+        action: str,
+        guid: str,
+        actor: str,
+        replace: bool = False,
+        claimed_key: str = "",
     ) -> Outcome:
         """Apply ``action`` (one of :data:`ACTIONS`) to one agent, as ``actor``.
 
         ``replace`` (approve only) revokes a registered agent that holds the
-        hostname instead of refusing.
+        hostname instead of refusing. ``claimed_key`` (approve only) is the
+        fingerprint of the claim being approved, for an adopted agent.
 
         Raises:
             BadRequest: the GUID is not a UUID, or the action is unknown.
@@ -98,7 +104,9 @@ class AgentAdmin:
             raise BadRequest("guid must be a UUID")
         now = now_utc(self._clock)
         if action == "approve":
-            result = await self._registry.approve(canonical, actor, now, replace)
+            result = await self._registry.approve(
+                canonical, actor, now, replace, claimed_key.lower()
+            )
         elif action == "deny":
             result = await self._registry.deny(canonical, actor, now)
         elif action == "revoke":

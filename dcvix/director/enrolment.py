@@ -51,6 +51,7 @@ log = Logger()
 
 RENEWAL_INTERVAL_SECONDS = 43200  # what Go directors announce; agents ignore it
 KEY_MISMATCH_AUDIT_SECONDS = 60.0
+CLAIM_CHANGE_SECONDS = 60.0  # one new claim per adopted agent per minute
 AUTO_APPROVE = "auto_approve"  # the audit actor of approvals by token
 
 
@@ -131,6 +132,7 @@ class Enrolment:
         self._clock = clock
         self._new_pending = RateLimiter(policy.register_rate, 60.0, clock)
         self._mismatch_audits = RateLimiter(1, KEY_MISMATCH_AUDIT_SECONDS, clock)
+        self._claim_changes = RateLimiter(1, CLAIM_CHANGE_SECONDS, clock)
 
     def _now(self) -> dt.datetime:
         return now_utc(self._clock)
@@ -196,7 +198,7 @@ class Enrolment:
             await self._key_mismatch(record, address)
         if not record.key_fingerprint or record.hostname != hostname:
             await self._registry.to_pending(
-                record.guid, hostname, key, address, self._now()
+                record.guid, hostname, key, address, self._now(), seen=record
             )
         raise PendingApproval()
 
@@ -210,8 +212,12 @@ class Enrolment:
         or an admin approves the claim.
         """
         self._require_token(token, record.guid, address)
+        if record.claimed_key == key or not self._claim_changes.take(record.guid):
+            # Nothing new, or a claim changed within the minute: a stranger
+            # alternating keys must not grow the audit table.
+            raise PendingApproval()
         before = await self._registry.claim(record.guid, key, address, self._now())
-        if before != key:
+        if before is not None and before != key:
             self._audit.logged(
                 f"address {address}",
                 "claim key",
@@ -246,7 +252,10 @@ class Enrolment:
             reason = "its last certificate expired"
         else:
             return await self._issue(record.guid, csr, record.hostname, address, True)
-        await self._registry.to_pending(record.guid, hostname, key, address, now)
+        if not await self._registry.to_pending(
+            record.guid, hostname, key, address, now, seen=record
+        ):
+            raise PendingApproval()  # changed meanwhile: the agent asks again
         log.warn(
             "agent {guid} ({hostname}) is back to pending: {reason}",
             guid=record.guid,
@@ -405,16 +414,20 @@ class Enrolment:
                 record.guid, certificate_key, self._now()
             )
             dropped = pinning.dropped_claim
-            self._audit.logged(
-                "mtls",
-                "pin key",
-                record.guid,
-                f"key={certificate_key}"
-                + (f" dropped claim {dropped}" if dropped else ""),
-            )
+            if pinning.pinned:
+                self._audit.logged(
+                    "mtls",
+                    "pin key",
+                    record.guid,
+                    f"key={certificate_key}"
+                    + (f" dropped claim {dropped}" if dropped else ""),
+                )
             if pinning.record is None:
                 raise Unauthorized("unknown agent")
             record = pinning.record
+        if record.state != REGISTERED:
+            # Revoked (or more) between our read and the pin.
+            raise Unauthorized(f"agent {record.state}")
         if record.key_fingerprint != certificate_key:
             raise Unauthorized("client certificate does not carry the agent's key")
         return record

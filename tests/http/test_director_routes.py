@@ -120,7 +120,8 @@ def call(
     cookie: str | None = None,
 ) -> Answer:
     headers = {"Cookie": f"dcvix_session={cookie}"} if cookie else {}
-    d = stub.request(method, BASE + path, data=body or None, headers=headers)
+    # StubTreq sets its treq methods in __init__, out of the type checker's view.
+    d = stub.request(method, BASE + path, data=body or None, headers=headers)  # type: ignore[attr-defined]
     stub.flush()
     response = result_of(d)
     content = response.content()

@@ -28,6 +28,7 @@ from services import (  # noqa: F401 (fixtures)
     run_tool,
 )
 from twisted.internet import reactor
+from twisted.internet.interfaces import IReactorFromThreads
 from twisted.internet.task import LoopingCall, deferLater
 from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import LogLevel, globalLogPublisher
@@ -106,7 +107,7 @@ def events_mentioning(events: EventLoggingObserver, text: str) -> list[Any]:
 @pytest.fixture
 def pam_pool() -> Iterator[ThreadPoolService]:
     """The auth thread pool; stopped only once its threads are idle again."""
-    service = ThreadPoolService("dcvix-test-pam", 4, reactor)
+    service = ThreadPoolService("dcvix-test-pam", 4, IReactorFromThreads(reactor))
     service.startService()
     yield service
     deadline = time.monotonic() + 10

@@ -200,7 +200,7 @@ def assert_private_log_and_start_line(daemon: DaemonProcess, line: str) -> None:
 
 
 def test_director_first_start_makes_its_ca_and_private_files(
-    tmp_path: Path, daemons
+    tmp_path: Path, daemons: list[DaemonProcess]
 ) -> None:
     director = new_daemon(tmp_path, "dcvix-director")
     director.extra = {"director": {"server_names": "director.example.org, 192.0.2.7"}}
@@ -258,7 +258,7 @@ def test_director_first_start_makes_its_ca_and_private_files(
 
 
 def test_agent_first_start_makes_its_identity_and_private_files(
-    tmp_path: Path, daemons
+    tmp_path: Path, daemons: list[DaemonProcess]
 ) -> None:
     agent = new_daemon(tmp_path, "dcvix-agent")
     data = agent.data_dir
@@ -304,7 +304,7 @@ def _limits(pid: int) -> tuple[str, str]:
 
 @pytest.mark.parametrize("plugin", PLUGINS)
 def test_open_file_limit_raised_to_the_hard_limit(
-    tmp_path: Path, daemons, plugin: str
+    tmp_path: Path, daemons: list[DaemonProcess], plugin: str
 ) -> None:
     _, hard_limit = resource.getrlimit(resource.RLIMIT_NOFILE)
     daemon = new_daemon(tmp_path, plugin)
@@ -320,7 +320,7 @@ def test_open_file_limit_raised_to_the_hard_limit(
 
 @pytest.mark.parametrize("plugin", PLUGINS)
 def test_open_data_and_log_folders_are_tightened(
-    tmp_path: Path, daemons, plugin: str
+    tmp_path: Path, daemons: list[DaemonProcess], plugin: str
 ) -> None:
     daemon = new_daemon(tmp_path, plugin)
     for folder in (daemon.data_dir, daemon.log_dir):
@@ -339,7 +339,9 @@ def test_open_data_and_log_folders_are_tightened(
 
 
 @pytest.mark.parametrize("plugin", PLUGINS)
-def test_certificate_reloads_on_sighup(tmp_path: Path, daemons, plugin: str) -> None:
+def test_certificate_reloads_on_sighup(
+    tmp_path: Path, daemons: list[DaemonProcess], plugin: str
+) -> None:
     daemon = start(daemons, new_daemon(tmp_path, plugin))
     ca = certs.CA.create()
     old = served(daemon.port)[0]
@@ -391,7 +393,7 @@ def test_certificate_reloads_on_sighup(tmp_path: Path, daemons, plugin: str) -> 
 
 
 def test_certificate_reloads_within_seven_seconds_without_sighup(
-    tmp_path: Path, daemons
+    tmp_path: Path, daemons: list[DaemonProcess]
 ) -> None:
     # Both daemons in one test, so the wait for the 5 s check is paid once. The
     # agent goes from its not-enrolled certificate to a usable one.
@@ -435,7 +437,7 @@ def test_certificate_reloads_within_seven_seconds_without_sighup(
 @pytest.mark.parametrize("plugin", PLUGINS)
 @pytest.mark.parametrize("breakage", ["garbage key", "mismatched key"])
 def test_broken_new_files_keep_the_old_certificate(
-    tmp_path: Path, daemons, plugin: str, breakage: str
+    tmp_path: Path, daemons: list[DaemonProcess], plugin: str, breakage: str
 ) -> None:
     daemon = start(daemons, new_daemon(tmp_path, plugin))
     ca = certs.CA.create()
@@ -486,7 +488,9 @@ def test_broken_new_files_keep_the_old_certificate(
 
 
 @pytest.mark.parametrize("plugin", PLUGINS)
-def test_sigterm_stops_cleanly(tmp_path: Path, daemons, plugin: str) -> None:
+def test_sigterm_stops_cleanly(
+    tmp_path: Path, daemons: list[DaemonProcess], plugin: str
+) -> None:
     daemon = start(daemons, DaemonProcess(plugin, tmp_path / plugin, free_port()))
     began = time.monotonic()
     assert daemon.stop() == -signal.SIGTERM
@@ -734,7 +738,9 @@ def test_missing_config_writes_defaults_and_starts(
 
 
 @pytest.mark.parametrize("plugin", PLUGINS)
-def test_json_log_lines(tmp_path: Path, daemons, plugin: str) -> None:
+def test_json_log_lines(
+    tmp_path: Path, daemons: list[DaemonProcess], plugin: str
+) -> None:
     daemon = DaemonProcess(plugin, tmp_path / plugin, free_port())
     daemon.extra = {"log": {"format": "json"}}
     start(daemons, daemon)
@@ -762,7 +768,7 @@ def test_json_log_lines(tmp_path: Path, daemons, plugin: str) -> None:
 
 @pytest.mark.parametrize("plugin", PLUGINS)
 def test_readable_secret_file_is_warned_about_and_never_logged(
-    tmp_path: Path, daemons, plugin: str
+    tmp_path: Path, daemons: list[DaemonProcess], plugin: str
 ) -> None:
     daemon = DaemonProcess(plugin, tmp_path / plugin, free_port())
     daemon.extra = {plugin.removeprefix("dcvix-"): {"registration_token": "s3cret"}}
@@ -785,7 +791,7 @@ def test_readable_secret_file_is_warned_about_and_never_logged(
 # ------------------------------------------------------------ two agents
 
 
-def test_two_agents_side_by_side(tmp_path: Path, daemons) -> None:
+def test_two_agents_side_by_side(tmp_path: Path, daemons: list[DaemonProcess]) -> None:
     first = DaemonProcess("dcvix-agent", tmp_path / "a", free_port())
     second = DaemonProcess("dcvix-agent", tmp_path / "b", free_port())
     first.extra = {"agent": {"hostname": "ws-a"}}

@@ -21,7 +21,7 @@ import ssl
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 import pytest
 import pytest_twisted
@@ -77,7 +77,16 @@ def pending_row(director: Director, agent: Agent) -> list[str]:
     return rows[0]
 
 
-def stats(port: int, director: Director, **client: Path) -> tuple[int, Any]:
+class ClientFiles(TypedDict, total=False):
+    """The client certificate and key ``https`` presents."""
+
+    cert: Path
+    key: Path
+
+
+def stats(
+    port: int, director: Director, **client: Unpack[ClientFiles]
+) -> tuple[int, Any]:
     """``GET /v1/stats`` of an agent, checked against the director's CA.
 
     A 200 report is cut down to who answered: its hostname and version.
@@ -88,11 +97,11 @@ def stats(port: int, director: Director, **client: Path) -> tuple[int, Any]:
     return status, body
 
 
-def as_director(director: Director) -> dict[str, Path]:
+def as_director(director: Director) -> ClientFiles:
     return {"cert": director.server_crt, "key": director.server_key}
 
 
-def as_agent(agent: Agent) -> dict[str, Path]:
+def as_agent(agent: Agent) -> ClientFiles:
     return {"cert": agent.certificate, "key": agent.key}
 
 

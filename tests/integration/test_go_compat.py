@@ -31,6 +31,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from OpenSSL import SSL
 
@@ -111,7 +112,7 @@ def der(certificate: x509.Certificate) -> bytes:
     return certificate.public_bytes(serialization.Encoding.DER)
 
 
-def spki(key: Any) -> bytes:
+def spki(key: PublicKeyTypes) -> bytes:
     return key.public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
@@ -337,7 +338,9 @@ GO_CREATED_A = "2025-03-01 10:20:30.123456789+01:00"
         "ed25519",  # an admin-supplied CA (Go loads any PKCS#8 key)
     ],
 )
-def test_go_director_data_dir_is_adopted(tmp_path: Path, daemons, ca_kind: str) -> None:
+def test_go_director_data_dir_is_adopted(
+    tmp_path: Path, daemons: list[DaemonProcess], ca_kind: str
+) -> None:
     ca = GoCA.create(kind=ca_kind)
     key_a, guid_a = new_go_key("ed25519"), new_guid()
     key_b, guid_b = new_go_key("ed25519"), new_guid()
@@ -474,7 +477,9 @@ def test_go_director_data_dir_is_adopted(tmp_path: Path, daemons, ca_kind: str) 
 
 
 @pytest.mark.parametrize("kind", ["ed25519", "p256", "rsa2048"])
-def test_go_agent_data_dir_is_adopted(tmp_path: Path, daemons, kind: str) -> None:
+def test_go_agent_data_dir_is_adopted(
+    tmp_path: Path, daemons: list[DaemonProcess], kind: str
+) -> None:
     """A Go agent makes Ed25519 keys, and takes any existing PKCS#8 key."""
     ca = GoCA.create()
     key, guid = new_go_key(kind), new_guid()
@@ -556,7 +561,7 @@ def assert_go_register_request(entry: dict[str, Any], guid: str, key: Any) -> No
 
 
 def test_our_agent_enrols_with_and_renews_against_a_go_director(
-    tmp_path: Path, daemons, stand_ins
+    tmp_path: Path, daemons: list[DaemonProcess], stand_ins: list[StandIn]
 ) -> None:
     ca = GoCA.create()
     stand_in = go_stand_in(stand_ins, tmp_path / "go", ca, pending_polls=1)
@@ -635,7 +640,7 @@ def colon_fingerprint(ca: GoCA) -> str:
 
 
 def test_ca_fingerprint_accepts_a_go_director_without_ca_in_its_chain(
-    tmp_path: Path, daemons, stand_ins
+    tmp_path: Path, daemons: list[DaemonProcess], stand_ins: list[StandIn]
 ) -> None:
     ca = GoCA.create()
     stand_in = go_stand_in(stand_ins, tmp_path / "go", ca)
@@ -670,7 +675,7 @@ def test_ca_fingerprint_accepts_a_go_director_without_ca_in_its_chain(
 
 @pytest.mark.parametrize("trap", ["wrong fingerprint", "director from another CA"])
 def test_unverified_go_director_gets_nothing_stored(
-    tmp_path: Path, daemons, stand_ins, trap: str
+    tmp_path: Path, daemons: list[DaemonProcess], stand_ins: list[StandIn], trap: str
 ) -> None:
     ca, other = GoCA.create(), GoCA.create()
     if trap == "wrong fingerprint":
@@ -705,7 +710,7 @@ def test_unverified_go_director_gets_nothing_stored(
 
 
 def test_adopted_agent_refused_in_go_text_registers_again_with_its_token(
-    tmp_path: Path, daemons, stand_ins
+    tmp_path: Path, daemons: list[DaemonProcess], stand_ins: list[StandIn]
 ) -> None:
     """A Go director that forgot the agent answers its renewal with a Go text
     error (401 ``unknown agent``): our agent registers again, same GUID and key,
@@ -758,7 +763,7 @@ def test_adopted_agent_refused_in_go_text_registers_again_with_its_token(
 
 
 def test_go_era_agent_certificate_is_not_the_director(
-    tmp_path: Path, daemons, stand_ins
+    tmp_path: Path, daemons: list[DaemonProcess], stand_ins: list[StandIn]
 ) -> None:
     ca = GoCA.create()
     key, guid = new_go_key("ed25519"), new_guid()

@@ -12,10 +12,11 @@ from pathlib import Path
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
+from twisted.internet.base import DelayedCall
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.task import deferLater
 
-from dcvix.common.process import DEFAULT_ENV, CommandError, run_command
+from dcvix.common.process import DEFAULT_ENV, CommandError, CommandResult, run_command
 
 
 def is_dead(pid: int) -> bool:
@@ -55,7 +56,7 @@ async def pid_from(path: Path) -> int:
     raise AssertionError(f"{path} was never written")
 
 
-def process_calls() -> list[object]:
+def process_calls() -> list[DelayedCall]:
     """Pending delayed calls of run_command or of Twisted's process transport.
 
     Other tests may leave their own calls on the shared reactor; only ours count.
@@ -64,7 +65,8 @@ def process_calls() -> list[object]:
     return [
         call
         for call in reactor.getDelayedCalls()
-        if call.active()
+        if isinstance(call, DelayedCall)
+        and call.active()
         and type(getattr(call.func, "__self__", None)).__module__ in modules
     ]
 
@@ -252,7 +254,7 @@ async def test_escaped_grandchild_holding_the_pipes_does_not_hang_us(
 ) -> None:
     pidfile = tmp_path / "escaped.pid"
     started = time.monotonic()
-    pending: Deferred[object] = run_command(
+    pending: Deferred[CommandResult] = run_command(
         reactor,
         [
             "/bin/sh",

@@ -31,7 +31,7 @@ import ssl
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -348,7 +348,9 @@ def session_ids(server: dict[str, Any]) -> list[str]:
     return sorted(s["id"] for s in server["sessions"])
 
 
-def agent_session(session_id: str, owner: str, kind: str, **times: str) -> dict:
+def agent_session(
+    session_id: str, owner: str, kind: str, **times: str
+) -> dict[str, Any]:
     """A session as the agent shows it (Go's keys, kebab-case, in order)."""
     shown = {
         "id": session_id,
@@ -369,7 +371,7 @@ def agent_session(session_id: str, owner: str, kind: str, **times: str) -> dict:
     return shown
 
 
-def clean_stop(fleet: Fleet, allowed: set[str] = frozenset()) -> None:
+def clean_stop(fleet: Fleet, allowed: Collection[str] = frozenset()) -> None:
     codes = {
         d.folder.name: d.process.returncode
         for d in fleet.started

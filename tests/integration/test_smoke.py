@@ -25,7 +25,7 @@ from daemons import DaemonProcess, free_port, seed_agent
     ],
 )
 def test_health_over_tls_and_clean_stop(
-    tmp_path: Path, daemons, plugin: str, verified: bool
+    tmp_path: Path, daemons: list[DaemonProcess], plugin: str, verified: bool
 ) -> None:
     daemon = DaemonProcess(plugin, tmp_path / plugin, free_port())
     if plugin == "dcvix-agent" and verified:

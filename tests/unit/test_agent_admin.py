@@ -12,11 +12,11 @@ import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from twisted.internet.task import Clock
-from twisted.logger import LogEvent, formatEvent, globalLogPublisher
+from twisted.logger import ILogObserver, LogEvent, formatEvent, globalLogPublisher
 
 from dcvix.common.errors import ApiError, BadRequest, Conflict, NotFound
 from dcvix.ctl import wait as resolve
@@ -95,8 +95,12 @@ class World:
         self.setup_rows = len(self.all_rows())
         self.clock.advance((LATER - self.now()).total_seconds())
 
-    def act(self, action: str, guid: str, replace: bool = False) -> Outcome:
-        outcome: Outcome = resolve(self.admin.act(action, guid, ACTOR, replace))
+    def act(
+        self, action: str, guid: str, replace: bool = False, claimed_key: str = ""
+    ) -> Outcome:
+        outcome: Outcome = resolve(
+            self.admin.act(action, guid, ACTOR, replace, claimed_key)
+        )
         return outcome
 
     def get(self, guid: str) -> AgentRecord | None:
@@ -145,9 +149,10 @@ def world(tmp_path: Path) -> Iterator[World]:
         if event.get("log_namespace") == "dcvix.audit":
             world.lines.append(formatEvent(event))
 
-    globalLogPublisher.addObserver(observe)
+    observer = cast(ILogObserver, observe)
+    globalLogPublisher.addObserver(observer)
     yield world
-    globalLogPublisher.removeObserver(observe)
+    globalLogPublisher.removeObserver(observer)
     world.db.close()
     registry.close()
 
@@ -237,7 +242,7 @@ def test_approve_a_claim_pins_the_claimed_key(world: World) -> None:
     assert resolve(world.registry.claim(A, KEY_C, "10.0.0.9", NOW)) == ""
     world.settled()
 
-    outcome = world.act("approve", A)
+    outcome = world.act("approve", A, claimed_key=KEY_C.upper())
 
     record = outcome.record
     assert (record.state, record.key_fingerprint, record.claimed_key) == (

@@ -5,10 +5,17 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterator
 from pathlib import Path
+from typing import cast
 
 import pytest
 from twisted.internet.task import Clock
-from twisted.logger import LogEvent, LogLevel, formatEvent, globalLogPublisher
+from twisted.logger import (
+    ILogObserver,
+    LogEvent,
+    LogLevel,
+    formatEvent,
+    globalLogPublisher,
+)
 
 from dcvix.ctl import wait as resolve
 from dcvix.director.audit import Audit
@@ -47,9 +54,10 @@ def events() -> Iterator[list[LogEvent]]:
         if event.get("log_namespace") == "dcvix.audit":
             seen.append(event)
 
-    globalLogPublisher.addObserver(observe)
+    observer = cast(ILogObserver, observe)
+    globalLogPublisher.addObserver(observer)
     yield seen
-    globalLogPublisher.removeObserver(observe)
+    globalLogPublisher.removeObserver(observer)
 
 
 @pytest.fixture

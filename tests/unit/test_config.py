@@ -40,7 +40,11 @@ def write(tmp_path: Path, text: str, mode: int = 0o600) -> Path:
     return path
 
 
-def load_error(tmp_path: Path, text: str, config_class: type = DirectorConfig) -> str:
+def load_error(
+    tmp_path: Path,
+    text: str,
+    config_class: type[DirectorConfig | AgentConfig] = DirectorConfig,
+) -> str:
     path = write(tmp_path, text)
     with pytest.raises(ConfigError) as caught:
         load_config(config_class, path)
@@ -621,7 +625,7 @@ def test_unknown_key_with_invalid_value_is_only_a_warning(tmp_path: Path) -> Non
     ],
 )
 def test_world_readable_secret_is_warned(
-    tmp_path: Path, config_class: type, text: str
+    tmp_path: Path, config_class: type[DirectorConfig | AgentConfig], text: str
 ) -> None:
     readable = write(tmp_path, text, 0o644)
     assert stat.S_IMODE(readable.stat().st_mode) == 0o644
@@ -747,7 +751,9 @@ _KEY_LINE = re.compile(r"^# ([a-z_]+ =.*)$", re.MULTILINE)
 
 
 @pytest.mark.parametrize("config_class", [DirectorConfig, AgentConfig])
-def test_default_file_parses_to_defaults(config_class: type) -> None:
+def test_default_file_parses_to_defaults(
+    config_class: type[DirectorConfig | AgentConfig],
+) -> None:
     text = default_file_text(config_class, "dcvix test configuration")
     assert text.startswith("# dcvix test configuration\n")
     assert parse_config(config_class, text, None) == config_class()
@@ -757,7 +763,7 @@ def test_default_file_parses_to_defaults(config_class: type) -> None:
     ("config_class", "key_lines"), [(DirectorConfig, 43), (AgentConfig, 23)]
 )
 def test_uncommented_default_file_parses_to_defaults(
-    config_class: type, key_lines: int
+    config_class: type[DirectorConfig | AgentConfig], key_lines: int
 ) -> None:
     text = default_file_text(config_class, "dcvix test configuration")
     uncommented, count = _KEY_LINE.subn(r"\1", text)

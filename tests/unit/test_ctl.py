@@ -198,7 +198,13 @@ def test_an_adopted_agents_claim_is_listed_and_approved(
         ]
     ]
 
-    assert run(conf, "agents", "approve", A) == 0
+    assert run(conf, "agents", "approve", A) == 1  # which key, please?
+    assert capsys.readouterr().err == (
+        f"{A}: agent {A} has a claim for key {KEY_B}: approve it with that key\n"
+    )
+    assert run(conf, "agents", "approve", A, "--key", KEY_A) == 1
+    assert "(the claim changed)" in capsys.readouterr().err
+    assert run(conf, "agents", "approve", A, "--key", KEY_B.upper()) == 0
 
     out, err = capsys.readouterr()
     assert (out, err) == (f"agent {A} (ws1) approved\n", "")

@@ -6,16 +6,19 @@ import datetime as dt
 import ipaddress
 import sqlite3
 import stat
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from itertools import combinations
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 import pytest
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric.types import (
+    CertificateIssuerPrivateKeyTypes,
+)
 from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID, NameOID
 
 from dcvix.common.daemon import StartupError
@@ -23,11 +26,11 @@ from dcvix.director import ca
 from dcvix.director.ca import (
     CertificateAuthority,
     CertificateRequestError,
-    DirectorFiles,
     ensure_server_certificate,
     load_or_create_authority,
     parse_csr,
 )
+from dcvix.director.datadir import DirectorFiles
 
 NOW = dt.datetime(2025, 3, 1, 12, 0, 0, tzinfo=dt.UTC)
 HOUR = dt.timedelta(hours=1)
@@ -65,9 +68,10 @@ def spki(key: Any) -> bytes:
     """SubjectPublicKeyInfo DER of a public key, or of a private key's public key."""
     if hasattr(key, "private_bytes"):
         key = key.public_key()
-    return key.public_bytes(
+    info: bytes = key.public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
+    return info
 
 
 def cn_name(*common_names: str) -> x509.Name:
@@ -138,7 +142,9 @@ def make_go_dir(data_dir: Path) -> tuple[ec.EllipticCurvePrivateKey, x509.Certif
     return key, certificate
 
 
-def write_server(data_dir: Path, certificate: x509.Certificate, key: object) -> None:
+def write_server(
+    data_dir: Path, certificate: x509.Certificate, key: ec.EllipticCurvePrivateKey
+) -> None:
     (data_dir / "server.crt").write_bytes(pem(certificate))
     (data_dir / "server.key").write_bytes(pkcs8(key))
     (data_dir / "server.key").chmod(0o600)
@@ -375,14 +381,29 @@ def test_unreadable_ca_pem_is_refused(files: DirectorFiles) -> None:
 # --------------------------------------------------- server certificate reissue
 
 
+class ServerCertChanges(TypedDict, total=False):
+    """The keyword arguments of :func:`server_cert`."""
+
+    common_names: tuple[str, ...]
+    dns: tuple[str, ...]
+    ips: tuple[str, ...]
+    not_after: dt.datetime
+
+
 def reissue_case(
-    files: DirectorFiles, authority: CertificateAuthority, **changes: object
+    files: DirectorFiles,
+    authority: CertificateAuthority,
+    issuer_key: ec.EllipticCurvePrivateKey | None = None,
+    issuer: x509.Certificate | None = None,
+    **changes: Unpack[ServerCertChanges],
 ) -> tuple[x509.Certificate, x509.Certificate, bytes]:
     """Write a server certificate with ``changes``, ensure, return old and new."""
     ca_key = authority.key
     assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
-    issuer_key = changes.pop("issuer_key", ca_key)
-    issuer = changes.pop("issuer", authority.certificate)
+    if issuer_key is None:
+        issuer_key = ca_key
+    if issuer is None:
+        issuer = authority.certificate
     server_key = ec.generate_private_key(ec.SECP256R1())
     old = server_cert(issuer_key, issuer, server_key, **changes)
     write_server(files.data_dir, old, server_key)
@@ -518,7 +539,9 @@ def test_missing_server_key_makes_a_new_key_and_keeps_old_names(
 
 
 def agent_csr(
-    key: object, subject: x509.Name, extensions: Sequence[x509.ExtensionType] = ()
+    key: CertificateIssuerPrivateKeyTypes,
+    subject: x509.Name,
+    extensions: Sequence[x509.ExtensionType] = (),
 ) -> x509.CertificateSigningRequest:
     builder = x509.CertificateSigningRequestBuilder().subject_name(subject)
     for extension in extensions:
@@ -619,11 +642,12 @@ def good_subject() -> x509.Name:
 
 @pytest.mark.parametrize("kind", ["ed25519", "p256", "rsa2048"])
 def test_parse_csr_accepts_usual_keys(kind: str) -> None:
-    key: object = {
+    makers: dict[str, Callable[[], CertificateIssuerPrivateKeyTypes]] = {
         "ed25519": ed25519.Ed25519PrivateKey.generate,
         "p256": lambda: ec.generate_private_key(ec.SECP256R1()),
         "rsa2048": lambda: rsa.generate_private_key(65537, 2048),
-    }[kind]()
+    }
+    key = makers[kind]()
     csr = agent_csr(key, good_subject())
 
     parsed = parse_csr(der(csr))

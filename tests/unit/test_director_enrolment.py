@@ -38,7 +38,7 @@ from dcvix.director import ca
 from dcvix.director.agent_admin import AgentAdmin, forget_nothing
 from dcvix.director.audit import Audit
 from dcvix.director.enrolment import Enrolment, EnrolmentPolicy, PendingApproval
-from dcvix.director.registry import AgentRecord, AuditEntry, sqlite
+from dcvix.director.registry import AgentRecord, AuditEntry, Pinning, sqlite
 from dcvix.director.registry.sqlite import SqliteRegistry, inline_runner
 from dcvix.director.registry.sqlite_schema import connect
 from dcvix.director.requests import RegisterRequest, RenewRequest
@@ -160,8 +160,10 @@ class World:
     def audit_entries(self) -> list[AuditEntry]:
         return list(reversed(sqlite.audit_list_txn(self.db)))
 
-    def approve(self, guid: str) -> None:
-        sqlite.approve_txn(self.db, guid, "os:admin", self.now())
+    def approve(self, guid: str, claimed_key: str = "") -> None:
+        sqlite.approve_txn(
+            self.db, guid, "os:admin", self.now(), claimed_key=claimed_key
+        )
 
     def now(self) -> dt.datetime:
         return dt.datetime.fromtimestamp(self.clock.seconds(), dt.UTC)
@@ -514,7 +516,7 @@ def test_registered_adopted_without_a_pin_records_a_claim_and_waits(
         ("address 10.0.0.7", "claim key", A, f"key={fingerprint(key)}")
     ]
 
-    world.approve(A)
+    world.approve(A, claimed_key=fingerprint(key))
     record = world.record(A)
     assert (record.pinned, record.key_fingerprint, record.claimed_key) == (
         True,
@@ -600,7 +602,11 @@ def test_an_admin_approving_a_claim_pins_the_claimed_key(
         fingerprint(new),
     )
 
-    outcome = resolve(world.admin.act("approve", A, "admin:alice"))
+    with pytest.raises(Conflict, match="approve it with that key"):
+        resolve(world.admin.act("approve", A, "admin:alice"))
+    outcome = resolve(
+        world.admin.act("approve", A, "admin:alice", claimed_key=fingerprint(new))
+    )
 
     assert (outcome.action, outcome.replaced, outcome.warning) == ("approve", (), "")
     record = outcome.record
@@ -1267,3 +1273,65 @@ def test_authenticate_without_a_certificate_is_401(world: World) -> None:
     world.refused(
         Unauthorized, "client certificate required", lambda: world.authenticate(None)
     )
+
+
+# ------------------------------------------------------ races and hammering
+
+
+def test_a_stranger_alternating_keys_changes_a_claim_at_most_once_a_minute(
+    world: World,
+) -> None:
+    world.adopt(A, "ws1")
+    first, second = new_key(), new_key()
+    for n in range(200):
+        with pytest.raises(PendingApproval):
+            world.register(body(first if n % 2 == 0 else second, A, "ws1"), STRANGER)
+    assert world.record(A).claimed_key == fingerprint(first)
+    assert world.audit() == [(f"address {STRANGER}", "claim key", A)]
+
+    world.clock.advance(60)
+    with pytest.raises(PendingApproval):
+        world.register(body(second, A, "ws1"), STRANGER)
+    assert world.record(A).claimed_key == fingerprint(second)
+    assert len(world.audit()) == 2
+
+
+class RevokingRegistry(SqliteRegistry):
+    """Two first mTLS calls race: one pins, an admin revokes, the other pins."""
+
+    async def pin(self, guid: str, key: str, now: dt.datetime) -> Pinning:
+        await super().pin(guid, key, now)
+        await self.revoke(guid, "admin:alice", now)
+        return await super().pin(guid, key, now)
+
+
+def test_an_agent_revoked_while_its_key_is_pinned_is_refused(tmp_path: Path) -> None:
+    clock = Clock()
+    clock.advance(NOW.timestamp())
+    registry = RevokingRegistry(tmp_path / "agents.db", inline_runner)
+    authority = ca.new_authority(NOW)
+    enrolment = Enrolment(
+        registry,
+        authority,
+        EnrolmentPolicy(lifetime=LIFETIME),
+        Audit(registry, clock),
+        clock,
+    )
+    db = connect(tmp_path / "agents.db")
+    db.execute(
+        "INSERT INTO agents (guid, hostname, state) VALUES (?, 'ws1', 'registered')",
+        (A,),
+    )
+    key = new_key()
+    certificate = authority.sign_agent(
+        key.public_key(), A, "ws1", NOW - dt.timedelta(days=3), LIFETIME
+    )
+    try:
+        with pytest.raises(Unauthorized, match=r"^agent revoked$"):
+            resolve(enrolment.authenticate(enrolment.identify(certificate)))
+        record = sqlite.get_txn(db, A)
+        assert record is not None
+        assert (record.state, record.key_fingerprint) == ("revoked", fingerprint(key))
+    finally:
+        db.close()
+        registry.close()

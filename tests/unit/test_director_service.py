@@ -9,6 +9,8 @@ from typing import Any
 import pytest
 from treq.testing import StubTreq
 from twisted.internet.testing import MemoryReactorClock
+from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.web.server import Site
 
 from dcvix.common.config import load_config
 from dcvix.common.pki import load_certificates, subject_alt_names
@@ -102,9 +104,14 @@ def test_the_tree_a_fresh_install_and_the_listener(
         assert [(port, host) for port, _f, _b, host in reactor.tcpServers] == [
             (18445, "127.0.0.1")
         ]
-        site = reactor.tcpServers[0][1].wrappedFactory
+        factory = reactor.tcpServers[0][1]
+        assert isinstance(factory, TLSMemoryBIOFactory)
+        site = factory.wrappedFactory
+        assert isinstance(site, Site)
         answers: list[Any] = []
-        StubTreq(site.resource).get("https://director/v1/health").addBoth(
+        stub = StubTreq(site.resource)
+        # StubTreq sets its treq methods in __init__, out of the type checker's view.
+        stub.get("https://director/v1/health").addBoth(  # type: ignore[attr-defined]
             answers.append
         )
         assert [a.code for a in answers] == [200]

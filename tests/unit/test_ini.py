@@ -204,7 +204,7 @@ _VALUES = (
     st.text(
         alphabet=st.one_of(
             st.sampled_from("#;\"'`=: \t[]"),
-            st.characters(exclude_categories=("Cs",), exclude_characters=_LINE_BREAKS),
+            st.characters(exclude_categories=["Cs"], exclude_characters=_LINE_BREAKS),
         )
     )
     .map(str.strip)

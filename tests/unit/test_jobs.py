@@ -40,6 +40,11 @@ async def nothing() -> None:
     return None
 
 
+def fired(deferred: Deferred[None]) -> bool:
+    """Read through a call: mypy keeps ``d.called`` narrowed after an assert."""
+    return deferred.called
+
+
 def test_first_run_at_start_then_every_interval() -> None:
     clock = Clock()
     job = PeriodicJob("reaper", 60, nothing, clock)
@@ -221,11 +226,11 @@ def test_stop_fires_after_the_run_in_flight_and_leaves_no_calls() -> None:
     clock.advance(0)
     periodic.trigger()
     stopped = periodic.stopService()
-    assert not stopped.called
+    assert not fired(stopped)
     clock.advance(100)
-    assert not stopped.called
+    assert not fired(stopped)
     job.release()
-    assert stopped.called
+    assert fired(stopped)
     assert clock.getDelayedCalls() == []
     clock.advance(1000)
     assert periodic.runs == 1

@@ -12,6 +12,7 @@ import datetime as dt
 import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -301,7 +302,7 @@ def test_failures_from_many_addresses_lock_the_user(world: World) -> None:
         world.refused(
             Unauthorized,
             FAILED,
-            lambda n=n: world.login("alice", "guess", address=f"192.0.2.{n}"),
+            partial(world.login, "alice", "guess", address=f"192.0.2.{n}"),
         )
 
     world.refused(
@@ -316,9 +317,7 @@ def test_failures_from_many_addresses_lock_the_user(world: World) -> None:
 
 def test_failures_for_many_users_lock_the_address(world: World) -> None:
     for n in range(5):
-        world.refused(
-            Unauthorized, FAILED, lambda n=n: world.login(f"user{n}", "123456")
-        )
+        world.refused(Unauthorized, FAILED, partial(world.login, f"user{n}", "123456"))
 
     world.refused(TooManyRequests, LOCKED, lambda: world.login("bob", "bob-pw"))
     token, _ = world.login("bob", "bob-pw", address="10.0.0.8")
@@ -482,7 +481,7 @@ def test_require_admin(world: World) -> None:
         world.refused(
             Forbidden,
             "admin rights required",
-            lambda token=token: resolve(world.service.require_admin(token)),
+            partial(resolve, world.service.require_admin(token)),
         )
     world.refused(
         Unauthorized,

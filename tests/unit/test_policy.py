@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 import stat
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
-from twisted.logger import Logger, LogLevel, formatEvent
+from twisted.logger import ILogObserver, Logger, LogLevel, formatEvent
 
 from dcvix import ctl
 from dcvix.director import policy
@@ -64,7 +64,9 @@ def write(folder: Path, users: Any = (), pools: Any = ()) -> Path:
 
 def capture(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
     events: list[dict[str, Any]] = []
-    monkeypatch.setattr(policy, "log", Logger(observer=events.append))
+    monkeypatch.setattr(
+        policy, "log", Logger(observer=cast(ILogObserver, events.append))
+    )
     return events
 
 

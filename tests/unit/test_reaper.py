@@ -168,7 +168,8 @@ def events() -> Iterator[EventLoggingObserver]:
 def run(reaper: Reaper) -> list[str]:
     done = ensureDeferred(reaper.reap_once())
     assert done.called
-    result: list[str] = done.result
+    result = done.result  # typed object: it could be a Failure
+    assert isinstance(result, list)
     return result
 
 

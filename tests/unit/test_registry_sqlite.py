@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
+from twisted.internet.interfaces import IReactorFromThreads
 
 from dcvix.common.errors import Conflict, NotFound
 from dcvix.common.gotime import parse_stored_time
@@ -855,7 +856,7 @@ def test_pin_fills_an_empty_pin_and_drops_the_claim(
     pinning = engine.pin_txn(db, A, KEY_A, LATER)
 
     record = get(db, A)
-    assert pinning == Pinning(record, dropped)
+    assert pinning == Pinning(record, dropped, pinned=True)
     assert (record.state, record.key_fingerprint, record.pinned) == (
         "registered",
         KEY_A,
@@ -893,8 +894,13 @@ def test_pin_leaves_pinned_pending_and_unknown_agents_alone(
 def test_approve_turns_a_claim_into_the_pin(db: sqlite3.Connection) -> None:
     adopted(db, A, "ws1", KEY_B)
     before = get(db, A)
+    with pytest.raises(Conflict, match=f"has a claim for key {KEY_B}: approve it"):
+        engine.approve_txn(db, A, "os:alice", LATER)  # without the key seen
+    with pytest.raises(Conflict, match=r"\(the claim changed\)"):
+        engine.approve_txn(db, A, "os:alice", LATER, claimed_key=KEY_A)
+    assert get(db, A) == before
 
-    result = engine.approve_txn(db, A, "os:alice", LATER)
+    result = engine.approve_txn(db, A, "os:alice", LATER, claimed_key=KEY_B)
 
     record = get(db, A)
     assert result == ActionResult(record, ())
@@ -1168,7 +1174,7 @@ def test_revoked_tokens(db: sqlite3.Connection) -> None:
 
 @pytest.fixture
 def pool() -> Iterator[ThreadPoolService]:
-    service = ThreadPoolService("db", 1, reactor)
+    service = ThreadPoolService("db", 1, IReactorFromThreads(reactor))
     service.startService()
     yield service
     service.stopService()
@@ -1230,7 +1236,7 @@ async def test_registry_runs_each_method_on_the_file(
     raw.close()
     assert await registry.claim(D, KEY_A, "10.0.0.5", NOW) == ""
     assert await registry.hostname_holders("WS4") == [D]
-    claim = await registry.approve(D, "os:alice", LATER)
+    claim = await registry.approve(D, "os:alice", LATER, claimed_key=KEY_A)
     assert (claim.record.key_fingerprint, claim.record.claimed_key) == (KEY_A, "")
     assert await registry.claim(E, KEY_A, "10.0.0.6", NOW) == ""
     pinning = await registry.pin(E, KEY_B, LATER)
@@ -1283,3 +1289,36 @@ def test_the_registry_refuses_a_corrupt_file(tmp_path: Path) -> None:
         SqliteRegistry(path, inline_runner)
 
     assert str(raised.value) == f"{path}: file is not a database"
+
+
+def test_to_pending_never_undoes_a_change_made_since_the_caller_read(
+    db: sqlite3.Connection,
+) -> None:
+    db.execute(
+        "INSERT INTO agents (guid, hostname, state, created_at) "
+        "VALUES (?, 'ws1', 'pending', ?)",
+        (A, to_db_time(NOW)),
+    )
+    seen = get(db, A)  # a registration read it: pending, no key
+    engine.approve_txn(db, A, "os:alice", NOW)  # the admin approves meanwhile
+    approved = get(db, A)
+
+    changed = engine.to_pending_txn(
+        db, A, "evil-host", KEY_B, "203.0.113.9", LATER, seen=seen
+    )
+
+    assert changed is False
+    assert get(db, A) == approved
+    assert engine.to_pending_txn(db, A, "ws2", KEY_B, "10.0.0.2", LATER, seen=approved)
+    assert (get(db, A).state, get(db, A).hostname) == ("pending", "ws2")
+
+
+def test_a_claim_does_not_survive_a_change_of_state(db: sqlite3.Connection) -> None:
+    adopted(db, A, "ws1", claim=KEY_B)
+    engine.revoke_txn(db, A, "os:alice", LATER)
+    assert (get(db, A).claimed_key, get(db, A).claimed_at) == ("", None)
+    engine.reactivate_txn(db, A, "os:alice", LATER)
+    record = get(db, A)
+    assert (record.state, record.claimed_key) == ("registered", "")
+    with pytest.raises(Conflict, match="cannot be approved"):
+        engine.approve_txn(db, A, "os:alice", LATER, claimed_key=KEY_B)

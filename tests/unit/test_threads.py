@@ -10,6 +10,7 @@ import pytest
 import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.defer import TimeoutError, gatherResults
+from twisted.internet.interfaces import IReactorFromThreads
 from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import LogLevel, globalLogPublisher
 
@@ -24,7 +25,7 @@ def pool() -> Iterator[PoolFactory]:
     started: list[ThreadPoolService] = []
 
     def start(name: str, max_threads: int) -> ThreadPoolService:
-        service = ThreadPoolService(name, max_threads, reactor)
+        service = ThreadPoolService(name, max_threads, IReactorFromThreads(reactor))
         service.startService()
         started.append(service)
         return service

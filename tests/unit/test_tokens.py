@@ -13,13 +13,13 @@ import stat
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pyseto
 import pytest
 from pyseto import Key
 from twisted.internet.task import Clock
-from twisted.logger import Logger, formatEvent
+from twisted.logger import ILogObserver, Logger, formatEvent
 
 from dcvix.common.daemon import StartupError
 from dcvix.director import tokens
@@ -71,6 +71,7 @@ def paseto_key(key: bytes = KEY) -> Any:
 def raw_claims(token: str, assertion: bytes = LOGIN_ASSERTION) -> Any:
     """The claims as they are on the wire, decrypted by pyseto alone."""
     decoded = pyseto.decode(paseto_key(), token, implicit_assertion=assertion)
+    assert isinstance(decoded.payload, bytes)  # no deserializer given
     return json.loads(decoded.payload)
 
 
@@ -392,7 +393,9 @@ def test_key_is_made_once_and_kept(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     events: list[dict[str, Any]] = []
-    monkeypatch.setattr(tokens, "log", Logger(observer=events.append))
+    monkeypatch.setattr(
+        tokens, "log", Logger(observer=cast(ILogObserver, events.append))
+    )
 
     first = load_token_key("", tmp_path)
     path = tmp_path / "token.key"

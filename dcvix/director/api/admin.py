@@ -78,14 +78,17 @@ class AdminRoutes:
     async def agent_action(
         self, request: IRequest, caller: Claims, guid: str, action: str
     ) -> bytes:
-        """``approve[?replace=true]``, ``deny``, ``revoke``, ``reactivate``, ``delete``.
+        """An admin action: approve, deny, revoke, reactivate or delete.
 
-        ``replace=true`` revokes a registered agent holding the same hostname
-        (else 409). Approving a registered agent's claimed key pins it. 404 for
-        an unknown GUID, 409 for a wrong state, 400 for a GUID not a UUID.
+        ``approve?replace=true`` revokes a registered agent holding the same hostname
+        (else 409). ``approve?key=F`` approves an adopted agent's claim for the key of
+        SHA-256 fingerprint F, which becomes its pin (409, naming the claim,
+        when F is not the current claim). 404 for an unknown GUID, 409 for a
+        wrong state, 400 for a GUID not a UUID.
         """
+        key = request.args.get(b"key", [b""])[0].decode("ascii", "replace")
         outcome = await self._admin.act(
-            action, guid, f"admin:{caller.user}", _flag(request, b"replace")
+            action, guid, f"admin:{caller.user}", _flag(request, b"replace"), key
         )
         answer: dict[str, Any] = {
             "agent": agent_json(

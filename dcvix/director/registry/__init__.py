@@ -83,11 +83,13 @@ class Pinning:
     """What pinning an adopted agent's key did.
 
     ``record`` is the agent afterwards; ``dropped_claim`` the fingerprint of a
-    differing claim that the pin discarded (empty when none).
+    differing claim that the pin discarded (empty when none); ``pinned`` whether
+    this call pinned (not when the agent had a pin already or is not registered).
     """
 
     record: AgentRecord | None
     dropped_claim: str = ""
+    pinned: bool = False
 
 
 class AuditTrail(Protocol):
@@ -156,12 +158,21 @@ class AgentRegistry(AuditTrail, RevokedTokens, Protocol):
         """
 
     async def to_pending(
-        self, guid: str, hostname: str, key: str, address: str, now: dt.datetime
-    ) -> None:
+        self,
+        guid: str,
+        hostname: str,
+        key: str,
+        address: str,
+        now: dt.datetime,
+        seen: AgentRecord | None = None,
+    ) -> bool:
         """A registered or pending agent goes (back) to pending with this key.
 
         The expiry of its last certificate is forgotten: the approval that
         follows stands for it. An agent revoked or denied meanwhile stays so.
+        With ``seen`` (the row the caller decided on), nothing changes unless
+        the row still has that state and key: an approval that came in between
+        is not undone. Whether the row changed.
         """
 
     async def claim(
@@ -191,13 +202,20 @@ class AgentRegistry(AuditTrail, RevokedTokens, Protocol):
         """
 
     async def approve(
-        self, guid: str, actor: str, now: dt.datetime, replace: bool = False
+        self,
+        guid: str,
+        actor: str,
+        now: dt.datetime,
+        replace: bool = False,
+        claimed_key: str = "",
     ) -> ActionResult:
         """Pending → registered with the key it registered with; or approve a claim.
 
-        For a registered agent without a pin but with a claimed key, the claim
-        becomes its pin. A registered agent holding the hostname is a conflict
-        unless ``replace``, which revokes it (audited).
+        For a registered agent without a pin but with a claim, the claim
+        becomes its pin only when ``claimed_key`` is the claimed fingerprint
+        (anyone may replace a claim; the admin approves the key they saw), else
+        a conflict naming the claim. A registered agent holding the hostname is
+        a conflict unless ``replace``, which revokes it (audited).
         """
 
     async def deny(self, guid: str, actor: str, now: dt.datetime) -> ActionResult:

@@ -225,6 +225,14 @@ def create_registered_txn(
         return False
 
 
+_TO_PENDING = (
+    "UPDATE agents SET state = ?, hostname = ?, key_fingerprint = ?, "
+    "address = ?, state_changed_at = ?, cert_expires_at = NULL, "
+    "claimed_key = NULL, claimed_at = NULL, adopted_duplicate = 0 "
+    "WHERE guid = ? AND state IN (?, ?)"
+)
+
+
 def to_pending_txn(
     connection: sqlite3.Connection,
     guid: str,
@@ -232,28 +240,24 @@ def to_pending_txn(
     key: str,
     address: str,
     now: dt.datetime,
-) -> None:
+    seen: AgentRecord | None = None,
+) -> bool:
     """A registered agent goes back to pending (new hostname, expiry).
 
-    See :meth:`AgentRegistry.to_pending`.
+    See :meth:`AgentRegistry.to_pending`. With ``seen``, only if the row still
+    has the state and key the caller decided on.
     """
     with transaction(connection):
-        connection.execute(
-            "UPDATE agents SET state = ?, hostname = ?, key_fingerprint = ?, "
-            "address = ?, state_changed_at = ?, cert_expires_at = NULL, "
-            "claimed_key = NULL, claimed_at = NULL, adopted_duplicate = 0 "
-            "WHERE guid = ? AND state IN (?, ?)",
-            (
-                PENDING,
-                hostname,
-                key,
-                address,
-                to_db_time(now),
-                guid,
-                REGISTERED,
-                PENDING,
-            ),
+        values: tuple[str, ...] = (REGISTERED, PENDING)
+        query = _TO_PENDING
+        if seen is not None:
+            query += " AND state = ? AND coalesce(key_fingerprint, '') = ?"
+            values = (REGISTERED, PENDING, seen.state, seen.key_fingerprint)
+        cursor = connection.execute(
+            query,
+            (PENDING, hostname, key, address, to_db_time(now), guid, *values),
         )
+        return cursor.rowcount == 1
 
 
 def claim_txn(
@@ -319,7 +323,7 @@ def pin_txn(
     with transaction(connection):
         record = get_txn(connection, guid)
         if record is None or record.state != REGISTERED or record.key_fingerprint:
-            return Pinning(record)
+            return Pinning(record, pinned=False)
         connection.execute(
             "UPDATE agents SET key_fingerprint = ?, claimed_key = NULL, "
             "claimed_at = NULL WHERE guid = ?",
@@ -339,6 +343,7 @@ def pin_txn(
         return Pinning(
             replace(record, key_fingerprint=key, claimed_key="", claimed_at=None),
             dropped,
+            pinned=True,
         )
 
 
@@ -364,10 +369,13 @@ def _set_state(
 ) -> None:
     registered_at = now if state == REGISTERED else record.registered_at
     # A row adopted as a duplicate keeps its flag only while it stays as it
-    # was adopted; any change of state puts it under the hostname rule.
+    # was adopted; any change of state puts it under the hostname rule. A
+    # claim is for the state it was made in: a revoked agent's claim must not
+    # be approvable after a reactivation.
     connection.execute(
         "UPDATE agents SET state = ?, state_changed_at = ?, registered_at = ?, "
-        "adopted_duplicate = 0 WHERE guid = ?",
+        "adopted_duplicate = 0, claimed_key = NULL, claimed_at = NULL "
+        "WHERE guid = ?",
         (state, to_db_time(now), to_db_time(registered_at), record.guid),
     )
 
@@ -378,6 +386,7 @@ def approve_txn(
     actor: str,
     now: dt.datetime,
     replace_holders: bool = False,
+    claimed_key: str = "",
 ) -> ActionResult:
     """Pending → registered, or a claim → the pin; see :meth:`AgentRegistry.approve`.
 
@@ -389,6 +398,13 @@ def approve_txn(
         if record is not None and record.state == REGISTERED and record.claimed_key:
             if record.key_fingerprint:
                 raise Conflict(f"agent {guid} is registered, it cannot be approved")
+            if claimed_key != record.claimed_key:
+                # Anyone may replace a claim: approve only the key the admin saw.
+                raise Conflict(
+                    f"agent {guid} has a claim for key {record.claimed_key}: "
+                    "approve it with that key"
+                    + (" (the claim changed)" if claimed_key else "")
+                )
             connection.execute(
                 "UPDATE agents SET key_fingerprint = claimed_key, claimed_key = NULL, "
                 "claimed_at = NULL WHERE guid = ?",
@@ -664,10 +680,16 @@ class SqliteRegistry:
         )
 
     async def to_pending(  # noqa: D102
-        self, guid: str, hostname: str, key: str, address: str, now: dt.datetime
-    ) -> None:
-        await self._run(
-            to_pending_txn, self._connection, guid, hostname, key, address, now
+        self,
+        guid: str,
+        hostname: str,
+        key: str,
+        address: str,
+        now: dt.datetime,
+        seen: AgentRecord | None = None,
+    ) -> bool:
+        return await self._run(
+            to_pending_txn, self._connection, guid, hostname, key, address, now, seen
         )
 
     async def claim(  # noqa: D102
@@ -691,9 +713,16 @@ class SqliteRegistry:
         return await self._run(pin_txn, self._connection, guid, key, now)
 
     async def approve(  # noqa: D102
-        self, guid: str, actor: str, now: dt.datetime, replace: bool = False
+        self,
+        guid: str,
+        actor: str,
+        now: dt.datetime,
+        replace: bool = False,
+        claimed_key: str = "",
     ) -> ActionResult:
-        return await self._run(approve_txn, self._connection, guid, actor, now, replace)
+        return await self._run(
+            approve_txn, self._connection, guid, actor, now, replace, claimed_key
+        )
 
     async def deny(self, guid: str, actor: str, now: dt.datetime) -> ActionResult:  # noqa: D102
         return await self._run(deny_txn, self._connection, guid, actor, now)
