@@ -32,6 +32,7 @@ from twisted.logger import Logger
 from dcvix.common.clock import now_utc
 from dcvix.common.daemon import StartupError, require_private_file
 from dcvix.common.files import atomic_write
+from dcvix.common.gotime import parse_time
 from dcvix.director.datadir import DirectorFiles
 
 log = Logger()
@@ -201,12 +202,8 @@ def _canonical(token: str) -> bool:
 
 
 def _parse_time(value: Any) -> dt.datetime | None:
-    if not isinstance(value, str):
-        return None
+    """A claim's RFC 3339 time (Go writes them), or None when it is not one."""
     try:
-        moment = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+        return parse_time(value)
     except ValueError:
         return None
-    if moment.tzinfo is None:
-        return None
-    return moment.astimezone(dt.UTC)

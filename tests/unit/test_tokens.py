@@ -302,7 +302,13 @@ def test_connection_claim_sealed_as_login_is_refused(service: TokenService) -> N
 
 @pytest.mark.parametrize(
     "exp",
-    ["2025-03-01T15:00:00+01:00", "2025-03-01T14:00:00Z", "2025-03-01T09:00:00-05:00"],
+    [
+        "2025-03-01T15:00:00+01:00",
+        "2025-03-01T14:00:00Z",
+        "2025-03-01T09:00:00-05:00",
+        # Go's time.RFC3339Nano, read by the one timestamp parser
+        "2025-03-01T14:00:00.000000000Z",
+    ],
 )
 def test_go_token_is_a_login_token_until_it_expires(
     clock: Clock, service: TokenService, exp: str
