@@ -446,12 +446,12 @@ def test_go_director_data_dir_is_adopted(
     assert_pending(register(director.port, key_b, guid_b, "go-ws-b"))
     line_b = agents_list_line(director, guid_b)
     assert f"registered (unpinned, claim {key_fingerprint(key_b)[:16]})" in line_b
-    # A stranger who read B's GUID replaces the claim, never B's state.
+    # A stranger who read B's GUID changes neither B's state nor, within the
+    # minute, its claim; the admin approves the key they checked.
     assert_pending(register(director.port, stranger, guid_b, "go-ws-b"))
     line_b = agents_list_line(director, guid_b)
-    assert f"registered (unpinned, claim {key_fingerprint(stranger)[:16]})" in line_b
-    assert_pending(register(director.port, key_b, guid_b, "go-ws-b"))
-    dcvixctl(director, "agents", "approve", guid_b)
+    assert f"registered (unpinned, claim {key_fingerprint(key_b)[:16]})" in line_b
+    dcvixctl(director, "agents", "approve", guid_b, "--key", key_fingerprint(key_b))
     mismatch = register(director.port, stranger, guid_b, "go-ws-b")
     assert (mismatch.status, mismatch.json) == (409, {"error": "key mismatch"})
     # C was pending under Go (no key known): its first key is recorded now.
