@@ -205,7 +205,7 @@ def check_policy(config: DirectorConfig) -> int:
     """``policy check``: 0 and a summary when both files are valid, else 1."""
     folder = Path(config.director.policydb_folder)
     try:
-        policy = load_policy(folder)
+        policy = load_policy(folder, config.director.auth_type == "ldap")
     except PolicyError as error:
         print(error, file=sys.stderr)
         return 1

@@ -1,4 +1,4 @@
-"""Fixtures for real system services (see ../shared/RECIPES.md §2).
+"""Fixtures for real system services (see ../shared/RECIPES.md §2 and §3).
 
 Import the fixtures into a test module that needs them::
 
@@ -14,15 +14,21 @@ failures under ``DCVIX_REQUIRE_SERVICES=1``.
 
 from __future__ import annotations
 
+import base64
 import os
 import secrets
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
+
+import certs
+from daemons import free_port
 
 PAM_DIR = Path("/etc/pam.d")
 # Root's tools live in sbin, which a test runner's PATH may lack.
@@ -38,11 +44,11 @@ class PamUser:
     password: str
 
 
-def system_tool(name: str) -> str:
-    """The absolute path of a system tool, or a skip saying it is missing."""
+def system_tool(name: str, package: str = "passwd") -> str:
+    """The absolute path of a system tool, or a skip naming its Debian package."""
     found = shutil.which(name, path=SYSTEM_PATH)
     if found is None:
-        pytest.skip(f"{name} is not installed (Debian package passwd)")
+        pytest.skip(f"{name} is not installed (Debian package {package})")
     return found
 
 
@@ -110,3 +116,336 @@ def pam_service_fixture() -> Iterator[str]:
         yield name
     finally:
         path.unlink(missing_ok=True)
+
+
+# ------------------------------------------------------------- OpenLDAP slapd
+
+LDAP_BASE_DN = "dc=dcvix,dc=test"
+LDAP_SERVICE_DN = "cn=svc-dcvix,dc=dcvix,dc=test"
+LDAP_PEOPLE = "ou=people," + LDAP_BASE_DN
+LDAP_REFERRAL = "ou=partner," + LDAP_BASE_DN
+SCHEMA_FILE = Path(__file__).parent / "dcvix-ad.schema"
+SLAPD_PACKAGES = "slapd, ldap-utils"
+
+
+@dataclass(frozen=True)
+class LdapUser:
+    """An entry of the test directory that can bind with ``password``."""
+
+    dn: str
+    password: str
+
+
+# sAMAccountName "alice", uid "asmith": typed "ALICE" finds her; her id is "alice".
+LDAP_ALICE = LdapUser("uid=asmith," + LDAP_PEOPLE, "Wonder-land.42")
+# sAMAccountName "Bob.Jones" (mixed case); a password that needs UTF-8.
+LDAP_BOB = LdapUser("cn=Bob Jones," + LDAP_PEOPLE, "Bøb ß;#pass\\wörd ")
+# No AD attributes at all: only uid "carol".
+LDAP_CAROL = LdapUser("uid=carol," + LDAP_PEOPLE, "Carol-pw-3")
+# Two uid values, "dave" and "david"; sAMAccountName "dave".
+LDAP_DAVE = LdapUser("uid=dave," + LDAP_PEOPLE, "Dave-pw-4")
+# Two entries with the same sAMAccountName "twin".
+LDAP_TWINS = (
+    LdapUser("uid=twin1," + LDAP_PEOPLE, "Twin-pw-5"),
+    LdapUser("uid=twin2,ou=contractors," + LDAP_BASE_DN, "Twin-pw-5"),
+)
+
+SLAPD_CONF = """\
+include   /etc/ldap/schema/core.schema
+include   /etc/ldap/schema/cosine.schema
+include   /etc/ldap/schema/inetorgperson.schema
+include   /etc/ldap/schema/nis.schema
+include   {schema}
+modulepath /usr/lib/ldap
+moduleload back_mdb
+pidfile   {folder}/slapd.pid
+argsfile  {folder}/slapd.args
+TLSCertificateFile    {folder}/server.crt
+TLSCertificateKeyFile {folder}/server.key
+
+database  mdb
+maxsize   33554432
+suffix    "{base}"
+rootdn    "cn=admin,{base}"
+rootpw    {root_password}
+directory {folder}/data
+index     objectClass,uid,sAMAccountName eq
+access to attrs=userPassword by anonymous auth by self write by * none
+access to * by users read by * none
+"""
+
+
+def _ldif_line(attribute: str, value: str) -> str:
+    """``attribute: value``, base64 (``::``) when LDIF requires it."""
+    plain = value.isascii() and value.isprintable() and value == value.strip()
+    if plain and not value.startswith((":", "<")):
+        return f"{attribute}: {value}"
+    return f"{attribute}:: {base64.b64encode(value.encode()).decode()}"
+
+
+def _ldif_entry(dn: str, *attributes: tuple[str, str]) -> str:
+    return "\n".join([_ldif_line("dn", dn)] + [_ldif_line(*a) for a in attributes])
+
+
+def _ldap_entries(service_password: str) -> str:
+    ad = ("objectClass", "dcvixTestADUser")
+    person = ("objectClass", "inetOrgPerson")
+    entries = [
+        _ldif_entry(
+            LDAP_BASE_DN,
+            ("objectClass", "dcObject"),
+            ("objectClass", "organization"),
+            ("o", "dcvix test"),
+            ("dc", "dcvix"),
+        ),
+        _ldif_entry(
+            LDAP_PEOPLE, ("objectClass", "organizationalUnit"), ("ou", "people")
+        ),
+        _ldif_entry(
+            "ou=contractors," + LDAP_BASE_DN,
+            ("objectClass", "organizationalUnit"),
+            ("ou", "contractors"),
+        ),
+        # AD answers a search from the domain root with references to other
+        # partitions as well: they are not entries, and are not followed.
+        _ldif_entry(
+            LDAP_REFERRAL,
+            ("objectClass", "referral"),
+            ("objectClass", "extensibleObject"),
+            ("ou", "partner"),
+            ("ref", "ldap://partner.invalid/ou=people,dc=partner,dc=test"),
+        ),
+        _ldif_entry(
+            LDAP_SERVICE_DN,
+            ("objectClass", "person"),
+            ("cn", "svc-dcvix"),
+            ("sn", "service"),
+            ("userPassword", service_password),
+        ),
+        _ldif_entry(
+            LDAP_ALICE.dn,
+            person,
+            ad,
+            ("uid", "asmith"),
+            ("cn", "Alice Smith"),
+            ("sn", "Smith"),
+            ("sAMAccountName", "alice"),
+            ("userPrincipalName", "alice@dcvix.test"),
+            ("userPassword", LDAP_ALICE.password),
+        ),
+        _ldif_entry(
+            LDAP_BOB.dn,
+            person,
+            ad,
+            ("uid", "bjones"),
+            ("cn", "Bob Jones"),
+            ("sn", "Jones"),
+            ("sAMAccountName", "Bob.Jones"),
+            ("userPassword", LDAP_BOB.password),
+        ),
+        _ldif_entry(
+            LDAP_CAROL.dn,
+            person,
+            ("uid", "carol"),
+            ("cn", "Carol"),
+            ("sn", "Carol"),
+            ("userPassword", LDAP_CAROL.password),
+        ),
+        _ldif_entry(
+            LDAP_DAVE.dn,
+            person,
+            ad,
+            ("uid", "dave"),
+            ("uid", "david"),
+            ("cn", "Dave"),
+            ("sn", "Dave"),
+            ("sAMAccountName", "dave"),
+            ("userPassword", LDAP_DAVE.password),
+        ),
+    ]
+    for number, twin in enumerate(LDAP_TWINS, 1):
+        entries.append(
+            _ldif_entry(
+                twin.dn,
+                person,
+                ad,
+                ("uid", f"twin{number}"),
+                ("cn", f"Twin {number}"),
+                ("sn", "Twin"),
+                ("sAMAccountName", "twin"),
+                ("userPassword", twin.password),
+            )
+        )
+    return "\n\n".join(entries) + "\n"
+
+
+@dataclass
+class Slapd:
+    """A throwaway slapd: ldap:// and ldaps:// on 127.0.0.1, ldapi:// in ``folder``.
+
+    Its ldaps:// port also listens on 127.0.0.2, a name its certificate
+    (``localhost``, ``127.0.0.1``) does not carry. ``-d 256`` writes every
+    operation (the filter of each search included) to ``log``.
+    """
+
+    folder: Path
+    port: int
+    tls_port: int
+    ca_file: Path
+    bind_password: str
+    process: subprocess.Popen[bytes] | None = None
+    base_dn: str = LDAP_BASE_DN
+    bind_dn: str = LDAP_SERVICE_DN
+
+    @property
+    def ldap_url(self) -> str:
+        return f"ldap://127.0.0.1:{self.port}"
+
+    @property
+    def ldaps_url(self) -> str:
+        return f"ldaps://127.0.0.1:{self.tls_port}"
+
+    @property
+    def socket(self) -> Path:
+        return self.folder / "ldapi"
+
+    @property
+    def ldapi_url(self) -> str:
+        return "ldapi://" + quote(str(self.socket), safe="")
+
+    @property
+    def log(self) -> Path:
+        return self.folder / "slapd.log"
+
+    def log_text(self) -> str:
+        """Everything slapd logged, all starts together."""
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def start(self) -> None:
+        slapd = system_tool("slapd", SLAPD_PACKAGES)
+        listeners = " ".join(
+            [
+                f"{self.ldap_url}/",
+                f"{self.ldaps_url}/",
+                f"ldaps://127.0.0.2:{self.tls_port}/",
+                f"{self.ldapi_url}/",
+            ]
+        )
+        with self.log.open("ab") as output:
+            self.process = subprocess.Popen(
+                [
+                    slapd,
+                    "-d",
+                    "256",
+                    "-f",
+                    str(self.folder / "slapd.conf"),
+                    "-h",
+                    listeners,
+                ],
+                stdout=output,
+                stderr=subprocess.STDOUT,
+            )
+        self._wait_ready()
+
+    def _wait_ready(self, timeout: float = 15.0) -> None:
+        """Until the service account can bind over TCP and over the socket."""
+        whoami = system_tool("ldapwhoami", SLAPD_PACKAGES)
+        deadline = time.monotonic() + timeout
+        pending = [self.ldap_url, self.ldapi_url]
+        password = self.bind_password
+        while pending:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise RuntimeError(
+                    f"slapd exited {self.process.returncode}: {self.log_text()}"
+                )
+            done = subprocess.run(
+                [whoami, "-x", "-H", pending[0], "-D", self.bind_dn, "-w", password],
+                capture_output=True,
+                text=True,
+                env={"LDAPNOINIT": "1", "PATH": SYSTEM_PATH},
+                check=False,
+            )
+            if done.returncode == 0:
+                pending.pop(0)
+                continue
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"slapd not ready: {done.stderr.strip()}")
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def restart(self) -> None:
+        """Stop and start again: same ports, same data; every client is cut off."""
+        self.stop()
+        self.start()
+
+
+def prepare_slapd(folder: Path) -> Slapd:
+    """A loaded, not yet started slapd in ``folder``, with its own CA."""
+    for tool in ("slapd", "slapadd", "ldapwhoami"):
+        system_tool(tool, SLAPD_PACKAGES)
+    schemas = Path("/etc/ldap/schema")
+    if not (schemas / "inetorgperson.schema").exists():
+        pytest.skip(f"{schemas} has no inetorgperson.schema (Debian package slapd)")
+    (folder / "data").mkdir(parents=True)
+    ca = certs.CA.create("dcvix test LDAP CA")
+    ca.issue("localhost", ["localhost"], ["127.0.0.1"]).write(folder, "server")
+    ca_file = ca.write(folder, "ca.pem")
+    service_password = "svc-" + secrets.token_urlsafe(12)
+    conf = folder / "slapd.conf"
+    conf.write_text(
+        SLAPD_CONF.format(
+            schema=SCHEMA_FILE,
+            folder=folder,
+            base=LDAP_BASE_DN,
+            root_password="root-" + secrets.token_urlsafe(12),
+        )
+    )
+    ldif = folder / "entries.ldif"
+    ldif.write_text(_ldap_entries(service_password))
+    loaded = subprocess.run(
+        [
+            system_tool("slapadd", SLAPD_PACKAGES),
+            "-q",
+            "-f",
+            str(conf),
+            "-l",
+            str(ldif),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if loaded.returncode != 0:
+        raise RuntimeError(f"slapadd exited {loaded.returncode}: {loaded.stderr}")
+    return Slapd(folder, free_port(), free_port(), ca_file, service_password)
+
+
+@pytest.fixture(scope="session", name="slapd")
+def slapd_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Slapd]:
+    """One slapd for the whole session; tests must not stop or change it."""
+    server = prepare_slapd(tmp_path_factory.mktemp("slapd"))
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(name="own_slapd")
+def own_slapd_fixture(tmp_path: Path) -> Iterator[Slapd]:
+    """A slapd of the test's own, which it may stop and restart."""
+    server = prepare_slapd(tmp_path / "slapd")
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()

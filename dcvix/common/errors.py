@@ -65,3 +65,9 @@ class GatewayTimeout(ApiError):
     """504: an agent did not answer in time."""
 
     status = 504
+
+
+class ServiceUnavailable(ApiError):
+    """503: too busy to take this now; try again shortly."""
+
+    status = 503

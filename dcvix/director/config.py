@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 from dcvix.common.config import (
     BOOLEAN,
@@ -17,6 +18,7 @@ from dcvix.common.config import (
     SECRET,
     TEXT,
     WORDS,
+    Kind,
     LoadedConfig,
     LogSection,
     choice,
@@ -24,6 +26,19 @@ from dcvix.common.config import (
     setting,
     url,
 )
+
+
+def _parse_ldap_url(text: str) -> str:
+    parts = urlsplit(text)
+    if parts.scheme == "ldapi" or (
+        parts.scheme in ("ldap", "ldaps") and parts.hostname
+    ):
+        return text
+    raise ValueError(f"{text!r} is not an ldap, ldaps or ldapi URL")
+
+
+# ldapi:// names a socket path (percent-encoded) where others name a host.
+LDAP_URL: Kind[str] = Kind("ldap/ldaps/ldapi URL", _parse_ldap_url)
 
 
 @dataclass(frozen=True)
@@ -91,6 +106,12 @@ class DirectorSection:
     login_lockout: float = setting(
         POSITIVE_DURATION, 300.0, "How long a login lockout lasts."
     )
+    auth_concurrency: int = setting(
+        integer(1), 8, "Login back-end calls (threads or processes) at once."
+    )
+    auth_queue: int = setting(
+        integer(0), 64, "Logins waiting for a back end; beyond them: 503 at once."
+    )
 
 
 @dataclass(frozen=True)
@@ -104,9 +125,7 @@ class PamSection:
 class LdapSection:
     """``[ldap_auth]``."""
 
-    ldap_address: str = setting(
-        url("ldap", "ldaps"), "ldap://127.0.0.1:389", "LDAP server URL."
-    )
+    ldap_address: str = setting(LDAP_URL, "ldap://127.0.0.1:389", "LDAP server URL.")
     ldap_base_dn: str = setting(TEXT, "dc=example,dc=com", "Search base.")
     ldap_bind_user: str = setting(
         TEXT, "cn=admin,dc=example,dc=com", "DN the director binds as to search."
@@ -115,7 +134,23 @@ class LdapSection:
         SECRET, "password", "Password of ldap_bind_user.", secret=True
     )
     ldap_filter: str = setting(
-        TEXT, "(sAMAccountName=%s)", "User search filter; %s is the user id."
+        TEXT,
+        "(sAMAccountName=%s)",
+        "User search filter; each %s is the user id, escaped.",
+    )
+    ldap_user_attribute: str = setting(
+        TEXT,
+        "sAMAccountName",
+        "Attribute of the entry found that is the user id tokens and policy use.",
+    )
+    ldap_starttls: bool = setting(
+        BOOLEAN, False, "Upgrade an ldap:// connection with StartTLS."
+    )
+    ldap_ca_file: str = setting(
+        PATH, "", "CA certificates for ldaps:// and StartTLS; empty: the system's."
+    )
+    ldap_timeout: float = setting(
+        POSITIVE_DURATION, 10.0, "Time limit to connect and for each answer."
     )
     otp_type: str = setting(
         choice("disabled", "privacyidea", "external"), "disabled", "Second factor."

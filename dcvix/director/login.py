@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 
+from twisted.internet.defer import CancelledError
 from twisted.logger import Logger
 
 from dcvix.common.errors import BadRequest, Forbidden, TooManyRequests, Unauthorized
@@ -70,7 +71,11 @@ class LoginService:
             raise TooManyRequests("too many failed logins; try again later")
         self._throttle.started(user, address)
         try:
-            result = await self._check(user, body.password, body.otp, admin)
+            result, canonical = await self._check(user, body.password, body.otp, admin)
+        except CancelledError:
+            # The client hung up; its guess still reached the back end.
+            self._throttle.failed(user, address)
+            raise
         finally:
             self._throttle.ended(user, address)
         if result != "ok":
@@ -80,28 +85,39 @@ class LoginService:
             )
             raise Unauthorized(FAILED)
         self._throttle.succeeded(user, address)
-        token, expires = self._tokens.issue(user, ADMIN if admin else USER)
-        await self._audit.record(user, route, address, f"backend={backend} result=ok")
+        token, expires = self._tokens.issue(canonical, ADMIN if admin else USER)
+        detail = f"backend={backend} result=ok"
+        if canonical != user:
+            detail += f" as {canonical}"
+        await self._audit.record(user, route, address, detail)
         return token, expires
 
-    async def _check(self, user: str, password: str, otp: str, admin: bool) -> str:
+    async def _check(
+        self, user: str, password: str, otp: str, admin: bool
+    ) -> tuple[str, str]:
+        """("ok", the canonical user id), or (why it failed, "")."""
         if not password:
             # Never handed to a back end: for LDAP it would be an anonymous bind.
-            return "empty password"
+            return "empty password", ""
         try:
-            ok = await self._authenticator.authenticate(user, password, otp)
+            canonical = await self._authenticator.authenticate(user, password, otp)
         except AuthUnavailable as error:
             log.error(
                 "login back end could not decide for {user}: {error}",
                 user=user,
                 error=str(error),
             )
-            return "backend unavailable"
-        if not ok:
-            return "rejected"
-        if admin and not self._policy.current.is_admin(user):
-            return "not an admin"
-        return "ok"
+            return "backend unavailable", ""
+        if canonical is None:
+            return "rejected", ""
+        if not valid_id(canonical):
+            log.error(
+                "login back end answered an unusable user id for {user}", user=user
+            )
+            return "backend unavailable", ""
+        if admin and not self._policy.current.is_admin(canonical):
+            return "not an admin", ""
+        return "ok", canonical
 
     async def logout(self, token: str | None, address: str) -> None:
         """Revoke a valid login token until it would have expired."""

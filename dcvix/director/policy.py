@@ -56,11 +56,39 @@ class Policy:
     users: dict[str, UserPolicy] = field(default_factory=dict)
     pools: dict[str, PoolPolicy] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()
+    ignore_case: bool = False
+
+    def user(self, user_id: str) -> UserPolicy | None:
+        """The entry of ``user_id``, or None.
+
+        Matched exactly, as Go does; with ``ignore_case`` (LDAP logins), in
+        any ASCII case (see :func:`ascii_fold`).
+        """
+        entry = self.users.get(user_id)
+        if entry is None and self.ignore_case:
+            folded = ascii_fold(user_id)
+            entry = next(
+                (u for u in self.users.values() if ascii_fold(u.id) == folded), None
+            )
+        return entry
 
     def is_admin(self, user: str) -> bool:
-        """Whether ``users.json`` says ``user`` is an admin (exact id match)."""
-        entry = self.users.get(user)
+        """Whether ``users.json`` says ``user`` is an admin."""
+        entry = self.user(user)
         return entry is not None and entry.admin
+
+
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
+def ascii_fold(text: str) -> str:
+    """``text`` with A-Z lowered and nothing else changed.
+
+    Full case folding would match ids a directory keeps apart (``ß`` and
+    ``ss``), letting one account pass for another's policy entry; ids that
+    differ beyond ASCII case must match exactly.
+    """
+    return text.translate(_ASCII_LOWER)
 
 
 def valid_id(text: str) -> bool:
@@ -179,13 +207,18 @@ def parse_pools(path: Path) -> list[PoolPolicy]:
     return pools
 
 
-def load_policy(folder: Path) -> Policy:
+def load_policy(folder: Path, ignore_case: bool = False) -> Policy:
     """Read and check both files.
+
+    ``ignore_case``: user ids are matched in any case (LDAP logins), so two
+    users whose ids differ only in case are refused.
 
     Raises:
         PolicyError: the first problem found.
     """
     users = parse_users(folder / "users.json")
+    if ignore_case:
+        _unique((ascii_fold(u.id) for u in users), folder / "users.json")
     pools = parse_pools(folder / "pools.json")
     known = {p.id for p in pools}
     warnings = tuple(
@@ -194,7 +227,9 @@ def load_policy(folder: Path) -> Policy:
         for p in u.pools
         if p not in known
     )
-    return Policy({u.id: u for u in users}, {p.id: p for p in pools}, warnings)
+    return Policy(
+        {u.id: u for u in users}, {p.id: p for p in pools}, warnings, ignore_case
+    )
 
 
 def ensure_policy_files(folder: Path) -> None:
@@ -210,9 +245,10 @@ def ensure_policy_files(folder: Path) -> None:
 class PolicyHolder:
     """The policy in force; :meth:`reload` keeps it when the files are bad."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, ignore_case: bool = False) -> None:
         self.folder = folder
-        self.current = load_policy(folder)
+        self._ignore_case = ignore_case
+        self.current = load_policy(folder, ignore_case)
         self._announce()
 
     def _announce(self) -> None:
@@ -229,7 +265,7 @@ class PolicyHolder:
     def reload(self) -> bool:
         """Re-read the files; on failure log it and keep the last good policy."""
         try:
-            fresh = load_policy(self.folder)
+            fresh = load_policy(self.folder, self._ignore_case)
         except PolicyError as error:
             log.error(
                 "policy not reloaded, keeping the last good one: {error}",

@@ -36,7 +36,9 @@ from dcvix.director.api.root import DirectorRoot
 from dcvix.director.api.sessions import SessionRoutes
 from dcvix.director.audit import Audit
 from dcvix.director.auth import Authenticator
+from dcvix.director.auth.admission import AdmissionBound, BoundedAuthenticator
 from dcvix.director.auth.external import ExternalAuthenticator
+from dcvix.director.auth.ldap import LdapAuthenticator
 from dcvix.director.auth.pam import PamAuthenticator
 from dcvix.director.ca import (
     LOOPBACK,
@@ -59,7 +61,6 @@ from dcvix.director.tokens import TokenService, load_token_key
 
 log = Logger()
 
-AUTH_THREADS = 4
 TOKEN_VACUUM_SECONDS = 3600.0
 
 
@@ -99,10 +100,10 @@ class _StoreCloser(Service):
         self._registry.close()
 
 
-def _policy(folder: Path) -> PolicyHolder:
+def _policy(folder: Path, ignore_case: bool) -> PolicyHolder:
     try:
         ensure_policy_files(folder)
-        return PolicyHolder(folder)
+        return PolicyHolder(folder, ignore_case)
     except PolicyError as error:
         raise StartupError(str(error)) from None
     except OSError as error:
@@ -119,8 +120,14 @@ def _authenticator(
         return ExternalAuthenticator(
             reactor, config.external_auth.external_command, config.external_auth.args
         )
+    if kind == "ldap":
+        try:
+            return LdapAuthenticator(config.ldap_auth, pool)
+        except ValueError as error:
+            raise StartupError(f"[ldap_auth] {error}") from None
     raise StartupError(
-        f"auth_type = {kind} is not available in this version yet (use pam or external)"
+        f"auth_type = {kind} is not available in this version yet "
+        "(use pam, ldap or external)"
     )
 
 
@@ -184,15 +191,20 @@ def build_director(
         reactor,
     )
 
-    policy = _policy(Path(settings.policydb_folder))
+    # LDAP matches ids in any case, and a Go users.json may spell them otherwise.
+    policy = _policy(Path(settings.policydb_folder), settings.auth_type == "ldap")
     tokens = TokenService(load_token_key(settings.token_key, data_dir), reactor)
-    auth_pool = ThreadPoolService("auth", AUTH_THREADS, reactor)
+    # As many threads as back-end calls may run at once: the bound is the limit.
+    auth_pool = ThreadPoolService("auth", settings.auth_concurrency, reactor)
     auth_pool.setServiceParent(root)
     throttle = LoginThrottle(
         settings.login_max_failures, settings.login_lockout, reactor
     )
     logins = LoginService(
-        deps.authenticator(config, reactor, auth_pool),
+        BoundedAuthenticator(
+            deps.authenticator(config, reactor, auth_pool),
+            AdmissionBound(settings.auth_concurrency, settings.auth_queue, reactor),
+        ),
         tokens,
         policy,
         registry,

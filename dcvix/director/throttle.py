@@ -2,9 +2,25 @@
 
 from __future__ import annotations
 
+import unicodedata
 from collections import defaultdict
 
 from twisted.internet.interfaces import IReactorTime
+
+
+def same_user(user: str) -> str:
+    """The throttle's key for a user id: what a directory would take as one name.
+
+    LDAP servers match names ignoring case, compatibility forms (full-width
+    letters are the plain ones), invisible format characters and
+    insignificant spaces (RFC 4518), so all of those share one count of
+    failures; folding more than a directory does only makes the lock stricter.
+    """
+    folded = unicodedata.normalize(
+        "NFKC", unicodedata.normalize("NFKC", user).casefold()
+    )
+    visible = "".join(c for c in folded if unicodedata.category(c) != "Cf")
+    return " ".join(visible.split())
 
 
 class LoginThrottle:
@@ -16,8 +32,7 @@ class LoginThrottle:
     attacker's own good login must not reset the address's.
     Attempts still waiting for the back end count as failures until they end,
     so a burst of simultaneous logins cannot slip past the limit. User names
-    are compared case-folded: LDAP, for one, does not tell ``Alice`` from
-    ``alice``.
+    are compared as LDAP compares them (:func:`same_user`).
     """
 
     def __init__(self, max_failures: int, lockout: float, clock: IReactorTime) -> None:
@@ -30,7 +45,7 @@ class LoginThrottle:
 
     @staticmethod
     def _keys(user: str, address: str) -> tuple[tuple[str, str], tuple[str, str]]:
-        return ("user", user.casefold()), ("address", address)
+        return ("user", same_user(user)), ("address", address)
 
     def _recent(self, key: tuple[str, str]) -> list[float]:
         horizon = self._clock.seconds() - self._lockout

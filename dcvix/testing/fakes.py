@@ -26,11 +26,11 @@ class PasswordAuthenticator:
         self.passwords = dict(passwords)
         self.calls: list[tuple[str, str, str]] = []
 
-    async def authenticate(self, user: str, password: str, otp: str) -> bool:
-        """Whether ``password`` is ``user``'s in the table."""
+    async def authenticate(self, user: str, password: str, otp: str) -> str | None:
+        """``user`` when ``password`` is theirs in the table, else None."""
         self.calls.append((user, password, otp))
         known = self.passwords.get(user)
-        return known is not None and known == password
+        return user if known is not None and known == password else None
 
 
 @dataclass(frozen=True)

@@ -48,13 +48,13 @@ async def sleep(seconds: float) -> None:
     await deferLater(reactor, seconds, lambda: None)
 
 
-async def timed(call: Awaitable[bool]) -> tuple[bool, float]:
+async def timed(call: Awaitable[str | None]) -> tuple[str | None, float]:
     start = time.monotonic()
     result = await call
     return result, time.monotonic() - start
 
 
-async def raises_unavailable(call: Awaitable[bool]) -> float:
+async def raises_unavailable(call: Awaitable[str | None]) -> float:
     """Seconds until ``call`` raised AuthUnavailable (fails if it did not)."""
     start = time.monotonic()
     with pytest.raises(AuthUnavailable):
@@ -137,7 +137,10 @@ async def test_pam_accepts_the_right_password(
 ) -> None:
     backend = PamAuthenticator(pam_service, pam_pool, timeout=10)
     assert backend.name == "pam"
-    assert await backend.authenticate(pam_user.name, pam_user.password, "") is True
+    assert (
+        await backend.authenticate(pam_user.name, pam_user.password, "")
+        == pam_user.name
+    )
 
 
 @pytest_twisted.ensureDeferred
@@ -145,7 +148,10 @@ async def test_pam_ignores_the_otp(
     pam_user: PamUser, pam_service: str, pam_pool: ThreadPoolService
 ) -> None:
     backend = PamAuthenticator(pam_service, pam_pool, timeout=10)
-    assert await backend.authenticate(pam_user.name, pam_user.password, "123456")
+    assert (
+        await backend.authenticate(pam_user.name, pam_user.password, "123456")
+        == pam_user.name
+    )
 
 
 @pytest_twisted.ensureDeferred
@@ -156,7 +162,7 @@ async def test_pam_rejects_a_wrong_password_fast_on_a_nodelay_service(
     ok, seconds = await timed(
         backend.authenticate(pam_user.name, pam_user.password + "x", "")
     )
-    assert ok is False
+    assert ok is None
     assert seconds < 0.5
 
 
@@ -168,7 +174,7 @@ async def test_pam_rejects_an_unknown_user(
     ok, seconds = await timed(
         backend.authenticate("dcvixnouser" + secrets.token_hex(4), "whatever", "")
     )
-    assert ok is False
+    assert ok is None
     assert seconds < 0.5
 
 
@@ -180,10 +186,13 @@ async def test_pam_refuses_an_empty_password_without_asking_pam(
     pam_calls: list[tuple[str, str]],
 ) -> None:
     backend = PamAuthenticator(pam_service, pam_pool, timeout=10)
-    assert await backend.authenticate(pam_user.name, "", "") is False
+    assert await backend.authenticate(pam_user.name, "", "") is None
     assert pam_calls == []
     # The spy does see a real call.
-    assert await backend.authenticate(pam_user.name, pam_user.password, "") is True
+    assert (
+        await backend.authenticate(pam_user.name, pam_user.password, "")
+        == pam_user.name
+    )
     assert pam_calls == [(pam_service, pam_user.name)]
 
 
@@ -221,7 +230,7 @@ async def test_pam_refuses_unusable_characters_without_asking_pam(
     backend = PamAuthenticator(pam_service, pam_pool, timeout=10)
     user = pam_user.name + user_suffix
     password = pam_user.password + password_suffix
-    assert await backend.authenticate(user, password, "") is False
+    assert await backend.authenticate(user, password, "") is None
     assert pam_calls == []
 
 
@@ -232,10 +241,13 @@ async def test_pam_rejects_a_locked_account(
     backend = PamAuthenticator(pam_service, pam_pool, timeout=10)
     run_tool("usermod", "--lock", pam_user.name)
     try:
-        assert await backend.authenticate(pam_user.name, pam_user.password, "") is False
+        assert await backend.authenticate(pam_user.name, pam_user.password, "") is None
     finally:
         run_tool("usermod", "--unlock", pam_user.name)
-    assert await backend.authenticate(pam_user.name, pam_user.password, "") is True
+    assert (
+        await backend.authenticate(pam_user.name, pam_user.password, "")
+        == pam_user.name
+    )
 
 
 @pytest_twisted.ensureDeferred
@@ -245,10 +257,13 @@ async def test_pam_rejects_an_expired_account(
     backend = PamAuthenticator(pam_service, pam_pool, timeout=10)
     run_tool("chage", "--expiredate", "0", pam_user.name)
     try:
-        assert await backend.authenticate(pam_user.name, pam_user.password, "") is False
+        assert await backend.authenticate(pam_user.name, pam_user.password, "") is None
     finally:
         run_tool("chage", "--expiredate", "-1", pam_user.name)
-    assert await backend.authenticate(pam_user.name, pam_user.password, "") is True
+    assert (
+        await backend.authenticate(pam_user.name, pam_user.password, "")
+        == pam_user.name
+    )
 
 
 # Debian's `login` service asks for a 3 s delay after a failure
@@ -295,7 +310,7 @@ async def test_pam_login_service_fails_after_its_delay_without_blocking_reactor(
     finally:
         ticker.stop()
     await ticking
-    assert ok is False
+    assert ok is None
     assert FAIL_DELAY_MIN < seconds < FAIL_DELAY_MAX
     assert len(during) >= 15
     # No tick waited for PAM: the reactor never stalled.
@@ -328,12 +343,12 @@ def external(tmp_path: Path) -> ScriptFactory:
 async def test_external_exit_0_accepts(external: ScriptFactory) -> None:
     backend = external("exit 0\n")
     assert backend.name == "external"
-    assert await backend.authenticate("alice", "s3cret", "") is True
+    assert await backend.authenticate("alice", "s3cret", "") == "alice"
 
 
 @pytest_twisted.ensureDeferred
 async def test_external_exit_1_rejects(external: ScriptFactory) -> None:
-    assert await external("exit 1\n").authenticate("alice", "s3cret", "") is False
+    assert await external("exit 1\n").authenticate("alice", "s3cret", "") is None
 
 
 @pytest.mark.parametrize("body", ["exit 3\n", "exit 255\n", "kill -KILL $$\n"])
@@ -350,7 +365,7 @@ async def test_external_receives_exactly_three_lines_on_stdin(
 ) -> None:
     got = tmp_path / "stdin"
     backend = external(f'cat > "{got}"\nexit 0\n')
-    assert await backend.authenticate("alice", "pass word; $(x)", "123456") is True
+    assert await backend.authenticate("alice", "pass word; $(x)", "123456") == "alice"
     assert got.read_bytes() == b"alice\npass word; $(x)\n123456\n"
 
 
@@ -360,7 +375,7 @@ async def test_external_empty_otp_is_an_empty_third_line(
 ) -> None:
     got = tmp_path / "stdin"
     backend = external(f'cat > "{got}"\nexit 1\n')
-    assert await backend.authenticate("bob", "pw", "") is False
+    assert await backend.authenticate("bob", "pw", "") is None
     assert got.read_bytes() == b"bob\npw\n\n"
 
 
@@ -376,10 +391,10 @@ async def test_external_refuses_bad_characters_before_running(
     backend = external(f'touch "{marker}"\nexit 0\n')
     fields = {"user": "alice", "password": "s3cret", "otp": "123456"}
     fields[field] = fields[field][:2] + bad + fields[field][2:]
-    assert await backend.authenticate(**fields) is False
+    assert await backend.authenticate(**fields) is None
     assert not marker.exists()
     # The same script does run for clean fields.
-    assert await backend.authenticate("alice", "s3cret", "123456") is True
+    assert await backend.authenticate("alice", "s3cret", "123456") == "alice"
     assert marker.exists()
 
 
@@ -432,7 +447,7 @@ async def test_external_noisy_command_output_is_capped(
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    assert ok is True
+    assert ok == "alice"
     # 20 MB went through the pipes; only the 64 KiB caps were ever held.
     assert peak < 2 * 1024 * 1024
     logged = [event["stderr"] for event in events if "stderr" in event]
@@ -446,7 +461,7 @@ async def test_external_runs_with_an_explicit_environment(
     monkeypatch.setenv("DCVIX_TEST_MARKER", "leaked-" + secrets.token_hex(4))
     dump = tmp_path / "env"
     backend = external(f'env > "{dump}"\nexit 0\n')
-    assert await backend.authenticate("alice", "s3cret", "") is True
+    assert await backend.authenticate("alice", "s3cret", "") == "alice"
     variables = dict(line.split("=", 1) for line in dump.read_text().splitlines())
     assert "DCVIX_TEST_MARKER" not in variables
     assert "leaked-" not in dump.read_text()
@@ -465,7 +480,7 @@ async def test_external_stderr_is_logged_only_at_debug(
         f'echo "{secret}" >&2\nread user; read password; echo "$password" >&2\nexit 1\n'
     )
     password = "pw-" + secrets.token_hex(6)
-    assert await backend.authenticate("alice", password, "") is False
+    assert await backend.authenticate("alice", password, "") is None
     mentioning = events_mentioning(events, secret)
     assert len(mentioning) == 1
     assert mentioning[0]["log_level"] == LogLevel.debug
@@ -511,5 +526,5 @@ async def test_external_passes_its_arguments(tmp_path: Path) -> None:
     got = tmp_path / "argv"
     command = script(tmp_path, f'printf "%s\\n" "$@" > "{got}"\nexit 0\n')
     backend = ExternalAuthenticator(reactor, command, ["--mode", "a b"], timeout=5)
-    assert await backend.authenticate("alice", "pw", "") is True
+    assert await backend.authenticate("alice", "pw", "") == "alice"
     assert got.read_text() == "--mode\na b\n"

@@ -246,7 +246,7 @@ DIRECTOR_REJECTIONS = [
         "ldap_auth",
         "ldap_address",
         "http://ldap.example",
-        "'http://ldap.example' is not a ldap or ldaps URL",
+        "'http://ldap.example' is not an ldap, ldaps or ldapi URL",
     ),
     (
         "ldap_auth",
@@ -760,7 +760,7 @@ def test_default_file_parses_to_defaults(
 
 
 @pytest.mark.parametrize(
-    ("config_class", "key_lines"), [(DirectorConfig, 43), (AgentConfig, 23)]
+    ("config_class", "key_lines"), [(DirectorConfig, 49), (AgentConfig, 23)]
 )
 def test_uncommented_default_file_parses_to_defaults(
     config_class: type[DirectorConfig | AgentConfig], key_lines: int

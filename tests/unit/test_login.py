@@ -26,6 +26,7 @@ from dcvix.common.errors import (
     ApiError,
     BadRequest,
     Forbidden,
+    ServiceUnavailable,
     TooManyRequests,
     Unauthorized,
 )
@@ -33,6 +34,7 @@ from dcvix.common.jsonfields import decode
 from dcvix.ctl import wait as resolve
 from dcvix.director.audit import Audit
 from dcvix.director.auth import AuthUnavailable
+from dcvix.director.auth.admission import AdmissionBound, BoundedAuthenticator
 from dcvix.director.login import LoginService
 from dcvix.director.policy import PolicyHolder
 from dcvix.director.registry import AuditEntry
@@ -60,11 +62,12 @@ class FakeAuthenticator:
 
     def __init__(self) -> None:
         self.passwords = {"alice": "alice-pw", "bob": "bob-pw"}
+        self.canonical: dict[str, str] = {}  # what an LDAP directory would answer
         self.calls: list[tuple[str, str, str]] = []
         self.gate: Deferred[None] | None = None
         self.crash = False
 
-    async def authenticate(self, user: str, password: str, otp: str) -> bool:
+    async def authenticate(self, user: str, password: str, otp: str) -> str | None:
         self.calls.append((user, password, otp))
         if self.gate is not None:
             await self.gate
@@ -72,7 +75,9 @@ class FakeAuthenticator:
             raise RuntimeError("a bug in the back end")
         if password == "unavailable":
             raise AuthUnavailable("ldap://10.9.9.9 timed out")
-        return self.passwords.get(user) == password
+        if self.passwords.get(user) != password:
+            return None
+        return self.canonical.get(user, user)
 
 
 @dataclass
@@ -523,3 +528,72 @@ def test_an_admin_removed_from_users_json_loses_admin_rights(world: World) -> No
         "admin rights required",
         lambda: resolve(world.service.require_admin(admin)),
     )
+
+
+# ------------------------------------------------- canonical ids, admission
+
+
+def test_the_back_ends_canonical_id_is_the_one_logged_in(world: World) -> None:
+    world.backend.canonical = {"ALICE": "alice"}
+    world.backend.passwords["ALICE"] = "alice-pw"
+
+    token, _ = world.login("ALICE", "alice-pw", admin=True)
+
+    assert world.tokens.check(token).user == "alice"  # admin as alice in users.json
+    (entry,) = world.audit()
+    assert (entry.actor, entry.action, entry.detail) == (
+        "ALICE",
+        "admin login",
+        "backend=fake result=ok as alice",
+    )
+
+
+def test_a_full_admission_queue_is_503_and_not_a_failed_login(
+    make_world: Callable[[], World],
+) -> None:
+    world = make_world()
+    bounded = BoundedAuthenticator(world.backend, AdmissionBound(1, 0, world.clock))
+    service = LoginService(
+        bounded,
+        world.tokens,
+        world.policy,
+        world.registry,
+        LoginThrottle(1, 300, world.clock),
+        Audit(world.registry, world.clock),
+    )
+    gate: Deferred[None] = Deferred()
+    world.backend.gate = gate
+    first: list[Any] = []
+    Deferred.fromCoroutine(
+        service.login(LoginRequest("bob", "bob-pw"), "10.0.0.1", False)
+    ).addBoth(first.append)
+
+    busy: list[Any] = []
+    Deferred.fromCoroutine(
+        service.login(LoginRequest("alice", "alice-pw"), "10.0.0.2", False)
+    ).addErrback(lambda failure: failure.value).addCallback(busy.append)
+
+    assert [type(e) for e in busy] == [ServiceUnavailable]
+    assert world.backend.calls == [("bob", "bob-pw", "")]
+    assert world.audit() == []  # neither audited nor counted as a failure
+    gate.callback(None)
+    world.backend.gate = None
+    assert len(first) == 1 and isinstance(first[0], tuple)
+    # alice (1 failure allowed) was not charged a failure for the 503.
+    token, _ = resolve(
+        service.login(LoginRequest("alice", "alice-pw"), "10.0.0.2", False)
+    )
+    assert world.tokens.check(token).user == "alice"
+
+
+def test_a_login_the_client_abandons_still_counts_as_a_failure(world: World) -> None:
+    gate: Deferred[None] = Deferred()
+    world.backend.gate = gate
+    for _ in range(5):
+        attempt = Deferred.fromCoroutine(
+            world.service.login(LoginRequest("alice", "guess"), ADDRESS, False)
+        )
+        attempt.addErrback(lambda failure: None)
+        attempt.cancel()  # the client hangs up; the guess reached the back end
+    world.backend.gate = None
+    world.refused(TooManyRequests, LOCKED, lambda: world.login("alice", "alice-pw"))

@@ -400,3 +400,32 @@ def test_policy_check_refuses_a_broken_file(
 def test_a_lone_surrogate_is_not_a_valid_id() -> None:
     assert not policy.valid_id("a\ud800b")
     assert policy.valid_id("alice")
+
+
+def test_ldap_logins_find_their_policy_in_any_case(tmp_path: Path) -> None:
+    folder = write(tmp_path, '[{"id": "Alice", "admin": true}, {"id": "bob"}]', "[]")
+    exact = load_policy(folder)
+    assert exact.user("alice") is None  # Go's exact match, for other back ends
+    assert not exact.is_admin("alice")
+    folded = load_policy(folder, ignore_case=True)
+    entry = folded.user("alice")
+    assert entry is not None and entry.id == "Alice"
+    assert folded.is_admin("ALICE")
+    assert folded.user("Bob") == folded.user("bob")
+    assert folded.user("carol") is None
+
+
+def test_ids_differing_only_in_case_are_one_user_for_ldap(tmp_path: Path) -> None:
+    folder = write(tmp_path, '[{"id": "alice"}, {"id": "ALICE"}]', "[]")
+    assert set(load_policy(folder).users) == {"alice", "ALICE"}
+    with pytest.raises(PolicyError, match=r"item 2: 'id' 'alice' repeats item 1"):
+        load_policy(folder, ignore_case=True)
+
+
+def test_ldap_ids_fold_only_ascii_case(tmp_path: Path) -> None:
+    folder = write(tmp_path, '[{"id": "mstrauss", "admin": true}]', "[]")
+    folded = load_policy(folder, ignore_case=True)
+    assert folded.is_admin("MStrauss")
+    # ß is not ss to a directory: another account must not get this entry.
+    assert folded.user("mstrauß") is None
+    assert not folded.is_admin("MSTRAUẞ")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from twisted.internet.task import Clock
 
-from dcvix.director.throttle import LoginThrottle
+from dcvix.director.throttle import LoginThrottle, same_user
 
 
 @pytest.fixture
@@ -143,3 +143,41 @@ def test_other_limits(clock: Clock) -> None:
 
     clock.advance(60)
     assert not throttle.locked("alice", "10.0.0.1")
+
+
+def test_names_ldap_takes_for_one_share_one_count(throttle: LoginThrottle) -> None:
+    """`alice `, ` alice`, `ALICE` and `a  lice`/`a lice` are one entry to LDAP."""
+    spellings = ["alice ", " alice", "ALICE", "\talice\t", "Alice"]
+    for n, name in enumerate(spellings):
+        throttle.failed(name, f"10.0.0.{n}")
+    assert throttle.locked("alice", "10.0.1.1")
+    for n in range(5):
+        throttle.failed(("a  lice", "a lice")[n % 2], f"10.0.2.{n}")
+    assert throttle.locked("A Lice", "10.0.3.1")
+    assert not throttle.locked("alicex", "10.0.3.2")
+
+
+@pytest.mark.parametrize(
+    ("user", "key"),
+    [("alice", "alice"), (" Alice  Smith ", "alice smith"), ("ÉVE", "éve")],
+)
+def test_same_user(user: str, key: str) -> None:
+    assert same_user(user) == key
+
+
+@pytest.mark.parametrize(
+    "variant",
+    [
+        "\uff41\uff4c\uff49\uff43\uff45",  # full-width
+        "\u24d0lice",  # circled
+        "al\u200bice",
+        "ali\u00adce",
+        "\U0001d41alice",  # mathematical bold
+    ],
+)
+def test_unicode_spellings_a_directory_matches_share_one_count(
+    throttle: LoginThrottle, variant: str
+) -> None:
+    for n in range(5):
+        throttle.failed(variant, f"10.0.4.{n}")
+    assert throttle.locked("alice", "10.0.5.1")

@@ -1,8 +1,10 @@
-"""Login back ends: one interface, so LDAP, RADIUS and OTP plug in later.
+"""Login back ends: one interface for PAM, LDAP, RADIUS, OTP and commands.
 
-A back end answers ``True`` (the credentials are good) or ``False`` (they are
-not), or raises :class:`AuthUnavailable` when it could not decide (timeout,
-server down, misconfiguration). Callers log the reason and show the client the
+A back end answers the canonical user id (the credentials are good: the id as
+the back end knows it, which tokens and sessions then use — LDAP's may differ
+from what was typed) or ``None`` (they are not), or raises
+:class:`AuthUnavailable` when it could not decide (timeout, server down,
+misconfiguration). Callers log the reason and show the client the
 same failure text whatever happened: back-end details never reach it.
 """
 
@@ -20,8 +22,8 @@ class Authenticator(Protocol):
 
     name: str
 
-    async def authenticate(self, user: str, password: str, otp: str) -> bool:
-        """Whether ``user`` proved who they are."""
+    async def authenticate(self, user: str, password: str, otp: str) -> str | None:
+        """The canonical id of ``user`` if they proved who they are, else None."""
         ...
 
 

@@ -38,11 +38,11 @@ class ExternalAuthenticator:
         self._argv = [command, *args]
         self._timeout = timeout
 
-    async def authenticate(self, user: str, password: str, otp: str) -> bool:
+    async def authenticate(self, user: str, password: str, otp: str) -> str | None:
         """Run the command once; refuse CR, LF, NUL or a lone surrogate before."""
         if has_forbidden_characters(user, password, otp):
             log.warn("refused a login with a forbidden character in a field")
-            return False
+            return None
         stdin = f"{user}\n{password}\n{otp}\n".encode()
         try:
             result = await run_command(
@@ -63,9 +63,9 @@ class ExternalAuthenticator:
         if result.timed_out:
             raise AuthUnavailable(f"{self._argv[0]} timed out after {self._timeout} s")
         if result.exit_code == 0:
-            return True
+            return user
         if result.exit_code == 1:
-            return False
+            return None
         raise AuthUnavailable(
             f"{self._argv[0]} ended with status {result.exit_code}, "
             f"signal {result.signal}"

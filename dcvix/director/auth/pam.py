@@ -37,14 +37,14 @@ class PamAuthenticator:
         self._pool = pool
         self._timeout = timeout
 
-    async def authenticate(self, user: str, password: str, otp: str) -> bool:
+    async def authenticate(self, user: str, password: str, otp: str) -> str | None:
         """Ask PAM; the OTP is not used (PAM modules prompt for what they need)."""
         if not password:
-            return False
+            return None
         if has_forbidden_characters(user, password):
             # python-pam raises on NUL and on text without a UTF-8 form.
             log.warn("refused a login with a forbidden character in a field")
-            return False
+            return None
         try:
             ok, code, reason = await self._pool.run(
                 self._timeout, _check, self._service, user, password
@@ -58,4 +58,4 @@ class PamAuthenticator:
                 code=code,
                 reason=reason,
             )
-        return ok
+        return user if ok else None
