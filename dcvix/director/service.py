@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from twisted.application.service import Service
+from twisted.internet.defer import Deferred
 from twisted.logger import ILogObserver, Logger
 
 from dcvix import __version__
@@ -98,6 +99,21 @@ class _StoreCloser(Service):
     def stopService(self) -> None:
         super().stopService()
         self._registry.close()
+
+
+class _LdapCloser(Service):
+    """Unbinds the LDAP service connection before the auth pool stops."""
+
+    def __init__(self, backend: LdapAuthenticator, pool: ThreadPoolService) -> None:
+        self._backend = backend
+        self._pool = pool
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        closing: Deferred[None] = self._pool.run(None, self._backend.close)
+        # A server that does not answer the unbind must not stop the stop.
+        closing.addErrback(lambda _failure: None)
+        return closing
 
 
 def _policy(folder: Path, ignore_case: bool) -> PolicyHolder:
@@ -200,9 +216,12 @@ def build_director(
     throttle = LoginThrottle(
         settings.login_max_failures, settings.login_lockout, reactor
     )
+    backend = deps.authenticator(config, reactor, auth_pool)
+    if isinstance(backend, LdapAuthenticator):
+        _LdapCloser(backend, auth_pool).setServiceParent(root)
     logins = LoginService(
         BoundedAuthenticator(
-            deps.authenticator(config, reactor, auth_pool),
+            backend,
             AdmissionBound(settings.auth_concurrency, settings.auth_queue, reactor),
         ),
         tokens,
