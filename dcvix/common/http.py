@@ -305,26 +305,6 @@ def install_error_handlers(app: Klein) -> None:
 # --------------------------------------------------------------- JSON bodies
 
 
-MAX_JSON_DEPTH = 64
-
-
-def _too_deep(value: Any) -> bool:
-    """Whether lists and objects nest more than :data:`MAX_JSON_DEPTH` deep."""
-    stack = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, dict):
-            children = list(item.values())
-        elif isinstance(item, list):
-            children = item
-        else:
-            continue
-        if depth > MAX_JSON_DEPTH:
-            return True
-        stack.extend((child, depth + 1) for child in children)
-    return False
-
-
 def _has_lone_surrogate(value: Any) -> bool:
     """A lone surrogate escape: valid JSON, but not text (and not UTF-8)."""
     try:
@@ -356,11 +336,12 @@ def read_json(request: IRequest) -> Any:
         raise BadRequest("request body is not valid JSON") from None
     except RecursionError:
         raise BadRequest("request body is nested too deeply") from None
-    if _too_deep(value):
-        # No request nests this deep; deeper values would reach Python's
-        # recursion limit in code that walks them (re-encoding, str()).
-        raise BadRequest("request body is nested too deeply")
-    if _has_lone_surrogate(value):
+    try:
+        surrogate = _has_lone_surrogate(value)
+    except RecursionError:
+        # Re-encoding goes a few frames deeper than decoding did.
+        raise BadRequest("request body is nested too deeply") from None
+    if surrogate:
         raise BadRequest("request body holds an invalid \\u escape")
     return value
 

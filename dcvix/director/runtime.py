@@ -120,7 +120,9 @@ def parse_report(
             "agent {guid} reported hostname {reported!r}; keeping its registered "
             "{hostname}",
             guid=guid,
-            reported=str(reported)[:100],
+            reported=reported[:100]
+            if isinstance(reported, str)
+            else type(reported).__name__,
             hostname=hostname,
         )
     tags = parse_tags(payload.get("tags"))
@@ -139,7 +141,7 @@ def parse_report(
         tags=tuple(tags),
         sessions=sessions,
         version=_text(payload.get("version"), "version"),
-        dcv_error=_printable(str(payload.get("dcv_error") or "")[:MAX_TEXT]),
+        dcv_error=_free_text(payload.get("dcv_error")),
     )
 
 
@@ -331,6 +333,15 @@ def _text(value: Any, what: str) -> str:
     if any(ord(c) < 32 or c == "\x7f" for c in value):
         raise BadRequest(f"{what} holds a control character")
     return value
+
+
+def _free_text(value: Any) -> str:
+    """Free text an agent passes on (dcv's error), printable and capped.
+
+    Anything but a string is dropped: turning an arbitrary JSON value into
+    text would walk all of it (and could reach Python's recursion limit).
+    """
+    return _printable(value[:MAX_TEXT]) if isinstance(value, str) else ""
 
 
 def _printable(text: str) -> str:

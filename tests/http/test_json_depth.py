@@ -1,4 +1,4 @@
-"""A JSON body nested deeper than any request needs is a 400, never a 500."""
+"""A JSON body nested too deep to walk is a 400, never a 500."""
 
 from __future__ import annotations
 
@@ -9,13 +9,15 @@ import pytest
 from treq.testing import StubTreq
 from twisted.internet.defer import Deferred
 
-from dcvix.common.http import MAX_JSON_DEPTH
 from dcvix.testing import director_harness
 
 
 def _answer(stub: StubTreq, path: str, body: bytes) -> tuple[int, object]:
     results: list[object] = []
-    request: Deferred[object] = stub.post(f"https://director{path}", data=body)  # type: ignore[attr-defined]
+    # StubTreq sets its treq methods in __init__, out of the type checker's view.
+    request: Deferred[object] = stub.post(  # type: ignore[attr-defined]
+        f"https://director{path}", data=body
+    )
     request.addBoth(results.append)
     stub.flush()
     response = results[0]
@@ -26,8 +28,10 @@ def _answer(stub: StubTreq, path: str, body: bytes) -> tuple[int, object]:
 
 
 @pytest.mark.parametrize("path", ["/v1/agent/register", "/v1/user/login"])
-@pytest.mark.parametrize("depth", [MAX_JSON_DEPTH + 1, 500, 958, 990])
-def test_a_deeply_nested_body_is_refused(tmp_path: Path, path: str, depth: int) -> None:
+@pytest.mark.parametrize("depth", [958, 990, 5000])
+def test_a_body_nested_near_the_recursion_limit_is_refused(
+    tmp_path: Path, path: str, depth: int
+) -> None:
     with director_harness(tmp_path) as harness:
         stub = StubTreq(harness.resource())
         body = b'{"userID": ' + b"[" * depth + b"]" * depth + b"}"
@@ -37,11 +41,10 @@ def test_a_deeply_nested_body_is_refused(tmp_path: Path, path: str, depth: int) 
         )
 
 
-def test_nesting_up_to_the_limit_reaches_the_route(tmp_path: Path) -> None:
+def test_a_deep_but_walkable_body_reaches_the_route(tmp_path: Path) -> None:
     with director_harness(tmp_path) as harness:
         stub = StubTreq(harness.resource())
-        depth = MAX_JSON_DEPTH - 1  # the object itself is one level
-        body = b'{"userID": ' + b"[" * depth + b"]" * depth + b"}"
+        body = b'{"userID": ' + b"[" * 100 + b"]" * 100 + b"}"
         assert _answer(stub, "/v1/user/login", body) == (
             400,
             {"error": "field 'userID' must be a string"},

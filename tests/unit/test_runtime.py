@@ -229,6 +229,21 @@ def test_dcv_error_with_control_characters_is_kept_readable() -> None:
     assert parse(body).dcv_error == "dcv list-sessions failed (exit 1):  [31mno good "
 
 
+def deep(levels: int) -> Any:
+    value: Any = "x"
+    for _ in range(levels):
+        value = [value]
+    return value
+
+
+def test_free_text_that_is_not_text_is_dropped_not_walked() -> None:
+    # str() of a value nested this deep reaches Python's recursion limit.
+    body = payload(dcv_error=deep(5000))
+    body["stats"]["hostname"] = deep(5000)
+    assert parse(body).dcv_error == ""
+    assert parse(payload(dcv_error=42)).dcv_error == ""
+
+
 def _set(path: str, value: Any) -> Callable[[dict[str, Any]], None]:
     """A change to a payload at ``a.b`` or ``sessions.0.key``."""
 
