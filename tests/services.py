@@ -26,9 +26,12 @@ from pathlib import Path
 from urllib.parse import quote
 
 import pytest
+from twisted.internet import reactor
+from twisted.internet.interfaces import IReactorFromThreads
 
 import certs
 from daemons import free_port
+from dcvix.common.threads import ThreadPoolService
 
 PAM_DIR = Path("/etc/pam.d")
 # Root's tools live in sbin, which a test runner's PATH may lack.
@@ -449,3 +452,19 @@ def own_slapd_fixture(tmp_path: Path) -> Iterator[Slapd]:
         yield server
     finally:
         server.stop()
+
+
+def idle_pool_after(name: str, idle_within: float) -> Iterator[ThreadPoolService]:
+    """A running auth-like thread pool, stopped once its threads are idle again.
+
+    A back end that hangs on purpose keeps a thread busy until its own
+    timeout; stopping the pool before that would wait on it (or leak it).
+    """
+    service = ThreadPoolService(name, 4, IReactorFromThreads(reactor))
+    service.startService()
+    yield service
+    deadline = time.monotonic() + idle_within
+    while service.pool.working and time.monotonic() < deadline:
+        time.sleep(0.05)
+    service.stopService()
+    assert [thread for thread in service.pool.threads if thread.is_alive()] == []

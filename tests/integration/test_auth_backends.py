@@ -23,12 +23,12 @@ import pytest
 import pytest_twisted
 from services import (  # noqa: F401 (fixtures)
     PamUser,
+    idle_pool_after,
     pam_service_fixture,
     pam_user_fixture,
     run_tool,
 )
 from twisted.internet import reactor
-from twisted.internet.interfaces import IReactorFromThreads
 from twisted.internet.task import LoopingCall, deferLater
 from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import LogLevel, globalLogPublisher
@@ -106,15 +106,8 @@ def events_mentioning(events: EventLoggingObserver, text: str) -> list[Any]:
 
 @pytest.fixture
 def pam_pool() -> Iterator[ThreadPoolService]:
-    """The auth thread pool; stopped only once its threads are idle again."""
-    service = ThreadPoolService("dcvix-test-pam", 4, IReactorFromThreads(reactor))
-    service.startService()
-    yield service
-    deadline = time.monotonic() + 10
-    while service.pool.working and time.monotonic() < deadline:
-        time.sleep(0.05)
-    service.stopService()
-    assert [thread for thread in service.pool.threads if thread.is_alive()] == []
+    """The auth thread pool; stopped once its threads are idle again."""
+    yield from idle_pool_after("dcvix-test-pam", 10)
 
 
 @pytest.fixture
