@@ -12,6 +12,10 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from twisted.logger import Logger
+
+log = Logger()
+
 
 class AuthUnavailable(Exception):
     """The back end could not decide; the message is for the log only."""
@@ -44,4 +48,19 @@ def has_forbidden_characters(*fields: str) -> bool:
             field.encode("utf-8")
         except UnicodeEncodeError:
             return True
+    return False
+
+
+def refused_before_asking(user: str, password: str, *more: str) -> bool:
+    """Whether a login is refused before any back end sees it (and say why).
+
+    An empty password (for LDAP an unauthenticated bind), and fields with CR,
+    LF, NUL or a lone surrogate. The login service refuses these too; each back
+    end checks again because it alone knows what reaching it would cost.
+    """
+    if not password:
+        return True
+    if has_forbidden_characters(user, password, *more):
+        log.warn("refused a login with a forbidden character in a field")
+        return True
     return False

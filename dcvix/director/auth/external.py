@@ -14,7 +14,7 @@ from typing import Any
 from twisted.logger import Logger
 
 from dcvix.common.process import CommandError, run_command
-from dcvix.director.auth import AuthUnavailable, has_forbidden_characters
+from dcvix.director.auth import AuthUnavailable, refused_before_asking
 
 log = Logger()
 
@@ -40,8 +40,7 @@ class ExternalAuthenticator:
 
     async def authenticate(self, user: str, password: str, otp: str) -> str | None:
         """Run the command once; refuse CR, LF, NUL or a lone surrogate before."""
-        if has_forbidden_characters(user, password, otp):
-            log.warn("refused a login with a forbidden character in a field")
+        if refused_before_asking(user, password, otp):
             return None
         stdin = f"{user}\n{password}\n{otp}\n".encode()
         try:

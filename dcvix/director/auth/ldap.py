@@ -49,7 +49,7 @@ from twisted.internet.defer import TimeoutError as DeferredTimeout
 from twisted.logger import Logger
 
 from dcvix.common.threads import ThreadPoolService
-from dcvix.director.auth import AuthUnavailable, has_forbidden_characters
+from dcvix.director.auth import AuthUnavailable, refused_before_asking
 from dcvix.director.config import LdapSection
 from dcvix.director.policy import valid_id
 
@@ -451,10 +451,7 @@ class LdapAuthenticator:
 
     async def authenticate(self, user: str, password: str, otp: str) -> str | None:
         """The entry's ``ldap_user_attribute`` if the password binds as it."""
-        if not password:
-            return None
-        if has_forbidden_characters(user, password):
-            log.warn("refused a login with a forbidden character in a field")
+        if refused_before_asking(user, password):
             return None
         if not valid_id(user):
             log.info("LDAP: refused a login with an unusable user id")

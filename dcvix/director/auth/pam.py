@@ -7,7 +7,7 @@ from twisted.internet.defer import TimeoutError as DeferredTimeout
 from twisted.logger import Logger
 
 from dcvix.common.threads import ThreadPoolService
-from dcvix.director.auth import AuthUnavailable, has_forbidden_characters
+from dcvix.director.auth import AuthUnavailable, refused_before_asking
 
 log = Logger()
 
@@ -39,11 +39,8 @@ class PamAuthenticator:
 
     async def authenticate(self, user: str, password: str, otp: str) -> str | None:
         """Ask PAM; the OTP is not used (PAM modules prompt for what they need)."""
-        if not password:
-            return None
-        if has_forbidden_characters(user, password):
+        if refused_before_asking(user, password):
             # python-pam raises on NUL and on text without a UTF-8 form.
-            log.warn("refused a login with a forbidden character in a field")
             return None
         try:
             ok, code, reason = await self._pool.run(
