@@ -100,6 +100,11 @@ class DirectorSection:
     connection_token_ttl: float = setting(
         POSITIVE_DURATION, 600.0, "Lifetime of DCV connection tokens."
     )
+    connection_token_single_use: bool = setting(
+        BOOLEAN,
+        False,
+        "The first successful verification consumes a connection token.",
+    )
     login_max_failures: int = setting(
         integer(1), 5, "Failed logins (per user or address) before a lockout."
     )
@@ -176,6 +181,15 @@ class RadiusSection:
     radius_server: str = setting(HOST, "127.0.0.1", "RADIUS server.")
     radius_port: int = setting(PORT, 1812, "RADIUS authentication port.")
     radius_secret: str = setting(SECRET, "secret", "RADIUS shared secret.", secret=True)
+    radius_timeout: float = setting(
+        POSITIVE_DURATION, 5.0, "Time to wait for each answer before sending again."
+    )
+    radius_retries: int = setting(
+        integer(0), 2, "Requests sent again after a timeout before giving up."
+    )
+    radius_nas_identifier: str = setting(
+        TEXT, "dcvix", "NAS-Identifier sent in every Access-Request."
+    )
 
 
 @dataclass(frozen=True)

@@ -760,7 +760,7 @@ def test_default_file_parses_to_defaults(
 
 
 @pytest.mark.parametrize(
-    ("config_class", "key_lines"), [(DirectorConfig, 49), (AgentConfig, 23)]
+    ("config_class", "key_lines"), [(DirectorConfig, 53), (AgentConfig, 23)]
 )
 def test_uncommented_default_file_parses_to_defaults(
     config_class: type[DirectorConfig | AgentConfig], key_lines: int
