@@ -1,4 +1,4 @@
-"""Fixtures for real system services (see ../shared/RECIPES.md §2 and §3).
+"""Fixtures for real system services (see ../shared/RECIPES.md §2, §3 and §4).
 
 Import the fixtures into a test module that needs them::
 
@@ -18,6 +18,7 @@ import base64
 import os
 import secrets
 import shutil
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -468,3 +469,251 @@ def idle_pool_after(name: str, idle_within: float) -> Iterator[ThreadPoolService
         time.sleep(0.05)
     service.stopService()
     assert [thread for thread in service.pool.threads if thread.is_alive()] == []
+
+
+# ---------------------------------------------------------------- FreeRADIUS
+
+FREERADIUS_PACKAGES = "freeradius, freeradius-utils"
+
+
+@dataclass(frozen=True)
+class RadiusUser:
+    """A user of the test server's ``users`` file."""
+
+    name: str
+    password: str
+
+
+# Accepted; dave only with his OTP appended to the password (as dcvix sends it).
+RADIUS_ALICE = RadiusUser("alice", "alice-rad-pw")
+RADIUS_DAVE = RadiusUser("dave", "dave-pw")
+RADIUS_DAVE_OTP = "123456"
+# Refused whatever the password.
+RADIUS_BOB = RadiusUser("bob", "bob-rad-pw")
+# Answered with an Access-Challenge that asks for an OTP.
+RADIUS_CAROL = RadiusUser("carol", "carol-rad-pw")
+# The right password, but the Accept is not signed (no Message-Authenticator),
+# as Debian 12's FreeRADIUS answers everyone unless told otherwise.
+RADIUS_ERIN = RadiusUser("erin", "erin-rad-pw")
+
+RADIUS_USERS = f"""\
+{RADIUS_ALICE.name}\tCleartext-Password := "{RADIUS_ALICE.password}"
+\tReply-Message := "Hello, %{{User-Name}}"
+{RADIUS_DAVE.name}\tCleartext-Password := "{RADIUS_DAVE.password}{RADIUS_DAVE_OTP}"
+{RADIUS_BOB.name}\tCleartext-Password := "{RADIUS_BOB.password}", Auth-Type := Reject
+\tReply-Message := "bob is disabled"
+{RADIUS_CAROL.name}\tCleartext-Password := "{RADIUS_CAROL.password}"
+{RADIUS_ERIN.name}\tCleartext-Password := "{RADIUS_ERIN.password}"
+"""
+
+# One self-contained file: nothing of /etc/freeradius is read. Debian 12's
+# FreeRADIUS 3.2.1 predates the BlastRADIUS changes and signs no reply by
+# itself: "Message-Authenticator := 0x00" makes it sign (erin excepted).
+RADIUSD_CONF = """\
+prefix = /usr
+exec_prefix = /usr
+sysconfdir = /etc
+localstatedir = {d}
+sbindir = /usr/sbin
+logdir = {d}
+raddbdir = {d}
+radacctdir = {d}
+name = freeradius
+confdir = {d}
+modconfdir = {d}
+run_dir = {d}
+db_dir = {d}
+libdir = /usr/lib/freeradius
+pidfile = {d}/radiusd.pid
+max_request_time = 5
+cleanup_delay = 0
+max_requests = 256
+hostname_lookups = no
+log {{
+\tdestination = stdout
+\tcolourise = no
+\tauth = yes
+}}
+security {{
+\tallow_core_dumps = no
+\tmax_attributes = 200
+\treject_delay = 0
+\tstatus_server = yes
+}}
+thread pool {{
+\tstart_servers = 2
+\tmax_servers = 4
+\tmin_spare_servers = 1
+\tmax_spare_servers = 4
+}}
+client localhost {{
+\tipaddr = 127.0.0.1
+\tsecret = {secret}
+\trequire_message_authenticator = yes
+}}
+{ipv6_client}
+modules {{
+\tfiles {{
+\t\tfilename = {d}/users
+\t\tacctusersfile = {d}/empty
+\t\tpreproxy_usersfile = {d}/empty
+\t}}
+\tpap {{
+\t}}
+\talways reject {{
+\t\trcode = reject
+\t}}
+\talways handled {{
+\t\trcode = handled
+\t}}
+}}
+server default {{
+\tlisten {{
+\t\ttype = auth
+\t\tipaddr = 127.0.0.1
+\t\tport = {port}
+\t}}
+{ipv6_listen}
+\tauthorize {{
+\t\tif (&User-Name == "carol") {{
+\t\t\tupdate reply {{
+\t\t\t\tReply-Message := "Enter OTP"
+\t\t\t\tState := 0x6463766978
+\t\t\t\tMessage-Authenticator := 0x00
+\t\t\t}}
+\t\t\tupdate control {{
+\t\t\t\tResponse-Packet-Type := Access-Challenge
+\t\t\t}}
+\t\t\thandled
+\t\t}}
+\t\tfiles
+\t\tpap
+\t}}
+\tauthenticate {{
+\t\tAuth-Type PAP {{
+\t\t\tpap
+\t\t}}
+\t}}
+\tpost-auth {{
+\t\tif (&User-Name != "erin") {{
+\t\t\tupdate reply {{
+\t\t\t\tMessage-Authenticator := 0x00
+\t\t\t}}
+\t\t}}
+\t\tPost-Auth-Type REJECT {{
+\t\t\tupdate reply {{
+\t\t\t\tMessage-Authenticator := 0x00
+\t\t\t}}
+\t\t}}
+\t}}
+}}
+"""
+
+RADIUSD_IPV6_CLIENT = """\
+client localhost6 {{
+\tipv6addr = ::1
+\tsecret = {secret}
+\trequire_message_authenticator = yes
+}}
+"""
+
+RADIUSD_IPV6_LISTEN = """\
+\tlisten {{
+\t\ttype = auth
+\t\tipv6addr = ::1
+\t\tport = {port}
+\t}}
+"""
+
+
+def free_udp_port() -> int:
+    """A UDP port nobody uses right now on 127.0.0.1."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def free_on_ipv6_loopback(port: int) -> bool:
+    """Whether UDP ``port`` can be bound on ``::1`` (IPv6 may be turned off)."""
+    with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.bind(("::1", port))
+        except OSError:
+            return False
+    return True
+
+
+@dataclass
+class Radiusd:
+    """A throwaway FreeRADIUS on 127.0.0.1 (and ``::1`` if ``ipv6``)."""
+
+    folder: Path
+    port: int
+    secret: str
+    ipv6: bool
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def log(self) -> Path:
+        return self.folder / "radiusd.out"
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def start(self, timeout: float = 15.0) -> None:
+        """Start in the foreground, logging to a file; wait until it is ready."""
+        freeradius = system_tool("freeradius", FREERADIUS_PACKAGES)
+        with self.log.open("ab") as output:
+            self.process = subprocess.Popen(
+                [freeradius, "-f", "-l", "stdout", "-n", "radiusd", "-d", self.folder],
+                stdout=output,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + timeout
+        while "Ready to process requests" not in self.log_text():
+            if self.process.poll() is not None:
+                raise RuntimeError(
+                    f"freeradius exited {self.process.returncode}: {self.log_text()}"
+                )
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"freeradius not ready: {self.log_text()}")
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def prepare_radiusd(folder: Path) -> Radiusd:
+    """A configured, not yet started FreeRADIUS in ``folder``."""
+    system_tool("freeradius", FREERADIUS_PACKAGES)
+    folder.mkdir(parents=True, exist_ok=True)
+    port, secret = free_udp_port(), "rad-" + secrets.token_urlsafe(12)
+    ipv6 = free_on_ipv6_loopback(port)
+    conf = RADIUSD_CONF.format(
+        d=folder,
+        port=port,
+        secret=secret,
+        ipv6_client=RADIUSD_IPV6_CLIENT.format(secret=secret) if ipv6 else "",
+        ipv6_listen=RADIUSD_IPV6_LISTEN.format(port=port) if ipv6 else "",
+    )
+    (folder / "radiusd.conf").write_text(conf)
+    (folder / "users").write_text(RADIUS_USERS)
+    (folder / "empty").write_text("")
+    return Radiusd(folder, port, secret, ipv6)
+
+
+@pytest.fixture(scope="session", name="radiusd")
+def radiusd_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Radiusd]:
+    """One FreeRADIUS for the whole session; tests must not stop or change it."""
+    server = prepare_radiusd(tmp_path_factory.mktemp("radiusd"))
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
