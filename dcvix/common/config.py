@@ -24,6 +24,7 @@ from typing import Any, Generic, TypeVar
 from urllib.parse import urlsplit
 
 from dcvix.common.ini import DEFAULT_SECTION, IniSyntaxError, parse_ini
+from dcvix.common.networks import network_text, parse_network
 from dcvix.common.validate import parse_host, split_host_port
 
 T = TypeVar("T")
@@ -225,6 +226,24 @@ def _parse_ips(text: str) -> tuple[str, ...]:
 
 IP_LIST: Kind[tuple[str, ...]] = Kind(
     "comma-separated IP addresses", _parse_ips, ", ".join, False
+)
+
+
+def _parse_networks(text: str) -> tuple[str, ...]:
+    result = []
+    for item in _parse_csv(text):
+        try:
+            result.append(network_text(parse_network(item)))
+        except ValueError:
+            raise ValueError(f"{item!r} is not an IP address or network") from None
+    return tuple(result)
+
+
+NETWORK_LIST: Kind[tuple[str, ...]] = Kind(
+    "comma-separated IP addresses or networks (CIDR)",
+    _parse_networks,
+    ", ".join,
+    False,
 )
 
 

@@ -202,6 +202,11 @@ def _url_is_utf8(request: Request) -> bool:
 class DcvixSite(Site):
     """A ``Site`` that builds :class:`DcvixRequest` and knows each path's cap.
 
+    Form bodies are not parsed into ``request.args`` (Twisted would run every
+    urlencoded or multipart POST body through the ``email`` package, whoever
+    sent it): ``request.args`` holds the query string only, and the one route
+    that takes a form (the DCV token verifier) reads its body itself.
+
     Args:
         resource: the root resource.
         body_limit: bytes allowed for a request to a given path.
@@ -215,7 +220,9 @@ class DcvixSite(Site):
         resource: IResource,
         body_limit: Callable[[bytes], int] = lambda _path: DEFAULT_BODY_LIMIT,
     ) -> None:
-        super().__init__(resource, logFormatter=access_log_line)
+        super().__init__(
+            resource, logFormatter=access_log_line, parsePOSTFormSubmission=False
+        )
         self.body_limit = body_limit
         self.noisy = False
 

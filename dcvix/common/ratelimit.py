@@ -45,3 +45,24 @@ class RateLimiter:
             return False
         self.record(key)
         return True
+
+
+class LogBudget:
+    """At most ``limit`` lines of one kind per ``window`` seconds.
+
+    For lines anyone can cause (a refused token, a caller that is not a
+    gateway): they must not flood the log, and what was left out is counted
+    so that the next line kept can say how many.
+    """
+
+    def __init__(self, limit: int, window: float, clock: IReactorTime) -> None:
+        self._limiter = RateLimiter(limit, window, clock)
+        self._skipped = 0
+
+    def take(self) -> int | None:
+        """None: leave this line out; else how many were left out before it."""
+        if not self._limiter.take(""):
+            self._skipped += 1
+            return None
+        skipped, self._skipped = self._skipped, 0
+        return skipped

@@ -10,8 +10,8 @@ from dcvix.common.config import (
     CONFIG_KEYS,
     HOST,
     HOST_LIST,
-    IP_LIST,
     KEY32,
+    NETWORK_LIST,
     PATH,
     PORT,
     POSITIVE_DURATION,
@@ -207,9 +207,10 @@ class GatewaySection:
     """``[gateway]``."""
 
     gateways_list: tuple[str, ...] = setting(
-        IP_LIST,
+        NETWORK_LIST,
         ("127.0.0.1",),
-        "DCV Connection Gateway addresses allowed to call /resolveSession.",
+        "DCV Connection Gateway addresses or networks (e.g. 10.0.8.0/24) allowed "
+        "to call /resolveSession; empty: none.",
     )
 
 

@@ -8,6 +8,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from dcvix.common.clock import now_utc
+from dcvix.director.connections import ConnectionTokens
 from dcvix.director.registry import AgentRegistry
 from dcvix.director.sessions import SessionControl
 from dcvix.director.throttle import LoginThrottle
@@ -22,6 +23,7 @@ class Housekeeper:
         registry: the agent registry (pending agents, revoked tokens).
         control: the fleet (servers gone quiet).
         throttle: the login throttle (forgets old failures).
+        connections: connection tokens (forgets expired ones).
         pending_max_age: seconds after which a pending agent is purged.
         clock: the time.
     """
@@ -31,12 +33,14 @@ class Housekeeper:
         registry: AgentRegistry,
         control: SessionControl,
         throttle: LoginThrottle,
+        connections: ConnectionTokens,
         pending_max_age: float,
         clock: IReactorTime,
     ) -> None:
         self._registry = registry
         self._control = control
         self._throttle = throttle
+        self._connections = connections
         self._pending_max_age = dt.timedelta(seconds=pending_max_age)
         self._clock = clock
 
@@ -51,6 +55,7 @@ class Housekeeper:
     async def vacuum(self) -> None:
         """Forget expired logged-out tokens and old login failures."""
         self._throttle.prune()
+        self._connections.vacuum()
         dropped = await self._registry.vacuum_tokens(now_utc(self._clock))
         if dropped:
             log.info("forgot {count} expired logged-out tokens", count=dropped)

@@ -54,3 +54,16 @@ class ConfigRequest:
     """``POST /v1/servers/{server}/config``: ``[{"section", "key", "value"}]``."""
 
     config: list[Any]
+
+
+@dataclass(frozen=True)
+class UserSessionRequest:
+    """``POST /v1/user/sessions``: a workstation (``serverId``) or a pool.
+
+    The Go launcher also sends ``userId``; it is ignored (the caller is the
+    user).
+    """
+
+    session_type: str = field(metadata=json_name("sessionType"))
+    server_id: str = field(default="", metadata=json_name("serverId"))
+    pool_id: str = field(default="", metadata=json_name("poolId"))

@@ -84,6 +84,16 @@ class ServerState:
     sessions: tuple[Session, ...] = ()
     version: str = ""
     dcv_error: str = ""
+    advertised: bool = False
+
+    @property
+    def dcv_host(self) -> str:
+        """Where DCV clients and gateways reach this server's DCV.
+
+        The ``advertise_address`` host when the agent set one (NAT), else its
+        registered hostname, as Go dcvix did.
+        """
+        return self.address if self.advertised else self.hostname
 
 
 def parse_report(
@@ -130,10 +140,11 @@ def parse_report(
         sessions = previous.sessions  # dcv failed on the agent: keep what we knew
     else:
         sessions = _parse_sessions(payload.get("sessions"))
+    advertised = _address(payload.get("advertise_address"), "")
     return ServerState(
         guid=guid,
         hostname=hostname,
-        address=_address(payload.get("advertise_address"), address),
+        address=advertised or address,
         agent_port=_port(payload.get("agent_port"), default_agent_port),
         update_interval=_interval(payload.get("update_interval")),
         last_seen=now,
@@ -142,6 +153,7 @@ def parse_report(
         sessions=sessions,
         version=_text(payload.get("version"), "version"),
         dcv_error=_free_text(payload.get("dcv_error")),
+        advertised=bool(advertised),
     )
 
 
@@ -258,16 +270,86 @@ class RuntimeStore(Protocol):
     async def forget_guid(self, guid: str) -> None:
         """Drop the server of an agent that was deleted."""
 
+    async def add_session(
+        self, hostname: str, session: Session, until: dt.datetime
+    ) -> None:
+        """Show a session the director just created, until a report lists it.
+
+        Reports made before the creation do not list it; those received
+        before ``until`` keep it shown (as the caller made it: ``creating``).
+        """
+
+    async def remove_session(
+        self, hostname: str, session_id: str, until: dt.datetime
+    ) -> None:
+        """Hide a session the director just closed, until a report omits it.
+
+        Reports received before ``until`` that still list it (made before the
+        close) do not bring it back.
+        """
+
 
 class MemoryRuntimeStore:
     """A :class:`RuntimeStore` in this process's memory: one director's own."""
 
     def __init__(self) -> None:
         self._servers: dict[str, ServerState] = {}
+        # hostname -> session id -> (session shown, until when)
+        self._created: dict[str, dict[str, tuple[Session, dt.datetime]]] = {}
+        # hostname -> session id -> until when it stays hidden
+        self._closed: dict[str, dict[str, dt.datetime]] = {}
 
     async def put(self, state: ServerState) -> None:
-        """Keep ``state`` as its server's, replacing the previous one whole."""
-        self._servers[state.hostname] = state
+        """Keep ``state`` as its server's, replacing the previous one whole.
+
+        Sessions the director created or closed since are kept as it left
+        them until a report confirms it or their time runs out.
+        """
+        self._servers[state.hostname] = self._overlay(state)
+
+    def _overlay(self, state: ServerState) -> ServerState:
+        created = self._created.get(state.hostname)
+        closed = self._closed.get(state.hostname)
+        if not created and not closed:
+            return state
+        reported = {s.id for s in state.sessions}
+        now = state.last_seen
+        sessions = list(state.sessions)
+        for session_id, (session, until) in list((created or {}).items()):
+            if session_id in reported or until <= now:
+                del self._created[state.hostname][session_id]
+            else:
+                sessions.append(session)
+        for session_id, until in list((closed or {}).items()):
+            if session_id not in reported or until <= now:
+                del self._closed[state.hostname][session_id]
+            else:
+                sessions = [s for s in sessions if s.id != session_id]
+        return replace(state, sessions=tuple(sessions))
+
+    async def add_session(
+        self, hostname: str, session: Session, until: dt.datetime
+    ) -> None:
+        """Show a session the director just created, until a report lists it."""
+        self._closed.get(hostname, {}).pop(session.id, None)
+        state = self._servers.get(hostname)
+        if state is None or any(s.id == session.id for s in state.sessions):
+            return
+        self._created.setdefault(hostname, {})[session.id] = (session, until)
+        self._servers[hostname] = replace(state, sessions=(*state.sessions, session))
+
+    async def remove_session(
+        self, hostname: str, session_id: str, until: dt.datetime
+    ) -> None:
+        """Hide a session the director just closed, until a report omits it."""
+        self._created.get(hostname, {}).pop(session_id, None)
+        state = self._servers.get(hostname)
+        if state is None:
+            return
+        self._closed.setdefault(hostname, {})[session_id] = until
+        self._servers[hostname] = replace(
+            state, sessions=tuple(s for s in state.sessions if s.id != session_id)
+        )
 
     async def server(self, hostname: str) -> ServerState | None:
         """One server by registered hostname, or None."""
@@ -279,6 +361,8 @@ class MemoryRuntimeStore:
 
     async def drop_sessions(self, hostname: str) -> None:
         """Empty a server's sessions (it went offline); it stays listed."""
+        self._created.pop(hostname, None)
+        self._closed.pop(hostname, None)
         state = self._servers.get(hostname)
         if state is not None and state.sessions:
             self._servers[hostname] = replace(state, sessions=())
@@ -288,6 +372,8 @@ class MemoryRuntimeStore:
         for state in list(self._servers.values()):
             if state.guid == guid:
                 del self._servers[state.hostname]
+                self._created.pop(state.hostname, None)
+                self._closed.pop(state.hostname, None)
 
 
 def _parse_sessions(raw: Any) -> tuple[Session, ...]:

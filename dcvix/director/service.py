@@ -32,29 +32,36 @@ from dcvix.director.agent_client import AgentClient
 from dcvix.director.api.admin import AdminRoutes
 from dcvix.director.api.agents import AgentRoutes
 from dcvix.director.api.auth import AuthRoutes
-from dcvix.director.api.authz import Gate
+from dcvix.director.api.authz import Gate, Gateways
+from dcvix.director.api.dcv import DcvRoutes
 from dcvix.director.api.root import DirectorRoot
 from dcvix.director.api.sessions import SessionRoutes
+from dcvix.director.api.user import UserRoutes
 from dcvix.director.audit import Audit
 from dcvix.director.auth import Authenticator
 from dcvix.director.auth.admission import AdmissionBound, BoundedAuthenticator
 from dcvix.director.auth.external import ExternalAuthenticator
 from dcvix.director.auth.ldap import LdapAuthenticator
+from dcvix.director.auth.otp import SecondFactor, with_second_factor
 from dcvix.director.auth.pam import PamAuthenticator
+from dcvix.director.auth.radius import RadiusAuthenticator
 from dcvix.director.ca import (
     LOOPBACK,
     ensure_server_certificate,
     load_or_create_authority,
 )
 from dcvix.director.config import DirectorConfig
+from dcvix.director.connections import ConnectionTokens
 from dcvix.director.datadir import DirectorFiles
 from dcvix.director.enrolment import Enrolment, EnrolmentPolicy
 from dcvix.director.hostnames import own_host_names
 from dcvix.director.housekeeper import Housekeeper
 from dcvix.director.login import LoginService
 from dcvix.director.policy import PolicyError, PolicyHolder, ensure_policy_files
+from dcvix.director.portal import Portal
 from dcvix.director.registry import StoreError
 from dcvix.director.registry.sqlite import Runner, SqliteRegistry, pool_runner
+from dcvix.director.resolver import SessionResolver
 from dcvix.director.runtime import MemoryRuntimeStore
 from dcvix.director.sessions import SessionControl
 from dcvix.director.throttle import LoginThrottle
@@ -138,12 +145,17 @@ def _authenticator(
         )
     if kind == "ldap":
         try:
-            return LdapAuthenticator(config.ldap_auth, pool)
+            ldap = LdapAuthenticator(config.ldap_auth, pool)
         except ValueError as error:
             raise StartupError(f"[ldap_auth] {error}") from None
+        return with_second_factor(ldap, config.ldap_auth, reactor)
+    if kind == "radius":
+        try:
+            return RadiusAuthenticator(config.radius_auth, pool)
+        except ValueError as error:
+            raise StartupError(f"[radius_auth] {error}") from None
     raise StartupError(
-        f"auth_type = {kind} is not available in this version yet "
-        "(use pam, ldap or external)"
+        f"auth_type = {kind} is not available (use pam, ldap, radius or external)"
     )
 
 
@@ -217,8 +229,9 @@ def build_director(
         settings.login_max_failures, settings.login_lockout, reactor
     )
     backend = deps.authenticator(config, reactor, auth_pool)
-    if isinstance(backend, LdapAuthenticator):
-        _LdapCloser(backend, auth_pool).setServiceParent(root)
+    first = backend.first if isinstance(backend, SecondFactor) else backend
+    if isinstance(first, LdapAuthenticator):
+        _LdapCloser(first, auth_pool).setServiceParent(root)
     logins = LoginService(
         BoundedAuthenticator(
             backend,
@@ -245,10 +258,19 @@ def build_director(
         reactor,
     )
     admin = AgentAdmin(registry, audit, reactor, own_lower, control.forget)
+    connections = ConnectionTokens(
+        tokens,
+        runtime,
+        registry,
+        settings.connection_token_ttl,
+        settings.connection_token_single_use,
+        config.housekeeper.max_age,
+        reactor,
+    )
 
     keeper = config.housekeeper
     housekeeper = Housekeeper(
-        registry, control, throttle, keeper.pending_max_age, reactor
+        registry, control, throttle, connections, keeper.pending_max_age, reactor
     )
     PeriodicJob(
         "token-vacuum", TOKEN_VACUUM_SECONDS, housekeeper.vacuum, reactor, 60.0
@@ -276,12 +298,18 @@ def build_director(
     sighup.add(policy.reload)
     api = DirectorRoot(
         settings.max_body_bytes,
-        Gate(logins, enrolment),
+        Gate(logins, enrolment, Gateways(config.gateway.gateways_list, reactor)),
         [
             AgentRoutes(enrolment, runtime, settings.agent_port, reactor),
             AuthRoutes(logins),
             AdminRoutes(admin, authority.pem),
             SessionRoutes(control, audit),
+            DcvRoutes(
+                connections,
+                SessionResolver(runtime, connections, keeper.max_age, reactor),
+                settings.dcv_port,
+            ),
+            UserRoutes(Portal(policy, control, connections, settings.dcv_port), audit),
         ],
     )
     site = DcvixSite(api.resource(), body_limit=api.body_limit)

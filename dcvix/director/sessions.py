@@ -7,6 +7,7 @@ never turned into a URL: the target is looked up among known servers.
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -40,6 +41,9 @@ from dcvix.director.requests import ConfigRequest, CreateSessionRequest
 from dcvix.director.runtime import RuntimeStore, ServerState, Session, is_online
 
 log = Logger()
+
+CREATING = "creating"
+MIN_GRACE = 60.0
 
 
 @dataclass(frozen=True)
@@ -88,6 +92,10 @@ class SessionControl:
     def online(self, state: ServerState) -> bool:
         """Whether a server is online now."""
         return is_online(state, now_utc(self._clock), self._max_age)
+
+    async def reported(self) -> list[ServerState]:
+        """Every server that reported since start, online or not."""
+        return await self._runtime.servers()
 
     async def servers(self) -> list[ServerView]:
         """Every server that reported since start, hostname descending."""
@@ -151,22 +159,35 @@ class SessionControl:
         """``POST /v1/sessions``: a session on a server, for a user."""
         if not valid_id(body.user_id):
             raise BadRequest("invalid userId")
-        kind = body.session_type.lower()
+        return await self.start(
+            body.server_id, body.user_id, body.session_type, body.session_id or None
+        )
+
+    async def start(
+        self, hostname: str, user: str, session_type: str, session_id: str | None
+    ) -> dict[str, str]:
+        """A session for ``user`` on the registered, online server ``hostname``.
+
+        It shows at once in every listing, ``creating`` until the agent's next
+        report confirms it. The agent may answer the id of a session it
+        already has for that user (then nothing new is shown).
+        """
+        kind = session_type.lower()
         if kind not in ("console", "virtual"):
             raise BadRequest("sessionType must be console or virtual")
-        session_id = body.session_id or f"dcvix_{uuid.uuid4()}"
+        session_id = session_id or f"dcvix_{uuid.uuid4()}"
         try:
             check_session_id(session_id)
         except InvalidInput as error:
             raise BadRequest(str(error)) from None
-        state, target = await self._target(body.server_id)
+        state, target = await self._target(hostname)
         answer = await self._call(
             target,
             "POST",
             "/v1/sessions",
             {
                 "serverId": state.hostname,
-                "userId": body.user_id,
+                "userId": user,
                 "sessionId": session_id,
                 "sessionType": kind,
             },
@@ -180,28 +201,73 @@ class SessionControl:
             or not isinstance(body_out.get("sessionID"), str)
         ):
             raise BadGateway(f"the agent answered {answer.status}: {answer.error}")
-        return {"sessionID": body_out["sessionID"], "serverId": state.hostname}
+        made = body_out["sessionID"]
+        try:
+            check_session_id(made)
+        except InvalidInput:
+            raise BadGateway("the agent answered an invalid session id") from None
+        now = now_utc(self._clock)
+        await self._runtime.add_session(
+            state.hostname,
+            Session(
+                id=made,
+                owner=user,
+                user=user,
+                connections=0,
+                creation_time=now,
+                last_disconnection_time=None,
+                licensing_mode="",
+                storage_root="",
+                type=kind,
+                status=CREATING,
+                x11_display="",
+                x11_authority="",
+            ),
+            now + self._grace(state),
+        )
+        return {"sessionID": made, "serverId": state.hostname}
 
-    async def close(self, session_id: str, server_id: str | None) -> dict[str, Any]:
-        """``DELETE /v1/sessions/{id}[?serverId=]``."""
-        holders = [
+    def _grace(self, state: ServerState) -> dt.timedelta:
+        """How long a change made here outlives reports that do not show it."""
+        return dt.timedelta(seconds=max(2 * state.update_interval, MIN_GRACE))
+
+    async def holders(
+        self, session_id: str, server_id: str | None, owner: str | None = None
+    ) -> list[ServerState]:
+        """The online servers with session ``session_id`` (of ``owner``, if given)."""
+        return [
             s
             for s in await self._runtime.servers()
             if self.online(s)
-            and any(session.id == session_id for session in s.sessions)
+            and any(
+                session.id == session_id and owner in (None, session.owner)
+                for session in s.sessions
+            )
             and (server_id is None or s.hostname == server_id)
         ]
+
+    async def close(
+        self, session_id: str, server_id: str | None, owner: str | None = None
+    ) -> dict[str, Any]:
+        """``DELETE /v1/sessions/{id}[?serverId=]``; ``owner``: only theirs.
+
+        The session disappears from every listing at once.
+        """
+        holders = await self.holders(session_id, server_id, owner)
         if not holders:
             raise NotFound("session not found")
         if len(holders) > 1:
             names = ", ".join(sorted(s.hostname for s in holders))
             raise Conflict(f"session {session_id} is on {names}: give ?serverId=")
-        _, target = await self._target(holders[0].hostname)
+        state, target = await self._target(holders[0].hostname)
         answer = await self._call(target, "DELETE", f"/v1/sessions/{session_id}")
         if answer.status == 404:
             raise NotFound("session not found")
         if answer.status != 200:
             raise BadGateway(f"the agent answered {answer.status}: {answer.error}")
+        await self._runtime.remove_session(
+            state.hostname, session_id, now_utc(self._clock) + self._grace(state)
+        )
         return {
             "status": "success",
             "code": 200,

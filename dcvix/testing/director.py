@@ -28,16 +28,21 @@ from dcvix.director.agent_client import AgentClient
 from dcvix.director.api.admin import AdminRoutes
 from dcvix.director.api.agents import AgentRoutes
 from dcvix.director.api.auth import AuthRoutes
-from dcvix.director.api.authz import Gate
+from dcvix.director.api.authz import Gate, Gateways
+from dcvix.director.api.dcv import DcvRoutes
 from dcvix.director.api.root import DirectorRoot
 from dcvix.director.api.sessions import SessionRoutes
+from dcvix.director.api.user import UserRoutes
 from dcvix.director.audit import Audit
 from dcvix.director.ca import CertificateAuthority, new_authority
 from dcvix.director.config import DirectorSection, HousekeeperSection
+from dcvix.director.connections import ConnectionTokens
 from dcvix.director.enrolment import Enrolment, EnrolmentPolicy
 from dcvix.director.login import LoginService
 from dcvix.director.policy import PolicyHolder
+from dcvix.director.portal import Portal
 from dcvix.director.registry.sqlite import SqliteRegistry, inline_runner
+from dcvix.director.resolver import SessionResolver
 from dcvix.director.runtime import MemoryRuntimeStore
 from dcvix.director.sessions import SessionControl
 from dcvix.director.throttle import LoginThrottle
@@ -78,6 +83,7 @@ class DirectorHarness:
     enrolment: Enrolment
     admin: AgentAdmin
     sessions: SessionControl
+    connections: ConnectionTokens
 
     def resource(self) -> IResource:
         """The twisted.web resource serving every route."""
@@ -105,9 +111,11 @@ def director_harness(
     max_body_bytes: int = _DEFAULTS.max_body_bytes,
     enrolment: EnrolmentPolicy | None = None,
     users: Sequence[Mapping[str, Any]] = USERS,
+    pools: Sequence[Mapping[str, Any]] = (),
     passwords: Mapping[str, str] = PASSWORDS,
     own_names: frozenset[str] = frozenset(),
     now: dt.datetime = NOW,
+    gateways: Sequence[str] = ("127.0.0.1",),
 ) -> DirectorHarness:
     """The director's API, wired as :func:`~dcvix.director.service.build_director`.
 
@@ -117,9 +125,11 @@ def director_harness(
         enrolment: enrolment settings (default: 14-day certificates, no
             token, no auto-approval).
         users: the entries of ``users.json``.
+        pools: the entries of ``pools.json``.
         passwords: what the login back end accepts.
         own_names: the director's host names, lower case.
         now: where the clock starts.
+        gateways: ``[gateway] gateways_list``.
     """
     settings = _DEFAULTS
     clock = Clock()
@@ -141,7 +151,7 @@ def director_harness(
     policydb = folder / "policydb"
     policydb.mkdir()
     (policydb / "users.json").write_text(json.dumps(list(users)), encoding="utf-8")
-    (policydb / "pools.json").write_text("[]", encoding="utf-8")
+    (policydb / "pools.json").write_text(json.dumps(list(pools)), encoding="utf-8")
     policy = PolicyHolder(policydb)
     authenticator = PasswordAuthenticator(passwords)
     tokens = TokenService(TOKEN_KEY, clock)
@@ -164,14 +174,31 @@ def director_harness(
         clock,
     )
     admin = AgentAdmin(registry, audit, clock, own_names, sessions.forget)
+    connections = ConnectionTokens(
+        tokens,
+        runtime,
+        registry,
+        settings.connection_token_ttl,
+        settings.connection_token_single_use,
+        HousekeeperSection().max_age,
+        clock,
+    )
     root = DirectorRoot(
         max_body_bytes,
-        Gate(logins, enrolment_service),
+        Gate(logins, enrolment_service, Gateways(gateways, clock)),
         [
             AgentRoutes(enrolment_service, runtime, settings.agent_port, clock),
             AuthRoutes(logins),
             AdminRoutes(admin, authority.pem),
             SessionRoutes(sessions, audit),
+            DcvRoutes(
+                connections,
+                SessionResolver(
+                    runtime, connections, HousekeeperSection().max_age, clock
+                ),
+                settings.dcv_port,
+            ),
+            UserRoutes(Portal(policy, sessions, connections, settings.dcv_port), audit),
         ],
     )
     return DirectorHarness(
@@ -188,4 +215,5 @@ def director_harness(
         enrolment=enrolment_service,
         admin=admin,
         sessions=sessions,
+        connections=connections,
     )

@@ -12,24 +12,21 @@ from __future__ import annotations
 import itertools
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 from klein import Klein
+from stub_api import call, login_cookie
 from treq.testing import StubTreq
-from twisted.internet.defer import Deferred
-from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from werkzeug.routing import Rule
 
 from dcvix.common.http import json_response
-from dcvix.director.api.authz import Gate, Role, authorized
+from dcvix.director.api.authz import Gate, Gateways, Role, authorized
 from dcvix.director.api.root import DirectorRoot
 from dcvix.testing import DirectorHarness, director_harness
 
-BASE = "http://director.test"
 GUID = "0b6f3a52-8d1e-4c3b-9a57-2f4e6d8c1a90"
 ACTIONS = ("approve", "deny", "revoke", "reactivate", "delete")
 AGENT_ACTION = (
@@ -45,6 +42,13 @@ ROUTES = {
     ("POST", "/v1/agent/renew", Role.AGENT_CERTIFICATE),
     ("POST", "/v1/agent/update", Role.AGENT),
     ("GET", "/v1/auth-health", Role.USER),
+    ("GET", "/v1/user/servers", Role.USER),
+    ("POST", "/v1/user/sessions", Role.USER),
+    ("GET", "/v1/user/sessions", Role.USER),
+    ("DELETE", "/v1/user/sessions/<string:session_id>", Role.USER),
+    ("GET", "/v1/user/connectiontoken", Role.USER),
+    ("GET", "/v1/user/connectionfile", Role.USER),
+    ("POST", "/v1/user/servers/<string:server>/config", Role.USER),
     ("GET", "/v1/admin/agents", Role.ADMIN),
     ("POST", AGENT_ACTION, Role.ADMIN),
     ("GET", "/v1/admin/ca", Role.ADMIN),
@@ -53,6 +57,8 @@ ROUTES = {
     ("POST", "/v1/sessions", Role.ADMIN),
     ("DELETE", "/v1/sessions/<string:session_id>", Role.ADMIN),
     ("POST", "/v1/servers/<string:server>/config", Role.ADMIN),
+    ("POST", "/v1/user/authtokenverify", Role.PUBLIC),
+    ("POST", "/resolveSession", Role.GATEWAY),
 }
 
 # A dummy value for each path converter; several for an ``any``.
@@ -76,70 +82,24 @@ ANONYMOUS = {
     ("POST", "/v1/user/login"): EMPTY_BODY,
     ("POST", "/v1/admin/login"): EMPTY_BODY,
     ("POST", "/v1/logout"): (200, {}),
+    ("POST", "/v1/user/authtokenverify"): (
+        200,
+        '<auth result="no"><message>dcvix-director: authentication token '
+        "verification failed</message></auth>",
+    ),
+    # StubTreq's peer is 127.0.0.1, the default gateways_list.
+    ("POST", "/resolveSession"): (400, {"error": "sessionId is required"}),
 }
 REFUSED_ANONYMOUS = {
     Role.AGENT_CERTIFICATE: CERTIFICATE_REQUIRED,
     Role.AGENT: CERTIFICATE_REQUIRED,
     Role.USER: LOGIN_REQUIRED,
     Role.ADMIN: LOGIN_REQUIRED,
+    Role.GATEWAY: (403, {"error": "forbidden"}),
 }
 
 
 # ------------------------------------------------------------------ harness
-
-
-def result_of(d: Deferred[Any]) -> Any:
-    """The result of a Deferred that has already fired."""
-    box: list[Any] = []
-    d.addBoth(box.append)
-    assert box, "Deferred has not fired"
-    if isinstance(box[0], Failure):
-        box[0].raiseException()
-    return box[0]
-
-
-@dataclass(frozen=True)
-class Answer:
-    code: int
-    headers: Any
-    body: bytes
-
-    def json(self) -> Any:
-        return json.loads(self.body)
-
-    @property
-    def outcome(self) -> tuple[int, Any]:
-        return (self.code, self.json() if self.body else None)
-
-
-def call(
-    stub: StubTreq,
-    method: str,
-    path: str,
-    body: bytes = b"",
-    cookie: str | None = None,
-) -> Answer:
-    headers = {"Cookie": f"dcvix_session={cookie}"} if cookie else {}
-    # StubTreq sets its treq methods in __init__, out of the type checker's view.
-    d = stub.request(method, BASE + path, data=body or None, headers=headers)  # type: ignore[attr-defined]
-    stub.flush()
-    response = result_of(d)
-    content = response.content()
-    stub.flush()
-    return Answer(response.code, response.headers, result_of(content))
-
-
-def login_cookie(stub: StubTreq, user: str, password: str, admin: bool) -> str:
-    """Log in through the API; the ``dcvix_session`` cookie's value."""
-    path = "/v1/admin/login" if admin else "/v1/user/login"
-    body = json.dumps({"userID": user, "password": password}).encode()
-    answer = call(stub, "POST", path, body)
-    assert answer.outcome == (200, {})
-    (set_cookie,) = answer.headers.getRawHeaders("Set-Cookie")
-    name, value = set_cookie.split(";")[0].split("=", 1)
-    assert name == "dcvix_session"
-    assert value
-    return str(value)
 
 
 def urls_of(root: DirectorRoot) -> Iterator[tuple[str, str, str]]:
@@ -314,7 +274,8 @@ class Probe:
 def test_a_method_without_authorized_is_not_routed(
     director: DirectorHarness,
 ) -> None:
-    root = DirectorRoot(1048576, Gate(director.logins, director.enrolment), [Probe()])
+    gate = Gate(director.logins, director.enrolment, Gateways((), director.clock))
+    root = DirectorRoot(1048576, gate, [Probe()])
     stub = StubTreq(root.resource())
 
     assert sorted((r.method, r.path, r.role.value) for r in root.routes) == [

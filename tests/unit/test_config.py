@@ -276,7 +276,13 @@ DIRECTOR_REJECTIONS = [
         "gateway",
         "gateways_list",
         "127.0.0.1, gw.example",
-        "'gw.example' is not an IP address",
+        "'gw.example' is not an IP address or network",
+    ),
+    (
+        "gateway",
+        "gateways_list",
+        "10.0.0.0/33",
+        "'10.0.0.0/33' is not an IP address or network",
     ),
     (
         "housekeeper",
@@ -421,7 +427,7 @@ privacyidea_tls_strict = no
 otp_external_args = --check  --verbose
 
 [gateway]
-gateways_list = 10.0.0.1,  2001:DB8::1
+gateways_list = 10.0.0.1,  2001:DB8::1, 10.1.2.3/16, ::ffff:192.0.2.7, fd00::/8
 
 [log]
 level = Trace
@@ -444,7 +450,13 @@ format = JSON
     assert config.ldap_auth.ldap_bind_password == "pa#ss;word"
     assert config.ldap_auth.privacyidea_tls_strict is False
     assert config.ldap_auth.otp_external_args == ("--check", "--verbose")
-    assert config.gateway.gateways_list == ("10.0.0.1", "2001:db8::1")
+    assert config.gateway.gateways_list == (
+        "10.0.0.1",
+        "2001:db8::1",
+        "10.1.0.0/16",
+        "192.0.2.7",
+        "fd00::/8",
+    )
     assert (config.log.level, config.log.rotation, config.log.format) == (
         "debug",
         0,

@@ -16,24 +16,33 @@ Roles:
   :class:`~dcvix.director.registry.AgentRecord`;
 - ``USER``: a valid login cookie; the route gets its
   :class:`~dcvix.director.tokens.Claims`;
-- ``ADMIN``: a valid admin login of a user who is still admin in the policy.
+- ``ADMIN``: a valid admin login of a user who is still admin in the policy;
+- ``GATEWAY``: a peer address within ``[gateway] gateways_list`` (the DCV
+  Connection Gateway); the route gets that address.
 """
 
 from __future__ import annotations
 
 import enum
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 from cryptography import x509
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 
-from dcvix.common.http import peer_certificate
+from dcvix.common.errors import Forbidden
+from dcvix.common.http import client_address, peer_certificate
+from dcvix.common.networks import AddressList
+from dcvix.common.ratelimit import LogBudget
 from dcvix.director.enrolment import PeerIdentity
 from dcvix.director.registry import AgentRecord
 from dcvix.director.tokens import Claims
+
+log = Logger()
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -49,6 +58,7 @@ class Role(enum.Enum):
     AGENT = "agent"
     USER = "user"
     ADMIN = "admin"
+    GATEWAY = "gateway"
 
 
 @dataclass(frozen=True)
@@ -110,12 +120,57 @@ class Agents(Protocol):
         """The registered agent with that pinned key."""
 
 
+class Gateways:
+    """Which peers may call as the DCV Connection Gateway.
+
+    Addresses and CIDR networks (``[gateway] gateways_list``), matched against
+    the socket's peer (an IPv4-mapped IPv6 peer as IPv4), never a header.
+    Refusals are logged at most ``REFUSALS_LOGGED`` times a minute.
+
+    Args:
+        entries: the configured addresses and networks; empty refuses everyone.
+        clock: the time, for the log budget.
+    """
+
+    REFUSALS_LOGGED = 10
+
+    def __init__(self, entries: Sequence[str], clock: IReactorTime) -> None:
+        self._allowed = AddressList(entries)
+        self._refusals = LogBudget(self.REFUSALS_LOGGED, 60.0, clock)
+
+    def admit(self, request: IRequest) -> str:
+        """The peer's address, if it is a gateway's.
+
+        Raises:
+            Forbidden: it is not.
+        """
+        peer = client_address(request)
+        if peer in self._allowed:
+            return peer
+        skipped = self._refusals.take()
+        if skipped is not None:
+            why = (
+                "[gateway] gateways_list is empty"
+                if not self._allowed
+                else "it is not in [gateway] gateways_list"
+            )
+            log.warn(
+                "refused a session resolution from {peer}: {why}"
+                + (" ({skipped} more refusals not logged)" if skipped else ""),
+                peer=peer,
+                why=why,
+                skipped=skipped,
+            )
+        raise Forbidden("forbidden")
+
+
 class Gate:
     """Checks a caller against a role, with the services that know callers."""
 
-    def __init__(self, logins: Callers, enrolment: Agents) -> None:
+    def __init__(self, logins: Callers, enrolment: Agents, gateways: Gateways) -> None:
         self._logins = logins
         self._enrolment = enrolment
+        self._gateways = gateways
 
     async def check(self, role: Role, request: IRequest) -> Any:
         """The caller of ``request`` if it holds ``role``.
@@ -133,5 +188,7 @@ class Gate:
             return await self._enrolment.authenticate(peer)
         if role is Role.USER:
             return await self._logins.identify(login_cookie(request))
+        if role is Role.GATEWAY:
+            return self._gateways.admit(request)
         assert role is Role.ADMIN
         return await self._logins.require_admin(login_cookie(request))
