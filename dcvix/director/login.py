@@ -146,6 +146,10 @@ class LoginService:
             raise Unauthorized("login required")
         return claims
 
+    def holds_admin(self, claims: Claims) -> bool:
+        """Whether a valid login is an admin login of a user still admin now."""
+        return claims.category == ADMIN and self._policy.current.is_admin(claims.user)
+
     async def require_admin(self, token: str | None) -> Claims:
         """The caller, who must hold an admin login and still be admin now.
 
@@ -154,6 +158,6 @@ class LoginService:
             Forbidden: logged in, but not (or no longer) an admin.
         """
         claims = await self.identify(token)
-        if claims.category != ADMIN or not self._policy.current.is_admin(claims.user):
+        if not self.holds_admin(claims):
             raise Forbidden("admin rights required")
         return claims

@@ -72,6 +72,15 @@ class Policy:
             )
         return entry
 
+    def pools_holding(self, hostname: str) -> list[str]:
+        """The pools whose workstations include ``hostname`` (in any case)."""
+        name = hostname.lower()
+        return [
+            pool.id
+            for pool in self.pools.values()
+            if any(w.lower() == name for w in pool.workstations)
+        ]
+
     def is_admin(self, user: str) -> bool:
         """Whether ``users.json`` says ``user`` is an admin."""
         entry = self.user(user)

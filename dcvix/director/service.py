@@ -159,6 +159,14 @@ def _authenticator(
     )
 
 
+def login_otp_field(config: DirectorConfig) -> str:
+    """Whether the login form asks for an OTP (see :class:`AuthRoutes`)."""
+    kind = config.director.auth_type
+    if kind == "ldap" and config.ldap_auth.otp_type != "disabled":
+        return "required"
+    return "optional" if kind == "radius" else "none"
+
+
 def build_director(
     config: DirectorConfig,
     reactor: Any,
@@ -301,9 +309,9 @@ def build_director(
         Gate(logins, enrolment, Gateways(config.gateway.gateways_list, reactor)),
         [
             AgentRoutes(enrolment, runtime, settings.agent_port, reactor),
-            AuthRoutes(logins),
+            AuthRoutes(logins, login_otp_field(config)),
             AdminRoutes(admin, authority.pem),
-            SessionRoutes(control, audit),
+            SessionRoutes(control, audit, policy),
             DcvRoutes(
                 connections,
                 SessionResolver(runtime, connections, keeper.max_age, reactor),

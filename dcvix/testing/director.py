@@ -190,7 +190,7 @@ def director_harness(
             AgentRoutes(enrolment_service, runtime, settings.agent_port, clock),
             AuthRoutes(logins),
             AdminRoutes(admin, authority.pem),
-            SessionRoutes(sessions, audit),
+            SessionRoutes(sessions, audit, policy),
             DcvRoutes(
                 connections,
                 SessionResolver(

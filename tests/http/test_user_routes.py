@@ -496,3 +496,22 @@ def test_a_double_click_makes_one_session(
     world.stub.flush()
     assert contents == [{"sessionID": "dcvix_once", "serverId": "ws-2"}] * 2
     assert calls == ["/v1/sessions"]
+
+
+def test_admins_see_which_pools_hold_each_server(world: World) -> None:
+    world.cookies["admin"] = login_cookie(world.stub, "alice", "a-pw", admin=True)
+    answer = world.as_user("admin", "GET", "/v1/servers")
+    pools = {s["hostname"]: s["pools"] for s in answer.json()}
+    assert pools == {"ws-1": [], "ws-2": ["gpu"], "ws-3": ["gpu"], "ws-4": []}
+    health = world.as_user("admin", "GET", "/v1/auth-health")
+    assert health.outcome == (
+        200,
+        {"status": "healthy", "user": "alice", "admin": True},
+    )
+    # The same admin through the user login is a user; so is bob.
+    for user in ("alice", "bob"):
+        health = world.as_user(user, "GET", "/v1/auth-health")
+        assert health.outcome == (
+            200,
+            {"status": "healthy", "user": user, "admin": False},
+        )

@@ -400,7 +400,10 @@ def test_every_login_failure_is_the_same_401(fleet: Fleet) -> None:
     assert (answer.status, answer.body) == (200, {})
     token = answer.token
     health = call(director, "GET", "/v1/auth-health", token=token)
-    assert (health.status, health.body) == (200, HEALTHY)
+    assert (health.status, health.body) == (
+        200,
+        {**HEALTHY, "user": BOB, "admin": False},
+    )
     refused = call(director, "GET", "/v1/admin/agents", token=token)
     assert (refused.status, refused.body) == (403, ADMIN_REQUIRED)
     refused = call(director, "GET", "/v1/admin/ca", token=token)
@@ -655,7 +658,10 @@ def test_logout_with_curl_and_the_cookie_jar(fleet: Fleet, tmp_path: Path) -> No
         return status, json.loads(body)
 
     url = f"https://127.0.0.1:{director.port}"
-    assert curl("--cookie", "cookies.txt", f"{url}/v1/auth-health") == ("200", HEALTHY)
+    assert curl("--cookie", "cookies.txt", f"{url}/v1/auth-health") == (
+        "200",
+        {**HEALTHY, "user": ALICE, "admin": True},
+    )
     assert curl(
         "--cookie", "cookies.txt", "--cookie-jar", "cookies.txt", "-X", "POST",
         f"{url}/v1/logout",

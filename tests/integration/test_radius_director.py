@@ -120,7 +120,10 @@ def test_user_login_through_radius(fleet: Fleet, radiusd: Radiusd) -> None:
     assert (answer.status, answer.body) == (200, {})
     assert answer.token is not None
     health = call(director, "GET", "/v1/auth-health", token=answer.token)
-    assert (health.status, health.body) == (200, HEALTHY)
+    assert (health.status, health.body) == (
+        200,
+        {**HEALTHY, "user": alice.name, "admin": False},
+    )
 
     refused = login(director, alice.name, "not-" + alice.password)
     assert (refused.status, refused.body, refused.token) == (401, FAILED, None)

@@ -86,6 +86,7 @@ SERVER_KEYS = [
     "agent_port",
     "version",
     "dcv_error",
+    "pools",
 ]
 ROOT_REFUSED = "root may not own a virtual session (uid below 1000)"
 CLOSED = {

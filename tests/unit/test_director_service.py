@@ -12,7 +12,7 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.web.server import Site
 
-from dcvix.common.config import load_config
+from dcvix.common.config import load_config, parse_config
 from dcvix.common.pki import load_certificates, subject_alt_names
 from dcvix.common.threads import ThreadPoolService
 from dcvix.director.auth import Authenticator
@@ -20,7 +20,7 @@ from dcvix.director.config import DirectorConfig
 from dcvix.director.registry import PENDING
 from dcvix.director.registry.sqlite import Runner, get_txn, inline_runner
 from dcvix.director.registry.sqlite_schema import connect, to_db_time
-from dcvix.director.service import Dependencies, build_director
+from dcvix.director.service import Dependencies, build_director, login_otp_field
 from dcvix.testing import PasswordAuthenticator
 
 START = dt.datetime(2026, 12, 1, 8, 0, tzinfo=dt.UTC)
@@ -142,3 +142,27 @@ def test_the_housekeeper_purges_agents_pending_too_long(
     finally:
         root.stopService()
         database.close()
+
+
+@pytest.mark.parametrize(
+    ("text", "field"),
+    [
+        ("[director]\nauth_type = pam\n", "none"),
+        ("[director]\nauth_type = ldap\n", "none"),
+        (
+            "[director]\nauth_type = ldap\n[ldap_auth]\notp_type = privacyidea\n",
+            "required",
+        ),
+        (
+            "[director]\nauth_type = ldap\n[ldap_auth]\notp_type = external\n",
+            "required",
+        ),
+        ("[director]\nauth_type = radius\n", "optional"),
+        ("[director]\nauth_type = external\n", "none"),
+    ],
+)
+def test_the_login_form_asks_for_an_otp_when_a_back_end_takes_one(
+    text: str, field: str
+) -> None:
+    """``GET /v1/ui-config`` tells the web UI whether to show the OTP field."""
+    assert login_otp_field(parse_config(DirectorConfig, text, None)) == field

@@ -731,6 +731,7 @@ def test_server_json_go_keys_first_then_ours() -> None:
         "agent_port",
         "version",
         "dcv_error",
+        "pools",
     ]
     assert document == {
         "last-seen": "2026-07-01T12:00:00Z",
@@ -758,6 +759,7 @@ def test_server_json_go_keys_first_then_ours() -> None:
         "agent_port": 8446,
         "version": "0.1.0",
         "dcv_error": "",
+        "pools": [],
     }
 
 

@@ -35,10 +35,18 @@ def _set_cookie(request: IRequest, value: bytes, expires: dt.datetime | None) ->
 
 
 class AuthRoutes:
-    """``/v1/user/login``, ``/v1/admin/login``, ``/v1/logout``, ``/v1/auth-health``."""
+    """``/v1/user/login``, ``/v1/admin/login``, ``/v1/logout``, ``/v1/auth-health``.
 
-    def __init__(self, logins: LoginService) -> None:
+    Args:
+        logins: the login service.
+        otp: whether the login form needs an OTP field: ``required`` (LDAP
+            with a second factor), ``optional`` (RADIUS appends one when
+            given) or ``none``.
+    """
+
+    def __init__(self, logins: LoginService, otp: str = "none") -> None:
         self._logins = logins
+        self._otp = otp
 
     async def _login(self, request: IRequest, admin: bool) -> bytes:
         body = decode(LoginRequest, read_json(request))
@@ -69,5 +77,22 @@ class AuthRoutes:
 
     @authorized("GET", "/v1/auth-health", role=Role.USER)
     async def auth_health(self, request: IRequest, caller: Claims) -> bytes:
-        """200 while the cookie is valid."""
-        return json_response(request, 200, {"status": "healthy"})
+        """200 while the cookie is valid: Go's ``status``, and who is calling.
+
+        ``admin`` is true for an admin login of a user still admin in the
+        policy (the web UI picks its area from it without probing).
+        """
+        return json_response(
+            request,
+            200,
+            {
+                "status": "healthy",
+                "user": caller.user,
+                "admin": self._logins.holds_admin(caller),
+            },
+        )
+
+    @authorized("GET", "/v1/ui-config", role=Role.PUBLIC)
+    def ui_config(self, request: IRequest) -> bytes:
+        """What the login form shows: ``{"otp": "required"|"optional"|"none"}``."""
+        return json_response(request, 200, {"otp": self._otp})

@@ -6,6 +6,7 @@ old director's output keep working; our own keys follow.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from dcvix.common.gotime import format_time
@@ -37,13 +38,19 @@ def session_json(state: ServerState, session: Session) -> dict[str, Any]:
     }
 
 
-def server_json(state: ServerState, online: bool, agent_state: str) -> dict[str, Any]:
+def server_json(
+    state: ServerState,
+    online: bool,
+    agent_state: str,
+    pools: Sequence[str] = (),
+) -> dict[str, Any]:
     """A server; the sessions of one gone offline are not shown.
 
     Args:
         state: the server's last report.
         online: whether it is heard from in time (see ``runtime.is_online``).
         agent_state: its agent's state in the registry.
+        pools: the pools of ``pools.json`` that hold it.
     """
     stats = state.stats
     return {
@@ -65,4 +72,5 @@ def server_json(state: ServerState, online: bool, agent_state: str) -> dict[str,
         "agent_port": state.agent_port,
         "version": state.version,
         "dcv_error": state.dcv_error,
+        "pools": list(pools),
     }

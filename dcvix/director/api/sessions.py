@@ -9,6 +9,7 @@ from dcvix.common.jsonfields import decode
 from dcvix.director.api.authz import Role, authorized
 from dcvix.director.api.render import server_json, session_json
 from dcvix.director.audit import Audit
+from dcvix.director.policy import PolicyHolder
 from dcvix.director.requests import ConfigRequest, CreateSessionRequest
 from dcvix.director.sessions import SessionControl
 from dcvix.director.tokens import Claims
@@ -20,11 +21,15 @@ class SessionRoutes:
     Args:
         control: the session service.
         audit: where creates, closes and config pushes are recorded.
+        policy: the policy in force (which pools hold a server).
     """
 
-    def __init__(self, control: SessionControl, audit: Audit) -> None:
+    def __init__(
+        self, control: SessionControl, audit: Audit, policy: PolicyHolder
+    ) -> None:
         self._control = control
         self._audit = audit
+        self._policy = policy
 
     @authorized("GET", "/v1/servers", role=Role.ADMIN)
     async def servers(self, request: IRequest, caller: Claims) -> bytes:
@@ -36,7 +41,15 @@ class SessionRoutes:
         return json_response(
             request,
             200,
-            [server_json(v.state, v.online, v.agent_state) for v in views],
+            [
+                server_json(
+                    v.state,
+                    v.online,
+                    v.agent_state,
+                    self._policy.current.pools_holding(v.state.hostname),
+                )
+                for v in views
+            ],
         )
 
     @authorized("GET", "/v1/sessions", role=Role.ADMIN)
