@@ -50,9 +50,13 @@ class PayloadTooLarge(ApiError):
 
 
 class TooManyRequests(ApiError):
-    """429: slow down."""
+    """429: slow down; ``retry_after`` seconds, when known, go in ``Retry-After``."""
 
     status = 429
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class BadGateway(ApiError):

@@ -273,6 +273,9 @@ def install_error_handlers(app: Klein) -> None:
         request, failure = _request_and_failure(args)
         error = failure.value
         assert isinstance(error, ApiError)
+        wait = getattr(error, "retry_after", None)
+        if wait is not None:
+            request.setHeader(b"Retry-After", str(max(1, math.ceil(wait))).encode())
         return error_response(request, error.status, error.message)
 
     def routing_error(*args: Any) -> bytes:

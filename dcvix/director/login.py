@@ -68,7 +68,10 @@ class LoginService:
             self._audit.logged(
                 user, f"{route} refused", address, f"backend={backend} result=locked"
             )
-            raise TooManyRequests("too many failed logins; try again later")
+            raise TooManyRequests(
+                "too many failed logins; try again later",
+                self._throttle.retry_after(user, address),
+            )
         self._throttle.started(user, address)
         try:
             result, canonical = await self._check(user, body.password, body.otp, admin)

@@ -73,6 +73,20 @@ class LoginThrottle:
             for key in self._keys(user, address)
         )
 
+    def retry_after(self, user: str, address: str) -> float | None:
+        """Seconds until a locked login may be tried again, when a lock says.
+
+        None when only attempts still waiting for the back end hold it (they
+        end when the back end answers, which nobody can tell in advance).
+        """
+        now = self._clock.seconds()
+        waits = [
+            self._locked_until[key] - now
+            for key in self._keys(user, address)
+            if self._lock_holds(key)
+        ]
+        return max(waits) if waits else None
+
     def started(self, user: str, address: str) -> None:
         """An attempt went to the back end: it counts until :meth:`ended`."""
         for key in self._keys(user, address):

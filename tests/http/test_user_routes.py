@@ -515,3 +515,13 @@ def test_admins_see_which_pools_hold_each_server(world: World) -> None:
             200,
             {"status": "healthy", "user": user, "admin": False},
         )
+
+
+def test_a_locked_login_says_when_to_try_again(world: World) -> None:
+    body = json.dumps({"userID": "bob", "password": "wrong"}).encode()
+    for _ in range(5):
+        assert call(world.stub, "POST", "/v1/user/login", body).code == 401
+    world.director.clock.advance(60)
+    answer = call(world.stub, "POST", "/v1/user/login", body)
+    assert answer.code == 429
+    assert answer.headers.getRawHeaders("Retry-After") == ["240"]

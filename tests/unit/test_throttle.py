@@ -181,3 +181,20 @@ def test_unicode_spellings_a_directory_matches_share_one_count(
     for n in range(5):
         throttle.failed(variant, f"10.0.4.{n}")
     assert throttle.locked("alice", "10.0.5.1")
+
+
+def test_retry_after_is_the_longest_lock_left(
+    clock: Clock, throttle: LoginThrottle
+) -> None:
+    assert throttle.retry_after("alice", "10.0.0.1") is None
+    for _ in range(5):
+        throttle.failed("alice", "10.0.0.1")
+    clock.advance(100)
+    assert throttle.retry_after("alice", "10.0.0.1") == 200
+    # Attempts still at the back end lock without a known end.
+    for _ in range(5):
+        throttle.started("bob", "10.0.0.2")
+    assert throttle.locked("bob", "10.0.0.2")
+    assert throttle.retry_after("bob", "10.0.0.2") is None
+    clock.advance(200)
+    assert throttle.retry_after("alice", "10.0.0.1") is None
