@@ -37,6 +37,7 @@ from dcvix.director.api.dcv import DcvRoutes
 from dcvix.director.api.root import DirectorRoot
 from dcvix.director.api.sessions import SessionRoutes
 from dcvix.director.api.user import UserRoutes
+from dcvix.director.api.web import WebRoutes, web_root
 from dcvix.director.audit import Audit
 from dcvix.director.auth import Authenticator
 from dcvix.director.auth.admission import AdmissionBound, BoundedAuthenticator
@@ -318,6 +319,7 @@ def build_director(
                 settings.dcv_port,
             ),
             UserRoutes(Portal(policy, control, connections, settings.dcv_port), audit),
+            WebRoutes(web_root()),
         ],
     )
     site = DcvixSite(api.resource(), body_limit=api.body_limit)
