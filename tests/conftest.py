@@ -8,12 +8,18 @@ from pathlib import Path
 from typing import cast
 
 import pytest
+from hypothesis import settings
 from pluggy import Result
 from twisted.logger import ILogObserver, LogEvent, formatEvent, globalLogPublisher
 
 from daemons import DaemonProcess
 
 REQUIRE_SERVICES = os.environ.get("DCVIX_REQUIRE_SERVICES") == "1"
+
+# No per-example deadline: on a loaded machine (browsers, daemons beside the
+# suite) a slow example is not a failing one. Each test still has its timeout.
+settings.register_profile("dcvix", deadline=None)
+settings.load_profile("dcvix")
 
 
 @pytest.hookimpl(hookwrapper=True)

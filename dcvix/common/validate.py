@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _HOSTNAME = re.compile(rf"(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})*")
+_ZONE = re.compile(r"[A-Za-z0-9_.-]{1,32}")
 
 
 def is_hostname(name: str) -> bool:
@@ -23,9 +24,15 @@ def parse_host(text: str) -> str:
         ValueError: anything else.
     """
     try:
-        return str(ipaddress.ip_address(text.strip("[]")))
+        address = ipaddress.ip_address(text.strip("[]"))
     except ValueError:
         pass
+    else:
+        # Python accepts any text as an IPv6 zone ("fe80::1%<anything>").
+        zone = getattr(address, "scope_id", None)
+        if zone is not None and not _ZONE.fullmatch(zone):
+            raise ValueError(f"{text!r} has an invalid IPv6 zone")
+        return str(address)
     if not _HOSTNAME.fullmatch(text.removesuffix(".")):
         raise ValueError(f"{text!r} is not a host name or IP address")
     return text

@@ -38,6 +38,17 @@ from dcvix.director.tokens import (
 log = Logger()
 
 REFUSALS_LOGGED = 20  # a minute: anyone may ask, the log must not flood
+# Tokens remembered per session id for the resolver (the latest ones).
+GRANTS_KEPT = 64
+
+
+@dataclass(frozen=True)
+class Grant:
+    """Where a connection token issued for a session id went, and to whom."""
+
+    server: str
+    expires: dt.datetime
+    address: str
 
 
 @dataclass(frozen=True)
@@ -81,12 +92,14 @@ class ConnectionTokens:
         self._max_age = max_age
         self._clock = clock
         # session id -> (hostname, expiry) of the latest token issued for it
-        self._latest: dict[str, tuple[str, dt.datetime]] = {}
+        self._issued: dict[str, list[Grant]] = {}
         # token hash -> expiry, for tokens consumed by a verification
         self._consumed: dict[str, dt.datetime] = {}
         self._refusals = LogBudget(REFUSALS_LOGGED, 60.0, clock)
 
-    def issue(self, user: str, hostname: str, session_id: str) -> Issued:
+    def issue(
+        self, user: str, hostname: str, session_id: str, address: str = ""
+    ) -> Issued:
         """A fresh token for ``user``'s session ``session_id`` on ``hostname``.
 
         The caller has checked that the session is the user's and that the
@@ -100,15 +113,25 @@ class ConnectionTokens:
             serverId=hostname,
             sessionId=session_id,
         )
-        self._latest[session_id] = (hostname, expires)
+        grants = self._issued.setdefault(session_id, [])
+        grants.append(Grant(hostname, expires, address))
+        del grants[:-GRANTS_KEPT]
         return Issued(token, expires, hostname, session_id)
 
-    def server_for(self, session_id: str) -> str | None:
-        """The server of the latest unexpired token issued for ``session_id``."""
-        found = self._latest.get(session_id)
-        if found is None or found[1] <= now_utc(self._clock):
-            return None
-        return found[0]
+    def server_for(self, session_id: str, client: str = "") -> str | None:
+        """Which server a connection to ``session_id`` from ``client`` is for.
+
+        The server of the latest unexpired token issued for that id to a
+        caller at ``client`` (the Gateway's ``clientIpAddress``), so that one
+        user fetching a token cannot steer everyone else's connections to a
+        shared id such as ``console``; without such a token, the latest
+        unexpired token's server; else None.
+        """
+        now = now_utc(self._clock)
+        live = [g for g in self._issued.get(session_id, ()) if g.expires > now]
+        mine = [g for g in live if client and g.address == client]
+        chosen = mine or live
+        return chosen[-1].server if chosen else None
 
     async def verify(self, token: str, session_id: str, address: str) -> str | None:
         """The user a DCV server should let into ``session_id``, or None.
@@ -184,10 +207,7 @@ class ConnectionTokens:
             return False
         # Claimed in memory before the first await: a concurrent replay loses.
         self._consumed[digest] = expires
-        if await self._revoked.token_revoked(digest):
-            return False
-        await self._revoked.revoke_token(digest, expires)
-        return True
+        return await self._revoked.revoke_token(digest, expires)
 
     def _refuse(self, address: str, session_id: str, why: str) -> None:
         skipped = self._refusals.take()
@@ -206,10 +226,15 @@ class ConnectionTokens:
     def vacuum(self) -> int:
         """Forget what expired tokens left behind; how many entries went."""
         now = now_utc(self._clock)
-        stale = [k for k, (_h, expires) in self._latest.items() if expires <= now]
-        for key in stale:
-            del self._latest[key]
+        stale = 0
+        for key, grants in list(self._issued.items()):
+            live = [g for g in grants if g.expires > now]
+            stale += len(grants) - len(live)
+            if live:
+                self._issued[key] = live
+            else:
+                del self._issued[key]
         used = [k for k, expires in self._consumed.items() if expires <= now]
         for key in used:
             del self._consumed[key]
-        return len(stale) + len(used)
+        return stale + len(used)

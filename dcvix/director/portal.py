@@ -20,6 +20,7 @@ from urllib.parse import quote
 from twisted.internet.defer import DeferredLock
 
 from dcvix.common.errors import (
+    BadGateway,
     BadRequest,
     Conflict,
     Forbidden,
@@ -78,7 +79,17 @@ class Connection:
         )
 
     def dcv_file(self, user: str) -> bytes:
-        """A ``.dcv`` connection file (the Go launcher's fields)."""
+        """A ``.dcv`` connection file (the Go launcher's fields).
+
+        Every value is checked once more for line breaks and control
+        characters: one would add lines (a proxy, say) to the file.
+
+        Raises:
+            BadGateway: a value the agent or the login gave is unfit.
+        """
+        for value in (self.host, user, self.issued.session, self.issued.token):
+            if any(not c.isprintable() for c in value):
+                raise BadGateway("the server's address cannot go in a .dcv file")
         lines = [
             "[version]",
             "format=1.0",
@@ -289,21 +300,31 @@ class Portal:
         return placed.server
 
     async def sessions(self, user: str) -> list[tuple[ServerState, Session]]:
-        """``GET /v1/user/sessions``: the user's sessions on online servers."""
+        """``GET /v1/user/sessions``: the user's sessions on granted, online servers."""
+        grant = self.grant(user)
         return [
             (server, session)
             for server, session in await self._control.live_sessions()
-            if session.owner == user
+            if session.owner == user and grant.allows(server.hostname)
         ]
 
     async def close(
         self, user: str, session_id: str, server_id: str | None
     ) -> dict[str, Any]:
-        """``DELETE /v1/user/sessions/{id}``: the user's own sessions only."""
-        return await self._control.close(session_id, server_id, owner=user)
+        """``DELETE /v1/user/sessions/{id}``: the user's own, on granted servers.
+
+        A session elsewhere (a server the policy no longer grants, say) is
+        "not found", as another user's is.
+        """
+        grant = self.grant(user)
+        if server_id is not None and not grant.allows(server_id):
+            raise NotFound("session not found")
+        return await self._control.close(
+            session_id, server_id.lower() if server_id else None, user, grant.allows
+        )
 
     async def connection(
-        self, user: str, server_id: str, session_id: str
+        self, user: str, server_id: str, session_id: str, address: str = ""
     ) -> Connection:
         """A connection token for the user's own session on a granted server.
 
@@ -323,7 +344,7 @@ class Portal:
             s.id == session_id for s in self._own(state, user)
         ):
             raise NotFound("session not found")
-        issued = self._connections.issue(user, state.hostname, session_id)
+        issued = self._connections.issue(user, state.hostname, session_id, address)
         return Connection(issued, state.dcv_host, self._dcv_port)
 
     async def configure(

@@ -3,7 +3,8 @@
 Answered from the agents' last reports, in memory (the Gateway asks at every
 connection, so no agent is called). A session id is normally on one server;
 when two online servers report the same id, the one named by the latest
-unexpired connection token for that id wins, else nobody does (sending the
+unexpired connection token issued for that id to the same client address
+wins (else the latest one to anyone), else nobody does (sending the
 client to the wrong desktop is worse than refusing it).
 """
 
@@ -15,16 +16,19 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from dcvix.common.clock import now_utc
+from dcvix.common.ratelimit import LogBudget
 from dcvix.director.runtime import RuntimeStore, ServerState, is_online
 
 log = Logger()
+
+WARNINGS_LOGGED = 10
 
 
 class LatestTokens(Protocol):
     """Where connection tokens went (:class:`.connections.ConnectionTokens`)."""
 
-    def server_for(self, session_id: str) -> str | None:
-        """The server of the latest unexpired token issued for ``session_id``."""
+    def server_for(self, session_id: str, client: str = "") -> str | None:
+        """The server a connection from ``client`` to ``session_id`` is for."""
 
 
 class SessionResolver:
@@ -48,9 +52,14 @@ class SessionResolver:
         self._tokens = tokens
         self._max_age = max_age
         self._clock = clock
+        self._warnings = LogBudget(WARNINGS_LOGGED, 60.0, clock)
 
-    async def locate(self, session_id: str) -> ServerState | None:
-        """The online server holding ``session_id``, or None (unknown, or ambiguous)."""
+    async def locate(self, session_id: str, client: str = "") -> ServerState | None:
+        """The online server holding ``session_id``, or None (unknown, or ambiguous).
+
+        ``client``: the DCV client's address as the Gateway reports it, which
+        picks among the tokens issued for an id held by several servers.
+        """
         now = now_utc(self._clock)
         holders = [
             state
@@ -62,14 +71,18 @@ class SessionResolver:
             return holders[0]
         if not holders:
             return None
-        chosen = self._tokens.server_for(session_id)
+        chosen = self._tokens.server_for(session_id, client)
         for state in holders:
             if state.hostname == chosen:
                 return state
-        log.warn(
-            "session {session} is on {servers} and no unexpired connection token "
-            "says which: not resolved",
-            session=session_id,
-            servers=", ".join(sorted(s.hostname for s in holders)),
-        )
+        skipped = self._warnings.take()
+        if skipped is not None:
+            log.warn(
+                "session {session} is on {servers} and no unexpired connection "
+                "token says which: not resolved"
+                + (" ({skipped} such lines left out)" if skipped else ""),
+                session=session_id,
+                servers=", ".join(sorted(s.hostname for s in holders)),
+                skipped=skipped,
+            )
         return None

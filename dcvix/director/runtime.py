@@ -31,7 +31,9 @@ log = Logger()
 MAX_SESSIONS = 500
 MAX_TAGS = 64
 MAX_TEXT = 1024  # paths such as x11-authority hold a session id of up to 256
-MAX_UPDATE_INTERVAL = 86400.0
+# An agent's own interval stretches the window in which it counts online
+# (3 x): capped so a silent agent cannot stay "online" for days.
+MAX_UPDATE_INTERVAL = 600.0
 DEFAULT_UPDATE_INTERVAL = 30.0  # Go's
 
 

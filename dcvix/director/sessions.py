@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -84,10 +84,16 @@ class SessionControl:
         self._clock = clock
 
     async def forget(self, guid: str, deleted: bool) -> None:
-        """An agent may no longer be called: drop its connections (and reports)."""
+        """An agent may no longer be called (revoked, replaced or deleted).
+
+        Its pooled connections and its last report go at once: a revoked
+        server must leave placement, the user portal, the DCV verifier and
+        the Gateway resolver now, not when its report grows old. It comes
+        back with its next report once reactivated. ``deleted`` is only
+        said for the caller's record.
+        """
         self._client.forget(guid)
-        if deleted:
-            await self._runtime.forget_guid(guid)
+        await self._runtime.forget_guid(guid)
 
     def online(self, state: ServerState) -> bool:
         """Whether a server is online now."""
@@ -232,9 +238,17 @@ class SessionControl:
         return dt.timedelta(seconds=max(2 * state.update_interval, MIN_GRACE))
 
     async def holders(
-        self, session_id: str, server_id: str | None, owner: str | None = None
+        self,
+        session_id: str,
+        server_id: str | None,
+        owner: str | None = None,
+        allowed: Callable[[str], bool] | None = None,
     ) -> list[ServerState]:
-        """The online servers with session ``session_id`` (of ``owner``, if given)."""
+        """The online servers with session ``session_id``.
+
+        ``owner``: only that user's session; ``allowed``: only servers whose
+        hostname it accepts (the policy's grant, on user routes).
+        """
         return [
             s
             for s in await self._runtime.servers()
@@ -244,16 +258,21 @@ class SessionControl:
                 for session in s.sessions
             )
             and (server_id is None or s.hostname == server_id)
+            and (allowed is None or allowed(s.hostname))
         ]
 
     async def close(
-        self, session_id: str, server_id: str | None, owner: str | None = None
+        self,
+        session_id: str,
+        server_id: str | None,
+        owner: str | None = None,
+        allowed: Callable[[str], bool] | None = None,
     ) -> dict[str, Any]:
-        """``DELETE /v1/sessions/{id}[?serverId=]``; ``owner``: only theirs.
+        """``DELETE /v1/sessions/{id}[?serverId=]``; see :meth:`holders`.
 
         The session disappears from every listing at once.
         """
-        holders = await self.holders(session_id, server_id, owner)
+        holders = await self.holders(session_id, server_id, owner, allowed)
         if not holders:
             raise NotFound("session not found")
         if len(holders) > 1:

@@ -525,3 +525,36 @@ def test_a_locked_login_says_when_to_try_again(world: World) -> None:
     answer = call(world.stub, "POST", "/v1/user/login", body)
     assert answer.code == 429
     assert answer.headers.getRawHeaders("Retry-After") == ["240"]
+
+
+def test_a_revoked_server_leaves_every_users_view_at_once(world: World) -> None:
+    world.report("ws-1", session("s-bob", "bob"))
+    token = world.as_user(
+        "bob", "GET", "/v1/user/connectiontoken?serverId=ws-1&sessionId=s-bob"
+    ).json()["token"]
+    admin = login_cookie(world.stub, "alice", "a-pw", admin=True)
+    answer = call(
+        world.stub, "POST", f"/v1/admin/agents/{guid('ws-1')}/revoke", b"{}", admin
+    )
+    assert answer.code == 200
+    assert done(world.director.connections.verify(token, "s-bob", "10.0.0.1")) is None
+    answer = world.as_user(
+        "bob", "GET", "/v1/user/connectiontoken?serverId=ws-1&sessionId=s-bob"
+    )
+    assert answer.code == 404
+    assert world.as_user("bob", "GET", "/v1/user/sessions").json() == []
+    details = world.as_user("bob", "GET", "/v1/user/servers").json()["details"]
+    assert [
+        w["online"] for w in details["workstations"] if w["hostname"] == "ws-1"
+    ] == [False]
+
+
+def test_sessions_on_servers_the_policy_does_not_grant_are_not_the_users(
+    world: World,
+) -> None:
+    """An admin made bob a session on ws-4, which bob's policy does not grant."""
+    world.report("ws-4", session("s-4", "bob"))
+    assert world.as_user("bob", "GET", "/v1/user/sessions").json() == []
+    for path in ("/v1/user/sessions/s-4", "/v1/user/sessions/s-4?serverId=ws-4"):
+        assert world.as_user("bob", "DELETE", path).code == 404
+    assert world.agent_calls == []

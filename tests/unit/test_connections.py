@@ -343,3 +343,22 @@ def test_another_server_cannot_use_a_token_for_the_same_session_id(
     # From ws-1's own address, or one no server reports from (NAT): yes.
     assert resolve(connections.verify(issued.token, "s-bob", "192.0.2.1")) == "bob"
     assert resolve(connections.verify(issued.token, "s-bob", "198.51.100.7")) == "bob"
+
+
+def test_the_resolver_prefers_the_token_issued_to_the_same_client(
+    world: World,
+) -> None:
+    """dave fetching a token for the shared id "console" cannot steer bob."""
+    world.put(server("ws-1", NOW, session("console", "bob")))
+    world.put(server("ws-3", NOW, session("console", "dave")))
+    connections = world.connections()
+    connections.issue("bob", "ws-1", "console", "198.51.100.1")
+    connections.issue("dave", "ws-3", "console", "198.51.100.2")
+    assert connections.server_for("console", "198.51.100.1") == "ws-1"
+    assert connections.server_for("console", "198.51.100.2") == "ws-3"
+    # A client no token went to: the latest token decides, as before.
+    assert connections.server_for("console", "203.0.113.9") == "ws-3"
+    assert connections.server_for("console") == "ws-3"
+    world.advance(TTL)
+    assert connections.server_for("console", "198.51.100.1") is None
+    assert connections.vacuum() == 2

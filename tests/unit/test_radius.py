@@ -27,12 +27,16 @@ from twisted.logger import globalLogPublisher
 
 from dcvix.common.threads import ThreadPoolService
 from dcvix.director.auth import AuthUnavailable
+from dcvix.director.auth import radius as radius_module
 from dcvix.director.auth.radius import RadiusAuthenticator, load_dictionary
 from dcvix.director.config import RadiusSection
 
 SECRET = "s3cret-shared"
 DICTIONARY = load_dictionary()
 CODES = {"accept": AccessAccept, "reject": AccessReject, "challenge": AccessChallenge}
+
+
+FLOOD = 100  # junk datagrams a "flood" server sends for each request
 
 
 @dataclass(frozen=True)
@@ -70,6 +74,11 @@ class Server(DatagramProtocol):
             )
         )
         if self.answer == "silent":
+            return
+        assert self.transport is not None
+        if self.answer == "flood":
+            for _ in range(FLOOD):
+                self.transport.write(b"\x02" + bytes(40), addr)
             return
         signed = self.answer != "unsigned"
         reply = request.CreateReply(message_authenticator=signed)
@@ -239,6 +248,24 @@ async def test_accept_without_message_authenticator_is_unavailable(
     message = str(raised.value)
     assert "2 x a reply without a Message-Authenticator" in message
     assert "BlastRADIUS" in message
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_flood_of_junk_ends_the_login_without_waiting(
+    pool: ThreadPoolService,
+    listening: list[IListeningPort],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Forged datagrams are counted, not kept: past a cap the login gives up.
+
+    The cap is lowered so that the flood fits in the socket's buffer.
+    """
+    monkeypatch.setattr(radius_module, "MAX_DROPPED", FLOOD // 2)
+    running = serve(listening, Server("flood"))
+    radius = backend(pool, running, timeout=60.0, retries=0)
+    with pytest.raises(AuthUnavailable) as raised:
+        await radius.authenticate("alice", "pw", "")
+    assert f"{FLOOD // 2} invalid datagrams, giving up" in str(raised.value)
 
 
 @pytest_twisted.ensureDeferred

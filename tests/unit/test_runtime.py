@@ -506,6 +506,8 @@ def test_duplicate_session_ids_in_one_payload_keep_the_last_in_first_place() -> 
         ("https://10.0.0.5:9446/", PEER),
         ("10.0.0.5:99999", PEER),
         ("10.0.0.5/path", PEER),
+        ("fe80::1%x\r\nproxyhost=evil.example", PEER),  # a zone holding lines
+        ("[fe80::1%eth0]:8446", "fe80::1%eth0"),
     ],
 )
 def test_advertise_address_gives_the_host_to_reach(
@@ -546,7 +548,8 @@ def test_agent_port_taken_when_valid(port: Any, expected: int) -> None:
     [
         (10, 10.0),
         (2.5, 2.5),
-        (86400, 86400.0),
+        (600, 600.0),
+        (601, 30.0),  # past the cap: Go's default
         (0, 30.0),
         (-5, 30.0),
         ("30", 30.0),

@@ -246,7 +246,10 @@ class DcvRoutes:
         connection token says which); 400 without a valid ``sessionId``.
         """
         asked = _resolve_request(request)
-        state = await self._resolver.locate(asked.session_id)
+        client = _client(asked.client_ip_address)
+        state = await self._resolver.locate(
+            asked.session_id, "" if client == "-" else client
+        )
         if state is None:
             raise NotFound("session not found")
         log.debug(
@@ -254,7 +257,7 @@ class DcvRoutes:
             gateway=gateway,
             session=asked.session_id,
             server=state.hostname,
-            client=_client(asked.client_ip_address),
+            client=client,
         )
         return json_response(
             request,

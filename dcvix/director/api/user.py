@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from twisted.web.iweb import IRequest
 
-from dcvix.common.http import json_response, read_json
+from dcvix.common.http import client_address, json_response, read_json
 from dcvix.common.jsonfields import decode
 from dcvix.director.api.authz import Role, authorized
 from dcvix.director.api.render import session_json
@@ -90,7 +90,10 @@ class UserRoutes:
 
     async def _connection(self, request: IRequest, caller: Claims) -> Connection:
         connection = await self._portal.connection(
-            caller.user, _arg(request, b"serverId"), _arg(request, b"sessionId")
+            caller.user,
+            _arg(request, b"serverId"),
+            _arg(request, b"sessionId"),
+            client_address(request),
         )
         await self._audit.record(
             caller.user,

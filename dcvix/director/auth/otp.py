@@ -52,6 +52,7 @@ from dcvix.director.config import LdapSection
 
 log = Logger()
 
+MESSAGE_CAP = 200
 PRIVACYIDEA_TIMEOUT = 10.0
 PRIVACYIDEA_ANSWER_CAP = 64 * 1024
 
@@ -110,6 +111,16 @@ def check_url(base: str) -> str:
     return base.rstrip("/") + "/validate/check"
 
 
+def _loggable(text: str) -> str:
+    """Text from the OTP server, cut short and with control characters escaped.
+
+    Over plain HTTP (or without TLS checks) anyone on the path writes it, and
+    it goes to the log.
+    """
+    cut = text[:MESSAGE_CAP]
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in cut)
+
+
 def verdict(status: int, body: bytes) -> tuple[bool, str]:
     """Whether privacyIDEA accepted, and its message (for the log).
 
@@ -131,7 +142,7 @@ def verdict(status: int, body: bytes) -> tuple[bool, str]:
         error = result.get("error")
         message = error.get("message") if isinstance(error, dict) else None
         shown = message if isinstance(message, str) else repr(error)
-        raise AuthUnavailable(f"HTTP {status}, error: {shown}")
+        raise AuthUnavailable(f"HTTP {status}, error: {_loggable(shown)}")
     if not 200 <= status < 300:
         raise AuthUnavailable(f"HTTP {status}")
     value = result.get("value")
@@ -139,7 +150,7 @@ def verdict(status: int, body: bytes) -> tuple[bool, str]:
         raise AuthUnavailable(f"result.value is {value!r}, not true or false")
     detail = answer.get("detail")
     detail = detail if isinstance(detail, dict) else {}
-    message = str(detail.get("message") or "")
+    message = _loggable(str(detail.get("message") or ""))
     if not value and (detail.get("transaction_id") or detail.get("multi_challenge")):
         message = f"a challenge (not supported by dcvix): {message}"
     return value, message

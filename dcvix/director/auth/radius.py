@@ -25,6 +25,7 @@ from __future__ import annotations
 import socket
 import struct
 import time
+from collections import Counter
 from importlib.resources import as_file, files
 
 from pyrad.dictionary import Dictionary
@@ -51,6 +52,8 @@ MAX_PASSWORD = 128
 MAX_TEXT = 253
 # RFC 2865 §3: the largest RADIUS packet.
 MAX_PACKET = 4096
+# Invalid datagrams read in one login before it gives up (a flood).
+MAX_DROPPED = 1000
 # The pool's own timeout only backs up the exchange's deadline, for a name
 # lookup that hangs beyond it.
 GRACE = 0.5
@@ -118,7 +121,7 @@ def exchange(
     server = where(host, port)
     started = time.monotonic()
     data = request.RequestPacket()
-    dropped: list[str] = []
+    dropped: Counter[str] = Counter()
     sent = 0
     try:
         family, kind, protocol, _, address = socket.getaddrinfo(
@@ -139,7 +142,13 @@ def exchange(
                     try:
                         return reply_code(request, raw)
                     except Dropped as problem:
-                        dropped.append(str(problem))
+                        dropped[str(problem)] += 1
+                        if dropped.total() >= MAX_DROPPED:
+                            # A flood, not a server: stop reading it.
+                            raise AuthUnavailable(
+                                f"RADIUS server {server}: {MAX_DROPPED} invalid "
+                                "datagrams, giving up"
+                            ) from None
     except OSError as error:
         raise AuthUnavailable(f"RADIUS server {server}: {error}") from None
     spent = time.monotonic() - started
@@ -148,8 +157,7 @@ def exchange(
         f"in {spent:.1f} s"
     )
     if dropped:
-        counts = {problem: dropped.count(problem) for problem in dropped}
-        text += "; dropped " + ", ".join(f"{n} x {p}" for p, n in counts.items())
+        text += "; dropped " + ", ".join(f"{n} x {p}" for p, n in dropped.items())
     raise AuthUnavailable(text)
 
 

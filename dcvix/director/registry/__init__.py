@@ -105,8 +105,12 @@ class AuditTrail(Protocol):
 class RevokedTokens(Protocol):
     """Logged-out login tokens, kept by hash until they would have expired."""
 
-    async def revoke_token(self, token_hash: str, expires: dt.datetime) -> None:
-        """Remember a logged-out token."""
+    async def revoke_token(self, token_hash: str, expires: dt.datetime) -> bool:
+        """Remember a logged-out (or consumed) token; False if it already was.
+
+        The answer is the one atomic check of a single-use token: with several
+        directors on one store, only one of them inserts the row.
+        """
 
     async def token_revoked(self, token_hash: str) -> bool:
         """Whether a token was logged out."""

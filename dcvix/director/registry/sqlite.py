@@ -550,13 +550,14 @@ def purge_pending_txn(
 
 def revoke_token_txn(
     connection: sqlite3.Connection, token_hash: str, expires: dt.datetime
-) -> None:
-    """Remember a logged-out token until it would have expired anyway."""
+) -> bool:
+    """Remember a token until it would have expired anyway; False if it was."""
     with transaction(connection):
-        connection.execute(
+        cursor = connection.execute(
             "INSERT OR IGNORE INTO revoked_tokens (hash, expires_at) VALUES (?, ?)",
             (token_hash, to_db_time(expires)),
         )
+        return cursor.rowcount == 1
 
 
 def token_revoked_txn(connection: sqlite3.Connection, token_hash: str) -> bool:
@@ -747,8 +748,8 @@ class SqliteRegistry:
     async def latest(self, limit: int = 100) -> builtins.list[AuditEntry]:  # noqa: D102
         return await self._run(audit_list_txn, self._connection, limit)
 
-    async def revoke_token(self, token_hash: str, expires: dt.datetime) -> None:  # noqa: D102
-        await self._run(revoke_token_txn, self._connection, token_hash, expires)
+    async def revoke_token(self, token_hash: str, expires: dt.datetime) -> bool:  # noqa: D102
+        return await self._run(revoke_token_txn, self._connection, token_hash, expires)
 
     async def token_revoked(self, token_hash: str) -> bool:  # noqa: D102
         return await self._run(token_revoked_txn, self._connection, token_hash)
