@@ -8,11 +8,16 @@ from pathlib import Path
 from typing import cast
 
 import pytest
+from browser import browser, chromium, web_fleet
 from hypothesis import settings
 from pluggy import Result
 from twisted.logger import ILogObserver, LogEvent, formatEvent, globalLogPublisher
 
 from daemons import DaemonProcess
+
+# The browser fixtures, defined once: a session-scoped Chromium imported into
+# several modules would start one Playwright per module, which it refuses.
+__all__ = ["browser", "chromium", "web_fleet"]
 
 REQUIRE_SERVICES = os.environ.get("DCVIX_REQUIRE_SERVICES") == "1"
 

@@ -33,6 +33,7 @@ from dcvix.director.api.dcv import DcvRoutes
 from dcvix.director.api.root import DirectorRoot
 from dcvix.director.api.sessions import SessionRoutes
 from dcvix.director.api.user import UserRoutes
+from dcvix.director.api.web import WebRoutes, web_root
 from dcvix.director.audit import Audit
 from dcvix.director.ca import CertificateAuthority, new_authority
 from dcvix.director.config import DirectorSection, HousekeeperSection
@@ -198,6 +199,7 @@ def director_harness(
                 ),
                 settings.dcv_port,
             ),
+            WebRoutes(web_root()),
             UserRoutes(Portal(policy, sessions, connections, settings.dcv_port), audit),
         ],
     )

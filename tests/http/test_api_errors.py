@@ -118,7 +118,18 @@ def test_head_health_answers_200_without_a_body(director: StubTreq) -> None:
 
 
 @pytest.mark.parametrize(
-    "path", ["/", "/v1/nothing", "/v1/health/extra", "/v1/HEALTH", "/index.html"]
+    "path",
+    [
+        "/v1/nothing",
+        "/v1/health/extra",
+        "/v1/HEALTH",
+        "/index.html",
+        "/favicon.ico",
+        "/admin/users",
+        "/portal/x",
+        "/assets/js/none.js",
+        "/assets/index.html",
+    ],
 )
 def test_unknown_path_is_404_json(director: StubTreq, path: str) -> None:
     answer = call(director, "GET", f"http://director.test{path}")

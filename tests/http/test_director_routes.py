@@ -25,6 +25,7 @@ from werkzeug.routing import Rule
 from dcvix.common.http import json_response
 from dcvix.director.api.authz import Gate, Gateways, Role, authorized
 from dcvix.director.api.root import DirectorRoot
+from dcvix.director.api.web import web_root
 from dcvix.testing import DirectorHarness, director_harness
 
 GUID = "0b6f3a52-8d1e-4c3b-9a57-2f4e6d8c1a90"
@@ -36,6 +37,10 @@ AGENT_ACTION = (
 ROUTES = {
     ("GET", "/v1/health", Role.PUBLIC),
     ("GET", "/v1/ui-config", Role.PUBLIC),
+    ("GET", "/", Role.PUBLIC),
+    ("GET", "/<any(login,portal,admin):area>", Role.PUBLIC),
+    ("GET", "/admin/<any(agents,sessions,servers):screen>", Role.PUBLIC),
+    ("GET", "/assets/<path:name>", Role.PUBLIC),
     ("POST", "/v1/agent/register", Role.PUBLIC),
     ("POST", "/v1/user/login", Role.PUBLIC),
     ("POST", "/v1/admin/login", Role.PUBLIC),
@@ -68,7 +73,12 @@ PATH_VALUES: dict[str, tuple[str, ...]] = {
     "action": ACTIONS,
     "session_id": ("sess-1",),
     "server": ("ws-1",),
+    "area": ("login", "portal", "admin"),
+    "screen": ("agents", "sessions", "servers"),
+    "name": ("js/app.js",),
 }
+INDEX = (web_root() / "index.html").read_text()
+APP_JS = (web_root() / "js" / "app.js").read_text()
 
 LOGIN_REQUIRED = (401, {"error": "login required"})
 CERTIFICATE_REQUIRED = (401, {"error": "client certificate required"})
@@ -80,6 +90,10 @@ EMPTY_BODY = (400, {"error": "request body is empty"})
 ANONYMOUS = {
     ("GET", "/v1/health"): (200, {"status": "healthy"}),
     ("GET", "/v1/ui-config"): (200, {"otp": "none"}),
+    ("GET", "/"): (200, INDEX),
+    ("GET", "/<any(login,portal,admin):area>"): (200, INDEX),
+    ("GET", "/admin/<any(agents,sessions,servers):screen>"): (200, INDEX),
+    ("GET", "/assets/<path:name>"): (200, APP_JS),
     ("POST", "/v1/agent/register"): EMPTY_BODY,
     ("POST", "/v1/user/login"): EMPTY_BODY,
     ("POST", "/v1/admin/login"): EMPTY_BODY,
@@ -177,7 +191,12 @@ def test_only_public_routes_answer_a_caller_without_credentials(
         for method, template, path in urls_of(director.root)
     }
     assert seen == expected
-    assert {k for k, (code, _) in seen.items() if code != 401} == set(ANONYMOUS)
+    answered = {
+        (method, template)
+        for method, template, path in urls_of(director.root)
+        if seen[(method, path)][0] != 401
+    }
+    assert answered == set(ANONYMOUS)
 
 
 def test_a_user_login_is_refused_every_admin_route(

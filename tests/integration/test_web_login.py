@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import http.client
+import ssl
 from pathlib import Path
 
+import pytest
 from browser import (
     ADMIN,
     ADMIN_PASSWORD,
@@ -11,17 +14,11 @@ from browser import (
     USER_PASSWORD,
     Browser,
     WebFleet,
-    browser,
-    chromium,
     log_in,
     start_web_fleet,
-    web_fleet,
 )
 
 from fleet import Fleet
-
-__all__ = ["browser", "chromium", "web_fleet"]  # fixtures used here
-
 
 WRONG = "Wrong user name, password or one-time password."
 
@@ -97,3 +94,36 @@ def test_an_expired_login_returns_to_the_login_screen_once(
     # No loop: the login screen stays.
     page.get_by_label("User name").wait_for()
     assert page.url.endswith("/login")
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/", "/admin/agents", "/assets/js/app.js", "/v1/health", "/v1/nope"],
+)
+def test_every_answer_carries_a_strict_policy(web_fleet: WebFleet, path: str) -> None:
+    """The page, an asset, the API and an error: the same security headers."""
+    context = ssl.create_default_context(cafile=str(web_fleet.director.ca_file))
+    connection = http.client.HTTPSConnection(
+        "127.0.0.1", web_fleet.director.port, context=context, timeout=30
+    )
+    try:
+        connection.request("GET", path)
+        response = connection.getresponse()
+        response.read()
+        headers = response.headers
+    finally:
+        connection.close()
+    policy = dict(
+        (*part.split(" ", 1), "")[:2]
+        for part in headers["Content-Security-Policy"].split("; ")
+    )
+    assert policy["default-src"] == "'none'"
+    assert policy["script-src"] == "'self'"
+    assert policy["style-src"] == "'self'"
+    assert policy["connect-src"] == "'self'"
+    assert policy["frame-ancestors"] == "'none'"
+    assert "unsafe" not in headers["Content-Security-Policy"]
+    assert headers["X-Frame-Options"] == "DENY"
+    assert headers["X-Content-Type-Options"] == "nosniff"
+    assert headers["Referrer-Policy"] == "no-referrer"
+    assert headers["Strict-Transport-Security"]

@@ -1,5 +1,5 @@
 // The small shared layer every screen uses: elements, tables, dialogs,
-// messages and formats. No framework and no innerHTML: text always goes in
+// messages and formats. No framework and no HTML from strings: text always goes in
 // as text, so nothing the director or an agent reports can become markup.
 
 // An element: h("button", {type: "button", onclick: f}, "Label").

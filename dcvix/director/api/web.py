@@ -119,5 +119,5 @@ class WebRoutes:
         """A file of the UI; 404 for anything else."""
         found = self._assets.get(name)
         if found is None or name == "index.html":
-            raise NotFound("no such asset")
+            raise NotFound("not found")
         return _send(request, found)
