@@ -35,7 +35,11 @@ from dcvix.common.daemon import (
 )
 from dcvix.common.http import DcvixSite
 from dcvix.common.jobs import PeriodicJob
-from dcvix.common.pki import AGENT_CN_PREFIX, self_signed_certificate
+from dcvix.common.pki import (
+    AGENT_CN_PREFIX,
+    public_key_fingerprint,
+    self_signed_certificate,
+)
 from dcvix.common.tls import ReloadingServerTLS, ServerFiles, server_options
 from dcvix.common.validate import split_host_port
 
@@ -192,11 +196,15 @@ def build_agent(
         DcvixSite(api.app.resource()),
     ).setServiceParent(root)
     log.info(
-        "dcvix-agent {version} {guid} for {hostname} listening on {host}:{port}",
+        "dcvix-agent {version} {guid} for {hostname} listening on {host}:{port}, "
+        "key fingerprint {fingerprint}",
         version=__version__,
         guid=guid,
         hostname=hostname,
         host=settings.bind_address or "::",
         port=settings.agent_port,
+        # What the admin console shows beside a pending agent: compared out
+        # of band, it proves the approval is for this machine.
+        fingerprint=public_key_fingerprint(key.public_key()),
     )
     return root

@@ -37,6 +37,7 @@ from daemons import (
     unverified_context,
 )
 from dcvix import __version__
+from dcvix.common.pki import public_key_fingerprint
 
 PLUGINS = ["dcvix-director", "dcvix-agent"]
 HEALTHY = {"status": "healthy"}
@@ -288,7 +289,8 @@ def test_agent_first_start_makes_its_identity_and_private_files(
     assert_private_log_and_start_line(
         agent,
         f"dcvix-agent {__version__} {guid} for {AGENT_HOSTNAME} listening on "
-        f"127.0.0.1:{agent.port}",
+        f"127.0.0.1:{agent.port}, key fingerprint "
+        f"{public_key_fingerprint(key.public_key())}",
     )
     assert agent.stop() == -signal.SIGTERM
     assert sorted(p.name for p in data.iterdir()) == ["agent.guid", "agent.key"]
