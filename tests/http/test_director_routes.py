@@ -89,7 +89,7 @@ EMPTY_BODY = (400, {"error": "request body is empty"})
 # are empty); public routes answer for themselves.
 ANONYMOUS = {
     ("GET", "/v1/health"): (200, {"status": "healthy"}),
-    ("GET", "/v1/ui-config"): (200, {"otp": "none"}),
+    ("GET", "/v1/ui-config"): (200, {"otp": "none", "user": None, "admin": False}),
     ("GET", "/"): (200, INDEX),
     ("GET", "/<any(login,portal,admin):area>"): (200, INDEX),
     ("GET", "/admin/<any(agents,sessions,servers):screen>"): (200, INDEX),

@@ -558,3 +558,22 @@ def test_sessions_on_servers_the_policy_does_not_grant_are_not_the_users(
     for path in ("/v1/user/sessions/s-4", "/v1/user/sessions/s-4?serverId=ws-4"):
         assert world.as_user("bob", "DELETE", path).code == 404
     assert world.agent_calls == []
+
+
+def test_ui_config_says_who_the_cookie_is_without_refusing_anyone(
+    world: World,
+) -> None:
+    anonymous = call(world.stub, "GET", "/v1/ui-config")
+    assert anonymous.outcome == (200, {"otp": "none", "user": None, "admin": False})
+    bob = world.as_user("bob", "GET", "/v1/ui-config")
+    assert bob.outcome == (200, {"otp": "none", "user": "bob", "admin": False})
+    admin = login_cookie(world.stub, "alice", "a-pw", admin=True)
+    answer = call(world.stub, "GET", "/v1/ui-config", cookie=admin)
+    assert answer.outcome == (200, {"otp": "none", "user": "alice", "admin": True})
+    # A connection token is no login, here either.
+    world.report("ws-1", session("s-bob", "bob"))
+    token = world.as_user(
+        "bob", "GET", "/v1/user/connectiontoken?serverId=ws-1&sessionId=s-bob"
+    ).json()["token"]
+    answer = call(world.stub, "GET", "/v1/ui-config", cookie=token)
+    assert answer.outcome == (200, {"otp": "none", "user": None, "admin": False})

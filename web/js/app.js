@@ -2,11 +2,11 @@
 //
 // Screens are modules with `mount(container, context)`, which may return a
 // function that stops what they started (timers). The login cookie is
-// HttpOnly, so the app learns who is calling from GET /v1/auth-health; it
+// HttpOnly, so the app learns who is calling from GET /v1/ui-config; it
 // never probes admin routes. A user login never opens an admin screen (and
 // an admin screen would get 403 anyway).
 
-import { ApiError, get, post } from "./api.js";
+import { get, post } from "./api.js";
 import { h, notice, show, toast } from "./ui.js";
 
 const SCREENS = {
@@ -29,14 +29,11 @@ function home() {
   return state.me?.admin ? "/admin/agents" : "/portal";
 }
 
+// Who the login cookie is, from the public ui-config (which says null
+// rather than 401, so opening the UI logged out refuses nothing).
 async function whoAmI() {
-  try {
-    const health = await get("/v1/auth-health");
-    return { user: health.user, admin: Boolean(health.admin) };
-  } catch (error) {
-    if (error instanceof ApiError && error.status === 401) return null;
-    throw error;
-  }
+  const config = await get("/v1/ui-config");
+  return config.user ? { user: config.user, admin: Boolean(config.admin) } : null;
 }
 
 function renderHeader(path) {

@@ -8,6 +8,7 @@ from typing import cast
 from twisted.web.iweb import IRequest
 from twisted.web.server import Request
 
+from dcvix.common.errors import Unauthorized
 from dcvix.common.http import client_address, json_response, read_json
 from dcvix.common.jsonfields import decode
 from dcvix.director.api.authz import COOKIE, Role, authorized, login_cookie
@@ -93,6 +94,24 @@ class AuthRoutes:
         )
 
     @authorized("GET", "/v1/ui-config", role=Role.PUBLIC)
-    def ui_config(self, request: IRequest) -> bytes:
-        """What the login form shows: ``{"otp": "required"|"optional"|"none"}``."""
-        return json_response(request, 200, {"otp": self._otp})
+    async def ui_config(self, request: IRequest) -> bytes:
+        """What the web UI needs before anything else, for anyone.
+
+        ``{"otp": "required"|"optional"|"none", "user": id or null, "admin"}``:
+        whether the login form asks for an OTP, and who the cookie (if any,
+        and valid) logs in, as auth-health would say, so that opening the UI
+        logged out costs no refused request.
+        """
+        try:
+            caller: Claims | None = await self._logins.identify(login_cookie(request))
+        except Unauthorized:
+            caller = None
+        return json_response(
+            request,
+            200,
+            {
+                "otp": self._otp,
+                "user": caller.user if caller else None,
+                "admin": caller is not None and self._logins.holds_admin(caller),
+            },
+        )
