@@ -43,13 +43,18 @@ SECURITY_HEADERS = {
     b"X-Frame-Options": b"DENY",
     b"Strict-Transport-Security": b"max-age=63072000",
     b"Referrer-Policy": b"no-referrer",
-    # The web UI has no inline script or style and talks to this origin only.
+    # The web UI has no inline script or style, builds no HTML from strings
+    # (Trusted Types refuse it) and talks to this origin only.
     b"Content-Security-Policy": (
         b"default-src 'none'; script-src 'self'; style-src 'self'; "
-        b"img-src 'self' data:; font-src 'self'; connect-src 'self'; "
-        b"manifest-src 'self'; form-action 'self'; frame-ancestors 'none'; "
-        b"base-uri 'none'"
+        b"img-src 'self'; connect-src 'self'; form-action 'self'; "
+        b"frame-ancestors 'none'; base-uri 'none'; "
+        b"require-trusted-types-for 'script'; trusted-types 'none'"
     ),
+    # No other origin may load an answer (a token, a .dcv file) as a
+    # resource, nor share a browsing context group with the UI.
+    b"Cross-Origin-Resource-Policy": b"same-origin",
+    b"Cross-Origin-Opener-Policy": b"same-origin",
     b"Cache-Control": b"no-store",
 }
 

@@ -18,7 +18,13 @@ from dcvix.common.clock import now_utc
 from dcvix.common.errors import BadRequest
 from dcvix.common.validate import canonical_guid
 from dcvix.director.audit import Audit
-from dcvix.director.registry import STATES, AgentRecord, AgentRegistry
+from dcvix.director.registry import (
+    NOTHING_SEEN,
+    STATES,
+    AgentRecord,
+    AgentRegistry,
+    Seen,
+)
 
 ACTIONS = ("approve", "deny", "revoke", "reactivate", "delete")
 
@@ -87,12 +93,14 @@ class AgentAdmin:
         actor: str,
         replace: bool = False,
         claimed_key: str = "",
+        seen: Seen = NOTHING_SEEN,
     ) -> Outcome:
         """Apply ``action`` (one of :data:`ACTIONS`) to one agent, as ``actor``.
 
         ``replace`` (approve only) revokes a registered agent that holds the
         hostname instead of refusing. ``claimed_key`` (approve only) is the
         fingerprint of the claim being approved, for an adopted agent.
+        ``seen`` (approve only): what the admin saw; refused if it changed.
 
         Raises:
             BadRequest: the GUID is not a UUID, or the action is unknown.
@@ -105,7 +113,7 @@ class AgentAdmin:
         now = now_utc(self._clock)
         if action == "approve":
             result = await self._registry.approve(
-                canonical, actor, now, replace, claimed_key.lower()
+                canonical, actor, now, replace, claimed_key.lower(), seen
             )
         elif action == "deny":
             result = await self._registry.deny(canonical, actor, now)

@@ -577,3 +577,43 @@ def test_ui_config_says_who_the_cookie_is_without_refusing_anyone(
     ).json()["token"]
     answer = call(world.stub, "GET", "/v1/ui-config", cookie=token)
     assert answer.outcome == (200, {"otp": "none", "user": None, "admin": False})
+
+
+def test_two_login_cookies_log_nobody_in(world: World) -> None:
+    """A sibling host may toss a second dcvix_session: neither is trusted."""
+    stub = world.stub
+    both = (
+        f"dcvix_session={world.cookies['bob']}; dcvix_session={world.cookies['carol']}"
+    )
+    d = stub.request(  # type: ignore[attr-defined]
+        "GET", "http://director.test/v1/auth-health", headers={"Cookie": both}
+    )
+    stub.flush()
+    assert result_of(d).code == 401
+
+
+@pytest.mark.parametrize(
+    ("site", "status"),
+    [
+        (None, 200),
+        ("same-origin", 200),
+        ("none", 200),
+        ("same-site", 403),
+        ("cross-site", 403),
+    ],
+)
+def test_connection_tokens_only_for_this_sites_pages(
+    world: World, site: str | None, status: int
+) -> None:
+    world.report("ws-1", session("s-bob", "bob"))
+    headers = {"Cookie": f"dcvix_session={world.cookies['bob']}"}
+    if site is not None:
+        headers["Sec-Fetch-Site"] = site
+    for path in ("connectiontoken", "connectionfile"):
+        d = world.stub.request(  # type: ignore[attr-defined]
+            "GET",
+            f"http://director.test/v1/user/{path}?serverId=ws-1&sessionId=s-bob",
+            headers=headers,
+        )
+        world.stub.flush()
+        assert result_of(d).code == status

@@ -46,6 +46,12 @@ function path(agent, action, params = {}) {
   return `/v1/admin/agents/${encodeURIComponent(agent.guid)}/${action}${query(params)}`;
 }
 
+// What the admin saw when approving: the director refuses (409) if the
+// pending agent has since asked for another hostname or key.
+function seen(agent) {
+  return { hostname: agent.hostname, fingerprint: agent.key_fingerprint };
+}
+
 // A fingerprint shortened on screen, whole in its title and its copy button.
 function fingerprint(value, what) {
   return h(
@@ -529,7 +535,9 @@ export async function mount(container) {
       return;
     }
     try {
-      const answer = await post(path(agent, "approve", { replace: "true" }));
+      const answer = await post(
+        path(agent, "approve", { replace: "true", replaces: holders.join(","), ...seen(agent) }),
+      );
       if (stopped) return;
       report(agent, "approve", answer);
     } catch (failure) {
@@ -546,7 +554,11 @@ export async function mount(container) {
       show(messages);
       for (const button of table.element.querySelectorAll(".row-actions button")) button.disabled = true;
       const target =
-        action === "claim" ? path(agent, "approve", { key: agent.claimed_key }) : path(agent, action);
+        action === "claim"
+          ? path(agent, "approve", { key: agent.claimed_key })
+          : action === "approve"
+            ? path(agent, "approve", seen(agent))
+            : path(agent, action);
       try {
         const answer = await post(target);
         if (stopped) return;

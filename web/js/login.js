@@ -43,6 +43,7 @@ export async function mount(container, context) {
     "form",
     {
       class: "login",
+      method: "post",
       "aria-labelledby": "login-title",
       onsubmit: async (event) => {
         event.preventDefault();

@@ -11,7 +11,7 @@ from dcvix.common.http import json_response
 from dcvix.common.pki import certificate_fingerprint, load_certificates
 from dcvix.director.agent_admin import AgentAdmin
 from dcvix.director.api.authz import Role, authorized
-from dcvix.director.registry import AgentRecord
+from dcvix.director.registry import AgentRecord, Seen
 from dcvix.director.tokens import Claims
 
 
@@ -40,6 +40,11 @@ def agent_json(record: AgentRecord, on_director: bool) -> dict[str, Any]:
         "duplicate_hostname": record.duplicate_hostname,
         "director_host": on_director,
     }
+
+
+def _text(request: IRequest, name: bytes) -> str:
+    value: bytes = request.args.get(name, [b""])[0]
+    return value.decode("ascii", "replace")
 
 
 def _flag(request: IRequest, name: bytes) -> bool:
@@ -83,12 +88,30 @@ class AdminRoutes:
         ``approve?replace=true`` revokes a registered agent holding the same hostname
         (else 409). ``approve?key=F`` approves an adopted agent's claim for the key of
         SHA-256 fingerprint F, which becomes its pin (409, naming the claim,
-        when F is not the current claim). 404 for an unknown GUID, 409 for a
-        wrong state, 400 for a GUID not a UUID.
+        when F is not the current claim). ``approve?hostname=H&fingerprint=F``
+        (and ``&replaces=G1,G2`` with replace) say what the admin saw: 409 and
+        nothing changed when the pending agent now asks for another hostname
+        or key, or other agents hold the hostname. 404 for an unknown GUID,
+        409 for a wrong state, 400 for a GUID not a UUID.
         """
-        key = request.args.get(b"key", [b""])[0].decode("ascii", "replace")
+        key = _text(request, b"key")
+        replaces = _text(request, b"replaces")
+        seen = Seen(
+            hostname=_text(request, b"hostname"),
+            key=_text(request, b"fingerprint"),
+            holders=(
+                tuple(g.strip().lower() for g in replaces.split(",") if g.strip())
+                if b"replaces" in request.args
+                else None
+            ),
+        )
         outcome = await self._admin.act(
-            action, guid, f"admin:{caller.user}", _flag(request, b"replace"), key
+            action,
+            guid,
+            f"admin:{caller.user}",
+            _flag(request, b"replace"),
+            key,
+            seen,
         )
         answer: dict[str, Any] = {
             "agent": agent_json(

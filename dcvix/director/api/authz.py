@@ -95,9 +95,21 @@ def routes_of(audience: object) -> list[tuple[RouteSpec, Callable[..., Any]]]:
 
 
 def login_cookie(request: IRequest) -> str | None:
-    """The ``dcvix_session`` cookie's value, if any."""
+    """The ``dcvix_session`` cookie's value, if exactly one was sent.
+
+    Two are refused (None: not logged in): a page on a sibling host can set
+    a second ``dcvix_session`` for the parent domain (cookie tossing), and
+    Twisted would silently take the last, logging the victim in as the
+    attacker.
+    """
+    sent = request.requestHeaders.getRawHeaders(b"cookie") or []
+    named = sum(
+        part.strip().startswith(COOKIE + b"=")
+        for header in sent
+        for part in header.split(b";")
+    )
     value = request.getCookie(COOKIE)
-    return value.decode("ascii", "replace") if value else None
+    return value.decode("ascii", "replace") if value and named == 1 else None
 
 
 class Callers(Protocol):

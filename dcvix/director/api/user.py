@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from twisted.web.iweb import IRequest
 
+from dcvix.common.errors import Forbidden
 from dcvix.common.http import client_address, json_response, read_json
 from dcvix.common.jsonfields import decode
 from dcvix.director.api.authz import Role, authorized
@@ -89,6 +90,11 @@ class UserRoutes:
         return json_response(request, 200, answer)
 
     async def _connection(self, request: IRequest, caller: Claims) -> Connection:
+        # A GET that issues a token: only the UI's own page (or a client that
+        # sends no Sec-Fetch-Site, like the launcher and curl) may ask.
+        site = request.getHeader(b"sec-fetch-site")
+        if site not in (None, b"same-origin", b"none"):
+            raise Forbidden("connection tokens are for this site's pages only")
         connection = await self._portal.connection(
             caller.user,
             _arg(request, b"serverId"),

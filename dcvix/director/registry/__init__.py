@@ -60,6 +60,25 @@ class AgentRecord:
 
 
 @dataclass(frozen=True)
+class Seen:
+    """What the admin saw when approving; an approval is refused if it changed.
+
+    A pending agent may register again with the same key and another
+    hostname while the admin reads the confirmation: without this, the admin
+    approves a name they never saw (and, with ``replace``, revokes an agent
+    they never saw). Empty fields and ``holders=None`` check nothing (the
+    CLI, old clients).
+    """
+
+    hostname: str = ""
+    key: str = ""
+    holders: tuple[str, ...] | None = None
+
+
+NOTHING_SEEN = Seen()
+
+
+@dataclass(frozen=True)
 class ActionResult:
     """What an admin action did: the agent after it, and the agents it revoked."""
 
@@ -212,6 +231,7 @@ class AgentRegistry(AuditTrail, RevokedTokens, Protocol):
         now: dt.datetime,
         replace: bool = False,
         claimed_key: str = "",
+        seen: Seen = NOTHING_SEEN,
     ) -> ActionResult:
         """Pending → registered with the key it registered with; or approve a claim.
 
@@ -219,7 +239,8 @@ class AgentRegistry(AuditTrail, RevokedTokens, Protocol):
         becomes its pin only when ``claimed_key`` is the claimed fingerprint
         (anyone may replace a claim; the admin approves the key they saw), else
         a conflict naming the claim. A registered agent holding the hostname is
-        a conflict unless ``replace``, which revokes it (audited).
+        a conflict unless ``replace``, which revokes it (audited). An agent
+        that no longer matches ``seen`` is a conflict (nothing changes).
         """
 
     async def deny(self, guid: str, actor: str, now: dt.datetime) -> ActionResult:

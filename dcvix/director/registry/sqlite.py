@@ -28,6 +28,7 @@ from dcvix.common.gotime import parse_stored_time
 from dcvix.common.threads import ThreadPoolService
 from dcvix.director.registry import (
     DENIED,
+    NOTHING_SEEN,
     PENDING,
     REGISTERED,
     REVOKED,
@@ -35,6 +36,7 @@ from dcvix.director.registry import (
     AgentRecord,
     AuditEntry,
     Pinning,
+    Seen,
     StoreError,
 )
 from dcvix.director.registry.sqlite_schema import (
@@ -387,6 +389,7 @@ def approve_txn(
     now: dt.datetime,
     replace_holders: bool = False,
     claimed_key: str = "",
+    seen: Seen = NOTHING_SEEN,
 ) -> ActionResult:
     """Pending → registered, or a claim → the pin; see :meth:`AgentRegistry.approve`.
 
@@ -419,6 +422,7 @@ def approve_txn(
             return ActionResult(_fresh(connection, guid))
         record = _require(connection, guid, (PENDING,), "approved")
         holders = hostname_holders_txn(connection, record.hostname, guid)
+        _check_seen(guid, record, holders, seen)
         if holders and not replace_holders:
             raise Conflict(
                 f"hostname {record.hostname} is already registered to agent "
@@ -450,6 +454,25 @@ def approve_txn(
             ),
         )
         return ActionResult(_fresh(connection, guid), tuple(holders))
+
+
+def _check_seen(guid: str, record: AgentRecord, holders: list[str], seen: Seen) -> None:
+    """Refuse an approval when the agent or its hostname's holders changed."""
+    if seen.hostname and seen.hostname.lower() != record.hostname.lower():
+        raise Conflict(
+            f"agent {guid} now asks for hostname {record.hostname}, not "
+            f"{seen.hostname}: look at it again before approving"
+        )
+    if seen.key and seen.key.lower() != record.key_fingerprint:
+        raise Conflict(
+            f"agent {guid} now has key {record.key_fingerprint}, not {seen.key}: "
+            "look at it again before approving"
+        )
+    if seen.holders is not None and sorted(seen.holders) != sorted(holders):
+        raise Conflict(
+            f"hostname {record.hostname} is now registered to "
+            f"{', '.join(holders) or 'no agent'}: look again before replacing"
+        )
 
 
 def _fresh(connection: sqlite3.Connection, guid: str) -> AgentRecord:
@@ -720,9 +743,17 @@ class SqliteRegistry:
         now: dt.datetime,
         replace: bool = False,
         claimed_key: str = "",
+        seen: Seen = NOTHING_SEEN,
     ) -> ActionResult:
         return await self._run(
-            approve_txn, self._connection, guid, actor, now, replace, claimed_key
+            approve_txn,
+            self._connection,
+            guid,
+            actor,
+            now,
+            replace,
+            claimed_key,
+            seen,
         )
 
     async def deny(self, guid: str, actor: str, now: dt.datetime) -> ActionResult:  # noqa: D102
