@@ -72,14 +72,21 @@ class Policy:
             )
         return entry
 
-    def pools_holding(self, hostname: str) -> list[str]:
-        """The pools whose workstations include ``hostname`` (in any case)."""
-        name = hostname.lower()
-        return [
-            pool.id
-            for pool in self.pools.values()
-            if any(w.lower() == name for w in pool.workstations)
-        ]
+    def pools_by_host(self) -> dict[str, tuple[str, ...]]:
+        """Each workstation (lower case) and the pools holding it.
+
+        Worked out once per policy: listing 10,000 servers must not walk
+        every pool for each.
+        """
+        cached = self.__dict__.get("_pools_by_host")
+        if cached is None:
+            found: dict[str, list[str]] = {}
+            for pool in self.pools.values():
+                for member in dict.fromkeys(w.lower() for w in pool.workstations):
+                    found.setdefault(member, []).append(pool.id)
+            cached = {host: tuple(ids) for host, ids in found.items()}
+            object.__setattr__(self, "_pools_by_host", cached)
+        return cached
 
     def is_admin(self, user: str) -> bool:
         """Whether ``users.json`` says ``user`` is an admin."""

@@ -617,3 +617,31 @@ def test_connection_tokens_only_for_this_sites_pages(
         )
         world.stub.flush()
         assert result_of(d).code == status
+
+
+def test_servers_filtered_and_paged(world: World) -> None:
+    world.cookies["admin"] = login_cookie(world.stub, "alice", "a-pw", admin=True)
+
+    def names(query: str) -> Any:
+        answer = world.as_user("admin", "GET", f"/v1/servers{query}")
+        assert answer.code == 200, answer.body
+        body = answer.json()
+        if isinstance(body, dict):
+            return [s["hostname"] for s in body["servers"]], body["next"]
+        return [s["hostname"] for s in body]
+
+    assert names("") == ["ws-4", "ws-3", "ws-2", "ws-1"]  # Go's full array
+    assert names("?pool=gpu") == ["ws-3", "ws-2"]
+    assert names("?q=WS-1") == ["ws-1"]
+    assert names("?online=false") == []
+    assert names("?limit=3") == (["ws-4", "ws-3", "ws-2"], "ws-2")
+    assert names("?limit=3&after=ws-2") == (["ws-1"], None)
+    assert names("?limit=2&pool=gpu") == (["ws-3", "ws-2"], None)
+    world.director.clock.advance(600)
+    world.report("ws-3")
+    assert names("?online=true") == ["ws-3"]
+    assert names("?online=0&pool=gpu") == ["ws-2"]
+    for bad in ("?online=maybe", "?limit=0", "?limit=1001", "?limit=x", "?after=ws-2"):
+        answer = world.as_user("admin", "GET", f"/v1/servers{bad}")
+        assert answer.code == 400, bad
+        assert "error" in answer.json()

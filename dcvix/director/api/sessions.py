@@ -9,6 +9,7 @@ from dcvix.common.jsonfields import decode
 from dcvix.director.api.authz import Role, authorized
 from dcvix.director.api.render import server_json, session_json
 from dcvix.director.audit import Audit
+from dcvix.director.listing import ServerQuery
 from dcvix.director.policy import PolicyHolder
 from dcvix.director.requests import ConfigRequest, CreateSessionRequest
 from dcvix.director.sessions import SessionControl
@@ -36,21 +37,30 @@ class SessionRoutes:
         """Every reporting server with its sessions (Go's keys, then ours).
 
         Hostname descending; servers gone quiet are shown ``online: false``.
+        ``?online=true|false``, ``?pool=P`` and ``?q=text`` (in the hostname,
+        a tag or the agent state) filter; ``?limit=N`` (at most 1000) pages,
+        and the answer is then ``{"servers": [...], "next": H or null}``, H
+        to pass as ``?after=`` for the next page. 400 for a bad value.
         """
-        views = await self._control.servers()
-        return json_response(
-            request,
-            200,
-            [
-                server_json(
-                    v.state,
-                    v.online,
-                    v.agent_state,
-                    self._policy.current.pools_holding(v.state.hostname),
-                )
-                for v in views
-            ],
-        )
+        query = ServerQuery.parse(request.args)
+        pools = self._policy.current.pools_by_host()
+        views = [
+            v
+            for v in await self._control.servers()
+            if query.keeps(v, pools.get(v.state.hostname, ()))
+        ]
+        following = None
+        if query.paged:
+            views, following = query.page(views)
+        listed = [
+            server_json(
+                v.state, v.online, v.agent_state, pools.get(v.state.hostname, ())
+            )
+            for v in views
+        ]
+        if query.paged:
+            return json_response(request, 200, {"servers": listed, "next": following})
+        return json_response(request, 200, listed)
 
     @authorized("GET", "/v1/sessions", role=Role.ADMIN)
     async def sessions(self, request: IRequest, caller: Claims) -> bytes:
