@@ -34,6 +34,7 @@ from dcvix.director.api.agents import AgentRoutes
 from dcvix.director.api.auth import AuthRoutes
 from dcvix.director.api.authz import Gate, Gateways
 from dcvix.director.api.dcv import DcvRoutes
+from dcvix.director.api.document import DocumentRoutes
 from dcvix.director.api.root import DirectorRoot
 from dcvix.director.api.sessions import SessionRoutes
 from dcvix.director.api.user import UserRoutes
@@ -320,6 +321,7 @@ def build_director(
             ),
             UserRoutes(Portal(policy, control, connections, settings.dcv_port), audit),
             WebRoutes(web_root()),
+            DocumentRoutes(lambda: api.routes),
         ],
     )
     site = DcvixSite(api.resource(), body_limit=api.body_limit)

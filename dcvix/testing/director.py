@@ -30,6 +30,7 @@ from dcvix.director.api.agents import AgentRoutes
 from dcvix.director.api.auth import AuthRoutes
 from dcvix.director.api.authz import Gate, Gateways
 from dcvix.director.api.dcv import DcvRoutes
+from dcvix.director.api.document import DocumentRoutes
 from dcvix.director.api.root import DirectorRoot
 from dcvix.director.api.sessions import SessionRoutes
 from dcvix.director.api.user import UserRoutes
@@ -200,6 +201,7 @@ def director_harness(
                 settings.dcv_port,
             ),
             WebRoutes(web_root()),
+            DocumentRoutes(lambda: root.routes),
             UserRoutes(Portal(policy, sessions, connections, settings.dcv_port), audit),
         ],
     )

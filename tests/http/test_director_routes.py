@@ -23,9 +23,10 @@ from twisted.web.iweb import IRequest
 from werkzeug.routing import Rule
 
 from dcvix.common.http import json_response
-from dcvix.director.api.authz import Gate, Gateways, Role, authorized
+from dcvix.director.api.authz import Gate, Gateways, Role, RouteSpec, authorized
 from dcvix.director.api.root import DirectorRoot
 from dcvix.director.api.web import web_root
+from dcvix.director.openapi import director_document
 from dcvix.testing import DirectorHarness, director_harness
 
 GUID = "0b6f3a52-8d1e-4c3b-9a57-2f4e6d8c1a90"
@@ -37,6 +38,7 @@ AGENT_ACTION = (
 ROUTES = {
     ("GET", "/v1/health", Role.PUBLIC),
     ("GET", "/v1/ui-config", Role.PUBLIC),
+    ("GET", "/v1/openapi.json", Role.PUBLIC),
     ("GET", "/", Role.PUBLIC),
     ("GET", "/<any(login,portal,admin):area>", Role.PUBLIC),
     ("GET", "/admin/<any(agents,sessions,servers):screen>", Role.PUBLIC),
@@ -77,6 +79,10 @@ PATH_VALUES: dict[str, tuple[str, ...]] = {
     "screen": ("agents", "sessions", "servers"),
     "name": ("js/app.js",),
 }
+# What the document route answers, made from this table (JSON's lists, not tuples).
+DOCUMENT = json.loads(
+    json.dumps(director_document(RouteSpec(m, p, r) for m, p, r in ROUTES))
+)
 INDEX = (web_root() / "index.html").read_text()
 APP_JS = (web_root() / "js" / "app.js").read_text()
 
@@ -90,6 +96,7 @@ EMPTY_BODY = (400, {"error": "request body is empty"})
 ANONYMOUS = {
     ("GET", "/v1/health"): (200, {"status": "healthy"}),
     ("GET", "/v1/ui-config"): (200, {"otp": "none", "user": None, "admin": False}),
+    ("GET", "/v1/openapi.json"): (200, DOCUMENT),
     ("GET", "/"): (200, INDEX),
     ("GET", "/<any(login,portal,admin):area>"): (200, INDEX),
     ("GET", "/admin/<any(agents,sessions,servers):screen>"): (200, INDEX),
