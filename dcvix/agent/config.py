@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 from dataclasses import dataclass, field
 
@@ -18,11 +19,55 @@ from dcvix.common.config import (
     PORT,
     POSITIVE_DURATION,
     SECRET,
+    ConfigError,
+    Kind,
     LoadedConfig,
     LogSection,
     integer,
     setting,
 )
+from dcvix.common.tls import DIRECTOR_NAME
+from dcvix.common.validate import is_hostname
+
+# Names the director never gives an agent (CONTRACT §3): its own certificate's.
+RESERVED_HOSTNAMES = frozenset({"localhost", DIRECTOR_NAME})
+
+
+def hostname_problem(name: str) -> str | None:
+    """Why the director would refuse ``name`` as an agent's hostname, or None.
+
+    The director's rule (RFC 1123, no wildcard, not an IP address, not
+    ``localhost`` or ``dcvix-director``): an agent that starts with such a name
+    would be answered 400 at every registration, forever.
+    """
+    if not name:
+        return "it is empty"
+    try:
+        ipaddress.ip_address(name.strip("[]"))
+    except ValueError:
+        pass
+    else:
+        return f"{name!r} is an IP address; the director needs a host name"
+    if "*" in name:
+        return f"{name!r} is a wildcard; the director needs one name"
+    if name.endswith(".") and is_hostname(name[:-1]):
+        return f"{name!r} ends with a dot; the director needs {name[:-1]!r}"
+    if not is_hostname(name):
+        # An RFC 1123 name: letters, digits, inner hyphens, dot-separated labels.
+        return f"{name!r} is not a host name or IP address"
+    if name.lower() in RESERVED_HOSTNAMES:
+        return f"{name!r} is reserved: the director refuses it"
+    return None
+
+
+def _parse_agent_hostname(text: str) -> str:
+    problem = hostname_problem(text)
+    if problem is not None:
+        raise ValueError(problem)
+    return text
+
+
+AGENT_HOSTNAME: Kind[str] = Kind("host name (RFC 1123)", _parse_agent_hostname)
 
 
 @dataclass(frozen=True)
@@ -53,9 +98,11 @@ class AgentSection:
         PATH, "/var/lib/dcvix-agent", "Key, GUID and certificates (0700)."
     )
     hostname: str = setting(
-        HOST,
+        AGENT_HOSTNAME,
         "",
-        "Name the agent registers with and reports; empty: the OS host name.",
+        "Name the agent registers with and reports; empty: the OS host name. "
+        "A name the director refuses (an IP address, `localhost`, a wildcard) "
+        "stops the agent at start.",
     )
     advertise_address: str = setting(
         HOST_PORT, "", "Where the director should reach the agent (NAT)."
@@ -79,7 +126,12 @@ class AgentSection:
         BOOLEAN, False, "Reap sessions not made by dcvix too."
     )
     min_session_uid: int = setting(
-        integer(0), 1000, "Lowest uid a virtual session may run as."
+        integer(1), 1000, "Lowest uid a virtual session may run as (never root)."
+    )
+    max_session_uid: int = setting(
+        integer(0),
+        60000,
+        "Highest uid a virtual session may run as (the overflow uid `nobody` never).",
     )
     dcv_timeout: float = setting(
         POSITIVE_DURATION, 20.0, "Time limit of one dcv command."
@@ -110,3 +162,25 @@ class AgentConfig:
     source: LoadedConfig = field(default_factory=lambda: LoadedConfig(None))
     agent: AgentSection = field(default_factory=AgentSection)
     log: AgentLogSection = field(default_factory=AgentLogSection)
+
+
+def check_agent_config(config: AgentConfig) -> None:
+    """What one key alone cannot tell: checked at start, before anything is made.
+
+    Raises:
+        ConfigError: ``FILE: [agent] key: problem``, as for a bad value.
+    """
+    where = str(config.source.path) if config.source.path else "<defaults>"
+    agent = config.agent
+    if agent.max_session_uid < agent.min_session_uid:
+        raise ConfigError(
+            f"{where}: [agent] max_session_uid: {agent.max_session_uid} is below "
+            f"min_session_uid ({agent.min_session_uid})"
+        )
+    if not agent.hostname:
+        problem = hostname_problem(socket.gethostname())
+        if problem is not None:
+            raise ConfigError(
+                f"{where}: [agent] hostname: not set, and the OS host name cannot "
+                f"be used: {problem}; set hostname"
+            )

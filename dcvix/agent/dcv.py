@@ -12,10 +12,12 @@ entry is logged and skipped rather than failing the whole list.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import pwd
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from twisted.internet.defer import DeferredLock
@@ -62,15 +64,42 @@ def check_session_type(value: str) -> str:
     return lowered
 
 
-def check_local_user(owner: str, min_uid: int) -> str:
-    """A local account with uid ≥ ``min_uid``: who a virtual session runs as."""
+OVERFLOW_UID = 65534
+DEFAULT_MAX_SESSION_UID = 60000
+
+
+def overflow_uids() -> frozenset[int]:
+    """``nobody``'s uid: 65534, and the kernel's overflow uid if set otherwise."""
+    uids = {OVERFLOW_UID}
+    with contextlib.suppress(OSError, ValueError):
+        uids.add(int(Path("/proc/sys/kernel/overflowuid").read_text()))
+    return frozenset(uids)
+
+
+def check_local_user(
+    owner: str, min_uid: int, max_uid: int = DEFAULT_MAX_SESSION_UID
+) -> str:
+    """A local account with a uid in [``min_uid``, ``max_uid``], never ``nobody``.
+
+    Who a virtual session runs as. The overflow uid (``nobody``, which owns
+    files of unmapped users) is refused whatever the range says.
+    """
     try:
         entry = pwd.getpwnam(owner)
     except KeyError:
         raise InvalidInput(f"{owner} is not a local user") from None
-    if entry.pw_uid < min_uid:
+    uid = entry.pw_uid
+    if uid in overflow_uids():
+        raise InvalidInput(
+            f"{owner} may not own a virtual session (uid {uid} is the overflow uid)"
+        )
+    if uid < min_uid:
         raise InvalidInput(
             f"{owner} may not own a virtual session (uid below {min_uid})"
+        )
+    if uid > max_uid:
+        raise InvalidInput(
+            f"{owner} may not own a virtual session (uid above {max_uid})"
         )
     return owner
 

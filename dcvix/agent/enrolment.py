@@ -3,9 +3,14 @@
 States: *enrolling* (no usable certificate: register every 30 s until the
 director answers 200) and *enrolled* (a usable certificate: check regularly and
 renew when it is older than ``renew_interval`` or within 24 h of expiry,
-retrying every 5 minutes). An expired certificate, a refused renewal or a
-hostname that no longer matches the certificate sends the agent back to
-registration, with the same key and GUID.
+retrying every 5 minutes, and always before it expires: see :func:`next_check`).
+A certificate that expired all the same (the director did not answer in time),
+a refused renewal or a hostname that no longer matches the certificate sends
+the agent back to registration, with the same key and GUID; after an expiry
+the director wants an admin's approval again.
+
+Files: ``ca.pem`` is written before ``agent.crt``, so a certificate on disk
+always has its CA beside it.
 
 Trust in the director: with ``ca.pem`` on disk, only a director certificate
 chaining to it and naming ``dcvix-director`` is accepted. Without it (first
@@ -28,13 +33,13 @@ from twisted.logger import Logger
 
 from dcvix.agent.identity import (
     AgentFiles,
+    CertificateState,
     SignerKey,
     certificate_state,
     issued_by_any,
     load_cas,
     make_csr,
-    store_ca,
-    store_certificate,
+    store_enrolment,
 )
 from dcvix.common.jobs import PeriodicJob
 from dcvix.common.pki import (
@@ -57,6 +62,9 @@ log = Logger()
 REGISTER_RETRY = 30.0
 RENEW_RETRY = 300.0
 RENEW_BEFORE_EXPIRY = dt.timedelta(hours=24)
+# The director back-dates certificates by an hour (clock skew): issued = +1 h.
+BACKDATE = dt.timedelta(hours=1)
+MIN_CHECK = 1.0
 REQUEST_TIMEOUT = 30.0
 
 
@@ -76,16 +84,46 @@ class Refused(Exception):
     """The director said no, or its answer cannot be trusted."""
 
 
+def renewal_due_at(certificate: x509.Certificate, renew_interval: float) -> dt.datetime:
+    """When ``renew_interval`` has passed since issue, or 24 h before expiry."""
+    issued = certificate.not_valid_before_utc + BACKDATE
+    return min(
+        issued + dt.timedelta(seconds=renew_interval),
+        certificate.not_valid_after_utc - RENEW_BEFORE_EXPIRY,
+    )
+
+
 def renewal_due(
     certificate: x509.Certificate, now: dt.datetime, renew_interval: float
 ) -> bool:
     """Older than ``renew_interval``, or less than 24 h from expiry."""
-    issued = certificate.not_valid_before_utc + dt.timedelta(hours=1)  # back-dated
-    age = (now - issued).total_seconds()
-    return (
-        age >= renew_interval
-        or certificate.not_valid_after_utc - now <= RENEW_BEFORE_EXPIRY
-    )
+    return now >= renewal_due_at(certificate, renew_interval)
+
+
+def check_period(renew_interval: float) -> float:
+    """How often a certificate is looked at: ``min(5 min, renew_interval / 4)``."""
+    return min(RENEW_RETRY, max(MIN_CHECK, renew_interval / 4))
+
+
+def next_check(
+    certificate: x509.Certificate, now: dt.datetime, renew_interval: float
+) -> float:
+    """Seconds until the renewal job looks at ``certificate`` again.
+
+    Every :func:`check_period` at most; at the moment renewal falls due when that
+    comes first; and, once due (a renewal failed, or the certificate lives less
+    than 24 h), within half the time the certificate has left. So a certificate
+    found near its end at start, or one shorter than the period
+    (``agent_cert_lifetime`` may be any duration), is renewed before it expires
+    while the director answers: only a certificate that could not be renewed in
+    time expires, and sends the agent back to registration.
+    """
+    period = check_period(renew_interval)
+    until_due = (renewal_due_at(certificate, renew_interval) - now).total_seconds()
+    if until_due > 0:
+        return min(period, until_due)
+    left = (certificate.not_valid_after_utc - now).total_seconds()
+    return min(period, max(MIN_CHECK, left / 2))
 
 
 class AgentEnrolment(MultiService):
@@ -127,10 +165,17 @@ class AgentEnrolment(MultiService):
     def _now(self) -> dt.datetime:
         return dt.datetime.fromtimestamp(self._reactor.seconds(), dt.UTC)
 
-    def _state(self) -> Any:
+    def _state(self) -> CertificateState:
         return certificate_state(
             self._files, self._key, self._guid, self._settings.hostname, self._now()
         )
+
+    def _next_check(self) -> float:
+        """Seconds until the renewal job runs again (0: now, it is unusable)."""
+        state = self._state()
+        if not state.usable or state.certificate is None:
+            return 0.0
+        return next_check(state.certificate, self._now(), self._settings.renew_interval)
 
     def startService(self) -> None:
         """Serve with the certificate on disk if usable, else register."""
@@ -147,6 +192,7 @@ class AgentEnrolment(MultiService):
                 guid=self._guid,
                 problem=state.problem,
             )
+            _explain_expiry(state)
             self._enter(False)
 
     def _enter(self, enrolled: bool) -> None:
@@ -155,9 +201,14 @@ class AgentEnrolment(MultiService):
             old.disownServiceParent()
         self.enrolled = enrolled
         if enrolled:
-            interval = min(RENEW_RETRY, max(1.0, self._settings.renew_interval / 4))
+            # The period is the longest wait; each run sets the next one from
+            # the certificate (see next_check).
             job = PeriodicJob(
-                "renew", interval, self.renew_once, self._reactor, interval
+                "renew",
+                check_period(self._settings.renew_interval),
+                self._renew_run,
+                self._reactor,
+                self._next_check(),
             )
             waiting, self._waiting = self._waiting, []
             for deferred in waiting:
@@ -304,8 +355,7 @@ class AgentEnrolment(MultiService):
         # extra CA slipped into the answer must never become trusted.
         issuer = issued_by_any(certificate, cas)
         assert issuer is not None
-        store_certificate(self._files, certificate_pem)
-        store_ca(self._files, pem_of(issuer))
+        store_enrolment(self._files, certificate_pem, pem_of(issuer))
         log.info(
             "registered as agent {guid}; certificate valid until {until}",
             guid=self._guid,
@@ -339,34 +389,38 @@ class AgentEnrolment(MultiService):
 
     # ----------------------------------------------------------------- renew
 
+    async def _renew_run(self) -> None:
+        """One run of the renewal job, which then waits as the certificate says."""
+        started = self._reactor.seconds()
+        try:
+            await self.renew_once()
+        finally:
+            job = self._job
+            if self.enrolled and job is not None and job.name == "renew":
+                # PeriodicJob counts its interval from the start of a run.
+                elapsed = self._reactor.seconds() - started
+                job.interval = elapsed + self._next_check()
+
     async def renew_once(self) -> None:
         """Renew when due; an unusable certificate or a refusal → registration."""
         state = self._state()
-        if not state.usable:
+        if not state.usable or state.certificate is None:
             log.warn(
                 "certificate no longer usable ({problem}): registering again",
                 problem=state.problem,
             )
+            _explain_expiry(state)
             self._enter(False)
             return
         if not renewal_due(
             state.certificate, self._now(), self._settings.renew_interval
         ):
             return
-        creator = director_client_tls(state.cas, state.certificate, self._key)
-        client = JsonClient(self._reactor, creator, persistent=False)
         try:
-            answer = await client.call(
-                "POST",
-                self._url("/v1/agent/renew"),
-                {"csr": make_csr(self._key, self._guid)},
-                REQUEST_TIMEOUT,
-            )
+            answer = await self._post_renew(state)
         except Exception as error:
             log.warn("renewal failed, retrying later: {error}", error=_describe(error))
             return
-        finally:
-            await client.close()
         if answer.status in (401, 403):
             log.warn(
                 "renewal refused ({status}: {error}): registering again",
@@ -389,17 +443,43 @@ class AgentEnrolment(MultiService):
         if answer.status != 200 or self._answer_problem(certificate, state.cas, []):
             log.warn("renewal answer refused ({status})", status=answer.status)
             return
-        store_certificate(self._files, certificate_pem)
+        store_enrolment(self._files, certificate_pem)
         log.info(
             "certificate renewed, valid until {until}",
             until=certificate.not_valid_after_utc.isoformat(),
         )
         self._on_certificate()
 
+    async def _post_renew(self, state: CertificateState) -> Answer:
+        """``POST /v1/agent/renew`` with the certificate held (mTLS)."""
+        creator = director_client_tls(state.cas, state.certificate, self._key)
+        client = JsonClient(self._reactor, creator, persistent=False)
+        try:
+            return await client.call(
+                "POST",
+                self._url("/v1/agent/renew"),
+                {"csr": make_csr(self._key, self._guid)},
+                REQUEST_TIMEOUT,
+            )
+        finally:
+            await client.close()
+
     def _url(self, path: str) -> str:
         return https_url(
             self._settings.director_host, self._settings.director_port, path
         )
+
+
+def _explain_expiry(state: CertificateState) -> None:
+    """Say what an expired certificate means for the admin."""
+    if state.problem != "expired" or state.certificate is None:
+        return
+    log.warn(
+        "the certificate expired at {until} before it was renewed (the agent was "
+        "stopped, or the director did not answer in time): the director puts this "
+        "agent back to pending, and an admin must approve this agent again",
+        until=state.certificate.not_valid_after_utc.isoformat(),
+    )
 
 
 def _describe(error: Exception) -> str:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import os
+import stat
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,6 +96,7 @@ def load_or_create_identity(files: AgentFiles) -> tuple[SignerKey, str]:
             guid=guid,
         )
         return key, guid
+    _tighten_key(files.key)
     try:
         loaded = load_private_key(files.key.read_bytes())
     except (OSError, ValueError, TypeError) as error:
@@ -109,6 +112,31 @@ def load_or_create_identity(files: AgentFiles) -> tuple[SignerKey, str]:
     if guid_or_none is None:
         raise StartupError(f"{files.guid}: {text!r} is not a UUID")
     return key, guid_or_none
+
+
+def _tighten_key(path: Path) -> None:
+    """Make ``agent.key`` 0600 if group or others may read it, and say so.
+
+    The agent made this key itself, so a loose mode is tightened rather than
+    refused (the director refuses its own loose keys); never used silently.
+
+    Raises:
+        StartupError: the mode cannot be read or changed.
+    """
+    try:
+        current = stat.S_IMODE(path.stat().st_mode)
+        if not current & 0o077:
+            return
+        os.chmod(path, 0o600)
+    except OSError as error:
+        raise StartupError(
+            f"{path}: cannot make the key private (0600): {error.strerror}"
+        ) from None
+    log.warn(
+        "{path} was readable by other users (mode {mode}): tightened to 0600",
+        path=str(path),
+        mode=f"{current:04o}",
+    )
 
 
 def make_csr(key: SignerKey, guid: str) -> str:
@@ -175,7 +203,9 @@ def certificate_state(
     names = certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
     if [str(n.value) for n in names] != [AGENT_CN_PREFIX + guid]:
         return CertificateState(certificate, cas, "not for agent.guid")
-    if not certificate.not_valid_before_utc <= now < certificate.not_valid_after_utc:
+    if now < certificate.not_valid_before_utc:
+        return CertificateState(certificate, cas, "not valid yet")
+    if now >= certificate.not_valid_after_utc:
         return CertificateState(certificate, cas, "expired")
     if hostname.lower() not in (n.lower() for n in subject_alt_names(certificate)[0]):
         return CertificateState(
@@ -184,12 +214,12 @@ def certificate_state(
     return CertificateState(certificate, cas, None)
 
 
-def store_certificate(files: AgentFiles, certificate_pem: bytes) -> None:
-    """Write ``agent.crt`` atomically."""
+def _store_certificate(files: AgentFiles, certificate_pem: bytes) -> None:
+    """Write ``agent.crt`` atomically (its CA must be in ``ca.pem`` already)."""
     atomic_write(files.certificate, certificate_pem, 0o644)
 
 
-def store_ca(files: AgentFiles, ca_pem: bytes) -> None:
+def _store_ca(files: AgentFiles, ca_pem: bytes) -> None:
     """Write ``ca.pem`` atomically, and say which CA is now trusted."""
     atomic_write(files.ca, ca_pem, 0o644)
     for ca in load_certificates(ca_pem):
@@ -198,3 +228,17 @@ def store_ca(files: AgentFiles, ca_pem: bytes) -> None:
             subject=ca.subject.rfc4514_string(),
             fingerprint=certificate_fingerprint(ca),
         )
+
+
+def store_enrolment(
+    files: AgentFiles, certificate_pem: bytes, ca_pem: bytes | None = None
+) -> None:
+    """Write ``ca.pem`` (when given), then ``agent.crt``: in that order.
+
+    Whoever sees a new ``agent.crt`` (the listener's reload, an admin, a test)
+    finds the CA that signed it already in ``ca.pem``. The other order left a
+    moment where a new certificate sat beside no CA, or beside an old one.
+    """
+    if ca_pem is not None:
+        _store_ca(files, ca_pem)
+    _store_certificate(files, certificate_pem)

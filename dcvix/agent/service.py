@@ -144,6 +144,7 @@ def build_agent(
         CreatedSessions(data_dir / "sessions.json"),
         settings.min_session_uid,
         settings.config_allow,
+        settings.max_session_uid,
     )
     reporter = Reporter(
         sessions,

@@ -11,6 +11,7 @@ from twisted.internet.defer import TimeoutError as DeferredTimeout
 from twisted.logger import Logger
 
 from dcvix.agent.dcv import (
+    DEFAULT_MAX_SESSION_UID,
     DcvCli,
     DcvError,
     Session,
@@ -78,6 +79,7 @@ class SessionManager:
         created: the record of sessions this agent made.
         min_session_uid: lowest uid a virtual session may run as.
         config_allow: ``section/key`` settings that may be set.
+        max_session_uid: highest uid a virtual session may run as.
     """
 
     def __init__(
@@ -86,10 +88,12 @@ class SessionManager:
         created: CreatedSessions,
         min_session_uid: int,
         config_allow: Sequence[str],
+        max_session_uid: int = DEFAULT_MAX_SESSION_UID,
     ) -> None:
         self.dcv = dcv
         self.created = created
         self._min_uid = min_session_uid
+        self._max_uid = max_session_uid
         self._allow = tuple(config_allow)
 
     async def list(self) -> list[Session]:
@@ -109,7 +113,7 @@ class SessionManager:
         session_id = check_session_id(session_id)
         run_as = None
         if session_type == "virtual":
-            run_as = check_local_user(owner, self._min_uid)
+            run_as = check_local_user(owner, self._min_uid, self._max_uid)
         clock = self.dcv.clock
         deadline = clock.seconds() + CREATE_LIMIT
         acquiring = self.dcv.lock.acquire()

@@ -463,40 +463,73 @@ def test_director_down_through_renewals_then_back(fleet: Fleet) -> None:
 # ------------------------------------------------- (6) expired certificate
 
 
-def test_expired_certificate_goes_back_to_pending_and_is_approved_again(
+def test_a_certificate_shorter_than_the_check_period_is_renewed_in_time(
     fleet: Fleet,
 ) -> None:
-    # agent_cert_lifetime is any positive duration; 20 s. The agent checks its
-    # certificate every renew_interval / 4 = 25 s: after it expired.
+    # agent_cert_lifetime is any positive duration; 20 s, while the agent
+    # checks every renew_interval / 4 = 25 s. It renews each certificate before
+    # it expires (once due, within half the time left), so it never falls back
+    # to registration, which after an expiry would need an admin again.
     director = fleet.director(agent_cert_lifetime="20s")
     agent = fleet.agent(director, "ws-1", renew_interval="100s")
     enrol(director, agent)
-    first = agent.certificate_on_disk()
-    lifetime = first.not_valid_after_utc - first.not_valid_before_utc
-    assert lifetime == dt.timedelta(hours=1, seconds=20)
+    mark = agent.mark()
+    agent.wait_log("certificate renewed", since=mark, count=3, timeout=60)
+    log = agent.log_since(mark)
+    assert "no longer usable" not in log
+    assert "registering again" not in log
+    record = director.record(agent.guid)
+    assert record is not None
+    assert record.state == "registered"
+    held = agent.certificate_on_disk()
+    assert held.serial_number in issued_serials(director, agent)
+    assert held.not_valid_after_utc > dt.datetime.now(dt.UTC)
+    assert stats(agent.port, director, **as_director(director))[0] == 200
 
+
+def test_expired_certificate_goes_back_to_pending_and_is_approved_again(
+    fleet: Fleet,
+) -> None:
+    # A certificate expires while the agent runs only when it cannot be renewed
+    # in time: here the director is away for the rest of a 20 s certificate.
+    director = fleet.director(agent_cert_lifetime="20s")
+    agent = fleet.agent(director, "ws-1", renew_interval="100s")
+    enrol(director, agent)
     mark, director_mark = agent.mark(), director.mark()
-    agent.wait_log(
+    director.stop()
+    log = agent.wait_log(
         "certificate no longer usable (expired): registering again",
         since=mark,
         timeout=40,
     )
-    assert dt.datetime.now(dt.UTC) >= first.not_valid_after_utc
+    # Read now: a renewal answered just before the director stopped may have
+    # replaced the certificate held at the stop.
+    held = agent.certificate_on_disk()
+    lifetime = held.not_valid_after_utc - held.not_valid_before_utc
+    assert lifetime == dt.timedelta(hours=1, seconds=20)
+    assert dt.datetime.now(dt.UTC) >= held.not_valid_after_utc
+    assert "renewal failed, retrying later" in log
+    assert "an admin must approve this agent again" in agent.log_since(mark)
+    # The expired certificate stays in service meanwhile.
+    assert agent.served().serial_number == held.serial_number
+
+    director.start()
+    assert agent.process is not None
+    agent.process.send_signal(signal.SIGHUP)  # register now, not in 30 s
     agent.wait_log("pending approval", since=mark)
     director.wait_log(
         f"agent {agent.guid} (ws-1) is back to pending: its last certificate expired",
         since=director_mark,
     )
     assert pending_row(director, agent)[:3] == [agent.guid, "ws-1", "pending"]
-    # The expired certificate stays in service meanwhile.
-    assert agent.served().serial_number == first.serial_number
+    assert agent.served().serial_number == held.serial_number
 
     director.ctl("agents", "approve", agent.guid)
     mark = agent.mark()
     agent.restart()
     agent.wait_log("registered as agent", since=mark)
     second = agent.certificate_on_disk()
-    assert second.serial_number != first.serial_number
+    assert second.serial_number != held.serial_number
     assert second.not_valid_after_utc > dt.datetime.now(dt.UTC)
     assert director.listed("registered") == {agent.guid: "ws-1"}
     assert stats(agent.port, director, **as_director(director)) == (

@@ -79,15 +79,21 @@ def outcome_error(coroutine: Coroutine[Any, Any, Any]) -> BaseException:
 
 
 @pytest.fixture
-def local_user() -> str:
-    """A local account with a uid of at least 1000 (``nobody``)."""
-    try:
-        entry = pwd.getpwnam("nobody")
-    except KeyError:
-        pytest.skip("no 'nobody' account on this machine")
-    if entry.pw_uid < 1000:
-        pytest.skip("'nobody' has a uid below 1000 here")
-    return entry.pw_name
+def local_user(monkeypatch: pytest.MonkeyPatch) -> str:
+    """A local account with a uid in [1000, 60000], as ``getpwnam`` sees it.
+
+    (Not ``nobody``, which virtual sessions may never run as.)
+    """
+    name = "dcvix-session-owner"
+    real = pwd.getpwnam
+
+    def getpwnam(asked: str) -> pwd.struct_passwd:
+        if asked != name:
+            return real(asked)
+        return pwd.struct_passwd((name, "x", 1500, 1500, "", "/nonexistent", "/bin/sh"))
+
+    monkeypatch.setattr(pwd, "getpwnam", getpwnam)
+    return name
 
 
 @pytest.fixture

@@ -330,7 +330,7 @@ AGENT_REJECTIONS = [
     ),
     ("agent", "dcv_timeout", "0s", "must be longer than zero"),
     ("agent", "reap_all_sessions", "2", "'2' is not a boolean (use true or false)"),
-    ("agent", "min_session_uid", "-5", "-5 must be at least 0"),
+    ("agent", "min_session_uid", "0", "0 must be at least 1"),  # never root
     ("agent", "config_allow", "display/quality, x", "'x' is not section/key"),
     (
         "log",
@@ -476,7 +476,7 @@ hostname = ws-01.example
 advertise_address = [2001:db8::1]:9446
 ca_fingerprint = {fingerprint}
 reap_all_sessions = yes
-min_session_uid = 0
+min_session_uid = 500
 update_interval = 1m
 """
     config = load_config(AgentConfig, write(tmp_path, text))
@@ -489,7 +489,7 @@ update_interval = 1m
     assert agent.advertise_address == "[2001:db8::1]:9446"
     assert agent.ca_fingerprint == "ab" * 32
     assert agent.reap_all_sessions is True
-    assert agent.min_session_uid == 0
+    assert agent.min_session_uid == 500
     assert agent.update_interval == 60.0
 
 
@@ -772,7 +772,7 @@ def test_default_file_parses_to_defaults(
 
 
 @pytest.mark.parametrize(
-    ("config_class", "key_lines"), [(DirectorConfig, 53), (AgentConfig, 23)]
+    ("config_class", "key_lines"), [(DirectorConfig, 53), (AgentConfig, 24)]
 )
 def test_uncommented_default_file_parses_to_defaults(
     config_class: type[DirectorConfig | AgentConfig], key_lines: int
