@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import cast
@@ -14,6 +15,7 @@ from pluggy import Result
 from twisted.logger import ILogObserver, LogEvent, formatEvent, globalLogPublisher
 
 from daemons import DaemonProcess
+from fleet import Fleet
 
 # The browser fixtures, defined once: a session-scoped Chromium imported into
 # several modules would start one Playwright per module, which it refuses.
@@ -62,3 +64,30 @@ def audit_lines() -> Iterator[list[str]]:
     globalLogPublisher.addObserver(observer)
     yield lines
     globalLogPublisher.removeObserver(observer)
+
+
+@pytest.fixture
+def loose_fleet(tmp_path: Path) -> Iterator[Fleet]:
+    """Daemons of one test, all stopped at its end, however they end."""
+    group = Fleet(tmp_path)
+    try:
+        yield group
+    finally:
+        group.stop_all()
+
+
+@pytest.fixture
+def fleet(loose_fleet: Fleet) -> Iterator[Fleet]:
+    """As :func:`loose_fleet`, and every daemon must stop cleanly (SIGTERM).
+
+    twistd re-raises SIGTERM after an orderly stop, so a clean stop is
+    "killed by SIGTERM"; anything else (a crash, exit 1) fails the test.
+    """
+    yield loose_fleet
+    loose_fleet.stop_all()
+    codes = {
+        f"{d.plugin} {d.folder.name}": d.process.returncode
+        for d in loose_fleet.started
+        if d.process is not None
+    }
+    assert set(codes.values()) <= {-signal.SIGTERM}, f"not a clean stop: {codes}"

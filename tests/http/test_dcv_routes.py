@@ -26,27 +26,11 @@ from dcvix.director.resolver import SessionResolver
 from dcvix.director.runtime import HostStats, ServerState, Session
 from dcvix.testing import DirectorHarness, director_harness
 from dcvix.testing.director import NOW
+from dcvix.testing.reports import session
 
 FORM = "application/x-www-form-urlencoded"
 XML = "text/xml; charset=utf-8"
 YES_BOB = b'<auth result="yes"><username>bob</username></auth>'
-
-
-def session(session_id: str, owner: str) -> Session:
-    return Session(
-        id=session_id,
-        owner=owner,
-        user=owner,
-        connections=0,
-        creation_time=NOW,
-        last_disconnection_time=None,
-        licensing_mode="",
-        storage_root="",
-        type="virtual",
-        status="",
-        x11_display="",
-        x11_authority="",
-    )
 
 
 def report(hostname: str, *sessions: Session, advertised: str = "") -> ServerState:

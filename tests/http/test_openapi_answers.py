@@ -40,6 +40,7 @@ from dcvix.director.runtime import HostStats, ServerState, Session
 from dcvix.director.schemas import REQUESTS
 from dcvix.testing import DirectorHarness, director_harness
 from dcvix.testing.director import NOW
+from dcvix.testing.reports import session
 
 T = TypeVar("T")
 JSON = "application/json"
@@ -242,23 +243,6 @@ def report(director: DirectorHarness, hostname: str, *sessions: Session) -> None
                 version="1.2.3",
             )
         )
-    )
-
-
-def session(session_id: str, owner: str, kind: str = "virtual") -> Session:
-    return Session(
-        id=session_id,
-        owner=owner,
-        user=owner,
-        connections=1,
-        creation_time=NOW,
-        last_disconnection_time=None,
-        licensing_mode="DEMO",
-        storage_root="",
-        type=kind,
-        status="READY",
-        x11_display=":1",
-        x11_authority="/run/user/1000/dcv/s.xauth",
     )
 
 

@@ -26,6 +26,7 @@ from dcvix.director.runtime import HostStats, ServerState, Session
 from dcvix.director.tokens import CONNECTION, InvalidToken
 from dcvix.testing import DirectorHarness, director_harness
 from dcvix.testing.director import NOW
+from dcvix.testing.reports import session
 
 T = TypeVar("T")
 GiB = 1024**3
@@ -48,23 +49,6 @@ def done(work: Coroutine[Any, Any, T]) -> T:
 
 def guid(hostname: str) -> str:
     return f"00000000-0000-4000-8000-00000000000{hostname[-1]}"
-
-
-def session(session_id: str, owner: str, kind: str = "virtual") -> Session:
-    return Session(
-        id=session_id,
-        owner=owner,
-        user=owner,
-        connections=0,
-        creation_time=NOW,
-        last_disconnection_time=None,
-        licensing_mode="",
-        storage_root="",
-        type=kind,
-        status="",
-        x11_display="",
-        x11_authority="",
-    )
 
 
 @dataclasses.dataclass

@@ -31,12 +31,9 @@ import ssl
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from daemons import twistd_argv
 from dcvix.agent.identity import make_csr
@@ -86,21 +83,6 @@ exit 1
 
 
 # ------------------------------------------------------------------ fixtures
-
-
-@pytest.fixture
-def fleet(tmp_path: Path) -> Iterator[Fleet]:
-    group = Fleet(tmp_path)
-    try:
-        yield group
-    finally:
-        group.stop_all()
-    codes = {
-        f"{d.plugin} {d.folder.name}": d.process.returncode
-        for d in group.started
-        if d.process is not None
-    }
-    assert set(codes.values()) <= {STOPPED}, f"not a clean stop: {codes}"
 
 
 def write_users(director: Director, users: Any) -> None:

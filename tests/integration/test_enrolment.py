@@ -19,7 +19,7 @@ import signal
 import socket
 import ssl
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypedDict, Unpack
 
@@ -51,21 +51,6 @@ from fleet import (
 HEALTHY = {"status": "healthy"}
 TOKEN = "s3cret-enrolment-token"
 STOPPED = -signal.SIGTERM
-
-
-@pytest.fixture
-def fleet(tmp_path: Path) -> Iterator[Fleet]:
-    group = Fleet(tmp_path)
-    try:
-        yield group
-    finally:
-        group.stop_all()
-    codes = {
-        f"{d.plugin} {d.folder.name}": d.process.returncode
-        for d in group.started
-        if d.process is not None
-    }
-    assert set(codes.values()) <= {STOPPED}, f"not a clean stop: {codes}"
 
 
 # ------------------------------------------------------------------ helpers

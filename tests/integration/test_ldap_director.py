@@ -7,80 +7,16 @@ HTTPS to the director, trusting only the director's ``ca.pem``.
 
 from __future__ import annotations
 
-import contextlib
-import http.client
-import json
-import signal
-import sqlite3
-import ssl
-from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
-
 import pytest
+from director_calls import audit_rows, call
 from services import LDAP_ALICE, Slapd, slapd_fixture  # noqa: F401 (fixture)
 
-from fleet import Director, Fleet
+from fleet import Fleet
 
 pytestmark = pytest.mark.service
 
 FAILED = {"error": "authentication failed"}
 HEALTHY = {"status": "healthy"}
-
-
-@pytest.fixture
-def fleet(tmp_path: Path) -> Iterator[Fleet]:
-    group = Fleet(tmp_path)
-    try:
-        yield group
-    finally:
-        group.stop_all()
-    codes = [d.process.returncode for d in group.started if d.process is not None]
-    assert set(codes) <= {-signal.SIGTERM}, f"not a clean stop: {codes}"
-
-
-@dataclass
-class Answer:
-    status: int
-    headers: http.client.HTTPMessage
-    body: Any
-
-    @property
-    def token(self) -> str | None:
-        for cookie in self.headers.get_all("Set-Cookie") or []:
-            name, _, rest = cookie.partition("=")
-            if name == "dcvix_session":
-                return rest.split(";", 1)[0]
-        return None
-
-
-def call(
-    director: Director,
-    method: str,
-    path: str,
-    body: Any = None,
-    token: str | None = None,
-) -> Answer:
-    context = ssl.create_default_context(cafile=str(director.ca_file))
-    connection = http.client.HTTPSConnection(
-        "127.0.0.1", director.port, context=context, timeout=30
-    )
-    headers = {"Cookie": f"dcvix_session={token}"} if token else {}
-    try:
-        data = None if body is None else json.dumps(body).encode()
-        connection.request(method, path, body=data, headers=headers)
-        response = connection.getresponse()
-        return Answer(response.status, response.headers, json.loads(response.read()))
-    finally:
-        connection.close()
-
-
-def audit_rows(director: Director) -> list[tuple[str, str, str]]:
-    """(actor, action, detail) of every audit row, oldest first."""
-    with contextlib.closing(sqlite3.connect(director.data_dir / "agents.db")) as db:
-        rows = db.execute("SELECT actor, action, detail FROM audit ORDER BY id")
-        return [tuple(row) for row in rows.fetchall()]
 
 
 def test_user_login_through_ldap(fleet: Fleet, slapd: Slapd) -> None:

@@ -8,11 +8,8 @@ director keeps serving other routes meanwhile.
 from __future__ import annotations
 
 import concurrent.futures
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from fleet import Fleet, https, wait_for
 
@@ -28,17 +25,6 @@ rm -f "$dir/running.$$"
 echo $$ >> "$dir/done"
 exit 1
 """
-
-
-@pytest.fixture
-def fleet(tmp_path: Path) -> Iterator[Fleet]:
-    group = Fleet(tmp_path)
-    try:
-        yield group
-    finally:
-        group.stop_all()
-    codes = {d.process.returncode for d in group.started if d.process is not None}
-    assert codes <= {STOPPED}, f"not a clean stop: {codes}"
 
 
 def login(port: int, user: str) -> tuple[int, Any]:

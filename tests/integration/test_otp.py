@@ -8,16 +8,14 @@ external OTP command is a shell script in ``tmp_path``.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import signal
-import sqlite3
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import pytest_twisted
+from director_calls import audit_rows
 from fake_privacyidea import FakePrivacyIdea, FakeUser, Seen, listen
 from services import (  # noqa: F401 (fixtures)
     LDAP_ALICE,
@@ -37,7 +35,7 @@ from dcvix.director.auth import Authenticator, AuthUnavailable
 from dcvix.director.auth.ldap import LdapAuthenticator
 from dcvix.director.auth.otp import PrivacyIdea, with_second_factor
 from dcvix.director.config import LdapSection
-from fleet import Director, Fleet, https
+from fleet import Fleet, https
 
 PIN = "pin-1234"
 OTPS = ["755224", "287082", "359152"]
@@ -338,24 +336,6 @@ async def test_the_external_otp_command_refuses_or_cannot_decide(
 
 
 # ------------------------------------------------------------ a real director
-
-
-@pytest.fixture
-def fleet(tmp_path: Path) -> Iterator[Fleet]:
-    group = Fleet(tmp_path)
-    try:
-        yield group
-    finally:
-        group.stop_all()
-    codes = [d.process.returncode for d in group.started if d.process is not None]
-    assert set(codes) <= {-signal.SIGTERM}, f"not a clean stop: {codes}"
-
-
-def audit_rows(director: Director) -> list[tuple[str, str, str]]:
-    """(actor, action, detail) of every audit row, oldest first."""
-    with contextlib.closing(sqlite3.connect(director.data_dir / "agents.db")) as db:
-        rows = db.execute("SELECT actor, action, detail FROM audit ORDER BY id")
-        return [tuple(row) for row in rows.fetchall()]
 
 
 @pytest.mark.service

@@ -8,19 +8,12 @@ answers, and must stay responsive while a login waits on it.
 from __future__ import annotations
 
 import contextlib
-import http.client
-import json
-import signal
 import socket
-import sqlite3
-import ssl
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import Any
 
 import pytest
+from director_calls import audit_rows, call, login
 from services import (  # noqa: F401 (fixture)
     RADIUS_ALICE,
     RADIUS_CAROL,
@@ -34,66 +27,6 @@ pytestmark = pytest.mark.service
 
 FAILED = {"error": "authentication failed"}
 HEALTHY = {"status": "healthy"}
-
-
-@pytest.fixture
-def fleet(tmp_path: Any) -> Iterator[Fleet]:
-    group = Fleet(tmp_path)
-    try:
-        yield group
-    finally:
-        group.stop_all()
-    codes = [d.process.returncode for d in group.started if d.process is not None]
-    assert set(codes) <= {-signal.SIGTERM}, f"not a clean stop: {codes}"
-
-
-@dataclass
-class Answer:
-    status: int
-    headers: http.client.HTTPMessage
-    body: Any
-
-    @property
-    def token(self) -> str | None:
-        for cookie in self.headers.get_all("Set-Cookie") or []:
-            name, _, rest = cookie.partition("=")
-            if name == "dcvix_session":
-                return rest.split(";", 1)[0]
-        return None
-
-
-def call(
-    director: Director,
-    method: str,
-    path: str,
-    body: Any = None,
-    token: str | None = None,
-) -> Answer:
-    context = ssl.create_default_context(cafile=str(director.ca_file))
-    connection = http.client.HTTPSConnection(
-        "127.0.0.1", director.port, context=context, timeout=30
-    )
-    headers = {"Cookie": f"dcvix_session={token}"} if token else {}
-    try:
-        data = None if body is None else json.dumps(body).encode()
-        connection.request(method, path, body=data, headers=headers)
-        response = connection.getresponse()
-        return Answer(response.status, response.headers, json.loads(response.read()))
-    finally:
-        connection.close()
-
-
-def login(director: Director, user: str, password: str) -> Answer:
-    return call(
-        director, "POST", "/v1/user/login", {"userID": user, "password": password}
-    )
-
-
-def audit_rows(director: Director) -> list[tuple[str, str, str]]:
-    """(actor, action, detail) of every audit row, oldest first."""
-    with contextlib.closing(sqlite3.connect(director.data_dir / "agents.db")) as db:
-        rows = db.execute("SELECT actor, action, detail FROM audit ORDER BY id")
-        return [tuple(row) for row in rows.fetchall()]
 
 
 def radius_director(fleet: Fleet, port: int, secret: str, **keys: str) -> Director:

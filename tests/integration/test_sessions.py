@@ -319,12 +319,9 @@ def world(shared: World) -> Iterator[World]:
 
 
 @pytest.fixture
-def fleet(tmp_path: Path) -> Iterator[Fleet]:
-    group = Fleet(tmp_path)
-    try:
-        yield group
-    finally:
-        group.stop_all()
+def fleet(loose_fleet: Fleet) -> Fleet:
+    """Tests here kill and stop agents on purpose: no clean-stop check."""
+    return loose_fleet
 
 
 def account_tool(*argv: str) -> None:

@@ -22,8 +22,10 @@ from dcvix.ctl import wait as resolve
 from dcvix.director.connections import REFUSALS_LOGGED, ConnectionTokens
 from dcvix.director.registry.sqlite import SqliteRegistry, inline_runner
 from dcvix.director.resolver import SessionResolver
-from dcvix.director.runtime import HostStats, MemoryRuntimeStore, ServerState, Session
+from dcvix.director.runtime import MemoryRuntimeStore, ServerState, Session
 from dcvix.director.tokens import CONNECTION, LOGIN, USER, TokenService, token_hash
+from dcvix.testing import reports
+from dcvix.testing.reports import session
 
 KEY = bytes(range(32))
 NOW = dt.datetime(2026, 3, 1, 12, 0, 0, tzinfo=dt.UTC)
@@ -32,34 +34,8 @@ MAX_AGE = 90.0
 DCV = "10.0.0.9"  # the DCV server asking
 
 
-def session(session_id: str, owner: str) -> Session:
-    return Session(
-        id=session_id,
-        owner=owner,
-        user="",
-        connections=0,
-        creation_time=None,
-        last_disconnection_time=None,
-        licensing_mode="",
-        storage_root="",
-        type="virtual",
-        status="",
-        x11_display="",
-        x11_authority="",
-    )
-
-
 def server(hostname: str, seen: dt.datetime, *sessions: Session) -> ServerState:
-    return ServerState(
-        guid=f"guid-{hostname}",
-        hostname=hostname,
-        address="192.0.2.1",
-        agent_port=8446,
-        update_interval=30.0,
-        last_seen=seen,
-        stats=HostStats(0, 0, 0, 0.0, 0.0, 0.0, 0.0),
-        sessions=sessions,
-    )
+    return reports.server(hostname, *sessions, seen=seen, address="192.0.2.1")
 
 
 @dataclass

@@ -9,45 +9,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from dcvix.director.placement import Placement, choose_server, rank
-from dcvix.director.runtime import HostStats, ServerState, Session
+from dcvix.director.runtime import ServerState
+from dcvix.testing.reports import server, session
 
 NOW = dt.datetime(2026, 12, 1, 8, 0, tzinfo=dt.UTC)
 GiB = 1024**3
-
-
-def session(session_id: str, owner: str, kind: str = "virtual") -> Session:
-    return Session(
-        id=session_id,
-        owner=owner,
-        user=owner,
-        connections=0,
-        creation_time=NOW,
-        last_disconnection_time=None,
-        licensing_mode="",
-        storage_root="",
-        type=kind,
-        status="",
-        x11_display="",
-        x11_authority="",
-    )
-
-
-def server(
-    hostname: str,
-    *sessions: Session,
-    free_gib: int = 16,
-    cpu: float = 10.0,
-) -> ServerState:
-    return ServerState(
-        guid=f"guid-{hostname}",
-        hostname=hostname,
-        address="10.0.0.1",
-        agent_port=8446,
-        update_interval=30.0,
-        last_seen=NOW,
-        stats=HostStats(free_gib * GiB, 64 * GiB, 8, cpu, 0.1, 0.1, 0.1),
-        sessions=sessions,
-    )
 
 
 def test_nothing_to_choose_from() -> None:

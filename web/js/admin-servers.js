@@ -7,7 +7,7 @@
 // a dialog is open.
 
 import { ApiError, get, post } from "./api.js";
-import { autoRefresh, dataTable, field, formatBytes, formatTime, formDialog, h, notice, show } from "./ui.js";
+import { autoRefresh, dataTable, field, formDialog, formatBytes, formatTime, h, notice, screenHead, show } from "./ui.js";
 
 const AGENT_BADGES = { registered: "ok", pending: "warn" };
 
@@ -238,15 +238,10 @@ export async function mount(container) {
     h(
       "section",
       { class: "fleet-screen", "aria-labelledby": "servers-title" },
-      h(
-        "div",
-        { class: "screen-head" },
-        h("h1", { id: "servers-title" }, "Servers"),
-        h(
-          "div",
-          { class: "screen-actions" },
-          h("button", { type: "button", class: "secondary", onclick: refresh }, "Refresh"),
-        ),
+      screenHead(
+        "servers-title",
+        "Servers",
+        h("button", { type: "button", class: "secondary", onclick: refresh }, "Refresh"),
       ),
       h("div", { class: "toolbar" }, refresher.element),
       problem,

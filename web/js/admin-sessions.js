@@ -7,7 +7,7 @@
 // table does not change under a confirmation.
 
 import { del, get, post, query } from "./api.js";
-import { autoRefresh, confirmAction, dataTable, field, formDialog, formatTime, h, notice, show } from "./ui.js";
+import { autoRefresh, confirmAction, dataTable, field, formDialog, formatTime, h, notice, screenHead, show } from "./ui.js";
 
 const STATUS_BADGES = { ready: "ok", creating: "warn", closing: "warn" };
 
@@ -246,16 +246,11 @@ export async function mount(container) {
     h(
       "section",
       { class: "fleet-screen", "aria-labelledby": "sessions-title" },
-      h(
-        "div",
-        { class: "screen-head" },
-        h("h1", { id: "sessions-title" }, "Sessions"),
-        h(
-          "div",
-          { class: "screen-actions" },
-          h("button", { type: "button", class: "primary", onclick: createSession }, "Create session"),
-          h("button", { type: "button", class: "secondary", onclick: refresh }, "Refresh"),
-        ),
+      screenHead(
+        "sessions-title",
+        "Sessions",
+        h("button", { type: "button", class: "primary", onclick: createSession }, "Create session"),
+        h("button", { type: "button", class: "secondary", onclick: refresh }, "Refresh"),
       ),
       h(
         "form",

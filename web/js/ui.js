@@ -290,3 +290,8 @@ export function autoRefresh(tick) {
     },
   };
 }
+
+// A screen's title with its actions beside it (Refresh, Create ...).
+export function screenHead(id, title, ...actions) {
+  return h("div", { class: "screen-head" }, h("h1", { id }, title), h("div", { class: "screen-actions" }, actions));
+}
