@@ -3,6 +3,12 @@
 - :class:`DcvixSite` / :class:`DcvixRequest`: request bodies capped while they
   arrive (413 and the connection closed, before anything is spooled to disk),
   security headers on every answer, and the CSRF rule of CONTRACT §3.
+- :class:`DcvixChannel`: whatever the HTTP parser refuses (an over-long line or
+  header section, a bad ``Content-Length``, a malformed header) is answered
+  (431 or 400, JSON) and the connection closed at once; so is an HTTP/1.1
+  request without exactly one ``Host``.
+- :func:`access_log_line`: client text decoded leniently, control characters
+  escaped.
 - :func:`install_error_handlers`: every error becomes ``{"error": ...}`` JSON with
   its status (404 and 405 included); an unexpected exception is logged with its
   traceback and answered with a generic 500, never the traceback itself.
@@ -26,6 +32,7 @@ from OpenSSL.crypto import X509
 from twisted.internet.interfaces import ISSLTransport
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.web.http import HTTPChannel
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
@@ -33,6 +40,7 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from werkzeug.routing import RequestRedirect
 
 from dcvix.common.errors import ApiError, BadRequest
+from dcvix.common.logging import escape_control
 
 log = Logger()
 
@@ -64,6 +72,30 @@ def error_body(message: str) -> bytes:
     return json.dumps({"error": message}).encode() + b"\n"
 
 
+REASONS = {
+    400: b"Bad Request",
+    413: b"Request Entity Too Large",
+    431: b"Request Header Fields Too Large",
+}
+
+
+def closing_answer(status: int, message: str) -> bytes:
+    """A whole JSON error answer, written before or instead of a ``Request``'s.
+
+    For refusals made while the request is still arriving: the connection is
+    closed after it (``Connection: close``).
+    """
+    body = error_body(message)
+    head = [b"HTTP/1.1 %d %s" % (status, REASONS[status]), b"Server: dcvix"]
+    head += [b"%s: %s" % item for item in SECURITY_HEADERS.items()]
+    head += [
+        b"Content-Type: application/json",
+        b"Content-Length: %d" % len(body),
+        b"Connection: close",
+    ]
+    return b"\r\n".join(head) + b"\r\n\r\n" + body
+
+
 def json_response(request: IRequest, status: int, body: Any) -> bytes:
     """Set status and JSON content type; the body ends with a newline, as Go's."""
     request.setResponseCode(status)
@@ -85,18 +117,19 @@ def csrf_violation(request: Request) -> str | None:
     """Why a state-changing request must be refused as cross-site, if it must.
 
     Browsers send ``Origin`` (and ``Sec-Fetch-Site``) on state-changing requests;
-    curl, agents and DCV send neither, so they are never refused.
+    curl, agents and DCV send neither, so they are never refused. The headers are
+    compared as bytes: one that is not UTF-8 must not raise.
     """
     if request.method in SAFE_METHODS:
         return None
-    fetch_site = request.getHeader("Sec-Fetch-Site")
-    if fetch_site is not None and fetch_site.lower() == "cross-site":
+    fetch_site = request.getHeader(b"Sec-Fetch-Site")
+    if fetch_site is not None and fetch_site.lower() == b"cross-site":
         return "cross-site request refused"
-    origin = request.getHeader("Origin")
+    origin = request.getHeader(b"Origin")
     if origin is None:
         return None
-    host = request.getHeader("Host") or ""
-    if origin.lower() != f"https://{host}".lower():
+    host = request.getHeader(b"Host") or b""
+    if origin.lower() != b"https://" + host.lower():
         return "cross-origin request refused"
     return None
 
@@ -151,17 +184,9 @@ class DcvixRequest(Request):
         self.content = io.BytesIO()
         # No "100 Continue" after our answer.
         self.requestHeaders.removeHeader(b"Expect")
-        body = error_body("request body too large")
-        head = [b"HTTP/1.1 413 Request Entity Too Large", b"Server: dcvix"]
-        head += [b"%s: %s" % item for item in SECURITY_HEADERS.items()]
-        head += [
-            b"Content-Type: application/json",
-            b"Content-Length: %d" % len(body),
-            b"Connection: close",
-        ]
         transport = self.channel.transport
         assert transport is not None
-        transport.write(b"\r\n".join(head) + b"\r\n\r\n" + body)
+        transport.write(closing_answer(413, "request body too large"))
         log.info(
             "refused a request body over {limit} bytes from {peer}",
             limit=self._limit(),
@@ -182,20 +207,42 @@ class DcvixRequest(Request):
         super().write(data)
 
     def process(self) -> None:
-        """Add security headers and apply the CSRF rule, then dispatch."""
+        """Security headers, then refusals (malformed, cross-site), then dispatch."""
         for name, value in SECURITY_HEADERS.items():
             self.setHeader(name, value)
-        status, problem = 403, csrf_violation(self)
-        if not _url_is_utf8(self):
-            # Klein would answer with a text page and log a traceback.
-            status, problem = 400, "request URL is not UTF-8"
+        problem = malformed_request(self)
+        status = 400
         if problem is not None:
+            # As the parser's refusals: answered, and the connection closed.
+            self.channel.persistent = False
+            self.setHeader(b"Connection", b"close")
+        else:
+            status, problem = 403, csrf_violation(self)
+        if problem is not None:
+            body = error_body(problem)
             self.setResponseCode(status)
             self.setHeader(b"Content-Type", b"application/json")
-            self.write(error_body(problem))
+            self.setHeader(b"Content-Length", b"%d" % len(body))
+            self.write(body)
             self.finish()
             return
         super().process()
+
+
+def malformed_request(request: Request) -> str | None:
+    """Why a request the parser let through must be refused (400), if it must.
+
+    An HTTP/1.1 request needs exactly one ``Host`` (RFC 9112 §3.2); a URL that
+    is not UTF-8 would have Klein answer a text page and log a traceback.
+    """
+    hosts = request.requestHeaders.getRawHeaders(b"Host") or []
+    if len(hosts) > 1:
+        return "more than one Host header"
+    if not hosts and request.clientproto == b"HTTP/1.1":
+        return "missing Host header"
+    if not _url_is_utf8(request):
+        return "request URL is not UTF-8"
+    return None
 
 
 def _url_is_utf8(request: Request) -> bool:
@@ -205,6 +252,55 @@ def _url_is_utf8(request: Request) -> bool:
     except UnicodeDecodeError:
         return False
     return True
+
+
+class DcvixChannel(HTTPChannel):
+    """Twisted's HTTP/1.1 parser, answering every request it refuses.
+
+    Twisted answers most malformed requests with a bare 400, but drops an
+    over-long line without a word, and over TLS that close then waits for the
+    idle timeout (the line reader closes the transport under the channel's
+    registered producer). Here each refusal gets a JSON answer with
+    ``Connection: close`` and the connection is closed at once: 431 for a line
+    or a header section over the limit (16 KiB), 400 for the rest.
+    """
+
+    _refused = False
+
+    def dataReceived(self, data: bytes) -> None:
+        """Ignore whatever follows a refusal."""
+        if not self._refused:
+            super().dataReceived(data)
+
+    def lineReceived(self, line: bytes) -> None:
+        """Refuse with 431 where Twisted would give a bare 400."""
+        if self._receivedHeaderSize + len(line) > self.totalHeadersSize:
+            self._refuse(431, "request header fields too large")
+            return
+        super().lineReceived(line)
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        """A request line or a header line over 16 KiB."""
+        self._refuse(431, "request header fields too large")
+
+    def _respondToBadRequestAndDisconnect(self) -> None:
+        self._refuse(400, "bad request")
+
+    def _refuse(self, status: int, message: str) -> None:
+        if self._refused:
+            return
+        self._refused = True
+        transport = self.transport
+        assert transport is not None
+        transport.write(closing_answer(status, message))
+        log.debug(
+            "refused a malformed request from {peer} ({status} {message})",
+            peer=str(getattr(transport.getPeer(), "host", "?")),
+            status=status,
+            message=message,
+        )
+        # Ours, not the transport's: it unregisters the producer first.
+        self.loseConnection()
 
 
 class DcvixSite(Site):
@@ -220,6 +316,7 @@ class DcvixSite(Site):
         body_limit: bytes allowed for a request to a given path.
     """
 
+    protocol = DcvixChannel  # type: ignore[assignment]
     requestFactory = DcvixRequest
     displayTracebacks = False
 
@@ -236,14 +333,23 @@ class DcvixSite(Site):
 
 
 def access_log_line(timestamp: str, request: Request) -> str:
-    """An access log line without the query string, which may carry tokens."""
-    path = (request.uri or b"").split(b"?", 1)[0].decode("ascii", "replace")
-    method = (request.method or b"-").decode("ascii", "replace")
+    """An access log line without the query string, which may carry tokens.
+
+    What the client sent (method, path, user agent) is decoded whatever its
+    bytes and has its control characters escaped.
+    """
+    path = _loggable((request.uri or b"").split(b"?", 1)[0])
+    method = _loggable(request.method or b"-")
     peer = getattr(request.getClientAddress(), "host", "-")
-    agent = (request.getHeader("User-Agent") or "-").replace('"', "'")
+    agents = request.requestHeaders.getRawHeaders(b"User-Agent")
+    agent = _loggable(agents[-1]).replace('"', "'") if agents else "-"
     return (
         f'{peer} "{method} {path}" {request.code} {request.sentLength or 0} "{agent}"'
     )
+
+
+def _loggable(data: bytes) -> str:
+    return escape_control(data.decode("utf-8", "backslashreplace"))
 
 
 def client_address(request: IRequest) -> str:

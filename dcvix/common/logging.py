@@ -9,6 +9,12 @@ names say they hold a secret are replaced, and anything that looks like a privat
 key, a PASETO token, a session cookie or a ``password=`` pair is masked in the
 rendered text, tracebacks included. Code must still never log secrets; this is
 the net under it.
+
+Control characters are escaped the same way (:func:`escape_control`): in every
+text field of an event, where client data (user agents, user ids, host names)
+arrives, so that one event is one line and no terminal escape, carriage return
+or bidirectional override reaches the file; and in the rendered text, except the
+newlines of a traceback.
 """
 
 from __future__ import annotations
@@ -71,6 +77,16 @@ _SECRET_TEXT = [
     # Last, so that a cookie or a ``token=`` pair holding a token is masked once.
     (re.compile(r"\bv[1-4]\.(local|public)\.[A-Za-z0-9_\-.]+"), "<redacted token>"),
 ]
+# What can rewrite, hide or forge a log line on a terminal or in a viewer: C0
+# and C1 controls and DEL (escape sequences, CR, LF, backspace), the Unicode
+# line and paragraph separators, bidirectional formatting characters, and lone
+# surrogates (not text: they cannot even be written as UTF-8).
+_CONTROLS = (
+    r"\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069\ud800-\udfff"
+)
+_CONTROL = re.compile(f"[{_CONTROLS}]")
+_CONTROL_BUT_NEWLINE = re.compile(rf"(?!\n)[{_CONTROLS}]")
+_SHORT_ESCAPES = {"\t": "\\t", "\n": "\\n", "\r": "\\r"}
 # twisted.logger's own bookkeeping keys: never secrets, and needed to format.
 _INTERNAL = frozenset(
     {
@@ -115,13 +131,51 @@ def redact_event(event: LogEvent) -> LogEvent:
     }
 
 
+def _escaped(match: re.Match[str]) -> str:
+    character = match.group()
+    short = _SHORT_ESCAPES.get(character)
+    if short is not None:
+        return short
+    code = ord(character)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def escape_control(text: str, keep_newlines: bool = False) -> str:
+    r"""``text`` with control characters written as escapes (``\x1b``, ``\u2028``).
+
+    Args:
+        text: anything, client data included.
+        keep_newlines: leave ``\n`` alone (a traceback's lines).
+    """
+    pattern = _CONTROL_BUT_NEWLINE if keep_newlines else _CONTROL
+    return pattern.sub(_escaped, text)
+
+
+def clean_event(event: LogEvent) -> LogEvent:
+    """A copy of ``event``: secret-named fields replaced, text fields escaped.
+
+    Twisted's own keys (the format, the failure, a legacy event's text) are
+    left as they are; the rendered line is escaped again as a whole.
+    """
+    cleaned: LogEvent = {}
+    for key, value in event.items():
+        if is_secret_field(key):
+            cleaned[key] = REDACTED
+        elif isinstance(value, str) and key not in _INTERNAL:
+            cleaned[key] = escape_control(value)
+        else:
+            cleaned[key] = value
+    return cleaned
+
+
 def render_text(event: LogEvent) -> str:
     """``LEVEL [time] namespace: message``, with a traceback for failures."""
     level = _LEVEL_NAMES.get(event.get("log_level", LogLevel.info), "INFO")
     stamp = _timestamp(event)
     body = eventAsText(event, includeTimestamp=False, includeSystem=False)
     namespace = _namespace(event)
-    return redact_text(f"{level:<8} [{stamp}] {namespace}: {body}") + "\n"
+    text = escape_control(f"{level:<8} [{stamp}] {namespace}: {body}", True)
+    return redact_text(text) + "\n"
 
 
 def render_json(event: LogEvent) -> str:
@@ -130,11 +184,11 @@ def render_json(event: LogEvent) -> str:
         "time": _timestamp(event),
         "level": _LEVEL_NAMES.get(event.get("log_level", LogLevel.info), "INFO"),
         "namespace": _namespace(event),
-        "message": redact_text(formatEvent(event)),
+        "message": redact_text(escape_control(formatEvent(event), True)),
     }
     failure = event.get("log_failure")
     if isinstance(failure, Failure):
-        record["traceback"] = redact_text(failure.getTraceback())
+        record["traceback"] = redact_text(escape_control(failure.getTraceback(), True))
     for key, value in event.items():
         if key.startswith("log_") or key in _INTERNAL or key in record:
             continue
@@ -164,7 +218,7 @@ def _timestamp(event: LogEvent) -> str:
 
 @implementer(ILogObserver)
 class LineObserver:
-    """Redacts, renders and writes each event to every output.
+    """Redacts, escapes, renders and writes each event to every output.
 
     A failing output (a closed stdout under a service manager) is skipped so the
     others still get the line.
@@ -176,7 +230,7 @@ class LineObserver:
 
     def __call__(self, event: LogEvent) -> None:
         """Write one event."""
-        line = self._render(redact_event(event))
+        line = self._render(clean_event(event))
         for output in self._outputs:
             try:
                 output.write(line)

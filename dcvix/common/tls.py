@@ -10,6 +10,10 @@ decide (see :func:`dcvix.common.http.peer_certificate`).
 Client side (CONVENTIONS.md): to the director by the name ``dcvix-director``,
 whatever host or IP it was reached at; to an agent by its pinned public key,
 with the chain checked against our CA and no name check at all.
+
+Both sides speak TLS 1.3, or TLS 1.2 with ECDHE key exchange and an AEAD
+cipher only (:data:`TLS12_CIPHERS`): no CBC, no SHA-1 MAC, no RSA key
+exchange, no finite-field DHE.
 """
 
 from __future__ import annotations
@@ -32,7 +36,11 @@ from twisted.internet.interfaces import (
     IOpenSSLServerConnectionCreator,
 )
 from twisted.internet.protocol import Factory, Protocol, connectionDone
-from twisted.internet.ssl import CertificateOptions, TLSVersion
+from twisted.internet.ssl import (
+    AcceptableCiphers,
+    CertificateOptions,
+    TLSVersion,
+)
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
@@ -48,6 +56,42 @@ from dcvix.common.pki import (
 )
 
 DIRECTOR_NAME = "dcvix-director"
+
+# TLS 1.2: ECDHE (ECDSA, EdDSA or RSA certificates) with AES-GCM or
+# ChaCha20-Poly1305, nothing else. ``!aNULL`` and ``!PSK`` keep out the
+# anonymous and pre-shared-key variants OpenSSL files under ECDHE.
+TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:!aNULL:!eNULL:!PSK"
+# TLS 1.3 suites are all AEAD; named so that a system-wide OpenSSL setting
+# cannot add the short-tag CCM_8 ones.
+TLS13_SUITES = (
+    "TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256:TLS_AES_128_GCM_SHA256"
+)
+_ACCEPTABLE = AcceptableCiphers.fromOpenSSLCipherString(TLS12_CIPHERS)
+
+
+def tls_options(**kwargs: Any) -> CertificateOptions:
+    """``CertificateOptions`` at dcvix's floor: TLS 1.2 minimum, our suites only."""
+    return harden(
+        CertificateOptions(
+            raiseMinimumTo=TLSVersion.TLSv1_2, acceptableCiphers=_ACCEPTABLE, **kwargs
+        )
+    )
+
+
+def harden(options: CertificateOptions) -> CertificateOptions:
+    """Hold ``options`` (made anywhere) to TLS 1.2 or 1.3 with our suites only.
+
+    Applied to the context the options build once and hand to every connection,
+    before any connection uses it: a live context is never changed.
+
+    Raises:
+        SSL.Error: the certificate and key do not belong together.
+    """
+    context = options.getContext()
+    context.set_min_proto_version(SSL.TLS1_2_VERSION)
+    context.set_cipher_list(TLS12_CIPHERS.encode("ascii"))
+    context.set_tls13_ciphersuites(TLS13_SUITES.encode("ascii"))
+    return options
 
 
 @dataclass(frozen=True)
@@ -73,7 +117,7 @@ class ServerFiles:
 
 
 def server_options(files: ServerFiles) -> CertificateOptions:
-    """Fresh options from the files; TLS 1.2 minimum, 1.3 offered.
+    """Fresh options from the files; TLS 1.3, or 1.2 with our suites only.
 
     Raises:
         ValueError, OSError, SSL.Error: when the files are missing, malformed or
@@ -85,19 +129,17 @@ def server_options(files: ServerFiles) -> CertificateOptions:
     client_cas = (
         load_certificates(files.client_cas.read_bytes()) if files.client_cas else []
     )
-    options = CertificateOptions(
+    # Building the context (in harden) checks the key matches the certificate.
+    return tls_options(
         # cryptography objects avoid pyOpenSSL 26's deprecation warnings; Twisted's
         # annotations still name the pyOpenSSL types.
-        privateKey=key,  # type: ignore[arg-type]
-        certificate=leaf,  # type: ignore[arg-type]
-        extraCertChain=chain,  # type: ignore[arg-type]
+        privateKey=key,
+        certificate=leaf,
+        extraCertChain=chain,
         verify=bool(client_cas),
         caCerts=[X509.from_cryptography(c) for c in client_cas] or None,
         requireCertificate=False,
-        raiseMinimumTo=TLSVersion.TLSv1_2,
     )
-    options._makeContext()  # check the key matches the certificate now
-    return options
 
 
 def files_signature(paths: Sequence[Path]) -> tuple[tuple[int, int, int, int], ...]:
@@ -117,6 +159,10 @@ def files_signature(paths: Sequence[Path]) -> tuple[tuple[int, int, int, int], .
 class ReloadingServerTLS:
     """A server connection creator whose certificate can change under it.
 
+    Whatever ``load`` builds is held to dcvix's TLS floor (:func:`harden`), so a
+    loader that makes its own ``CertificateOptions`` (the agent's self-signed
+    certificate before enrolment) offers no weaker suite.
+
     Args:
         files: where the certificate, key and CAs are.
         load: builds options from the files (:func:`server_options`).
@@ -132,7 +178,7 @@ class ReloadingServerTLS:
         self.files = files
         self._load = load
         self._signature = files_signature(files.paths())
-        self._current = load(files)
+        self._current = harden(load(files))
 
     def serverConnectionForTLS(
         self, tlsProtocol: TLSMemoryBIOProtocol
@@ -150,7 +196,7 @@ class ReloadingServerTLS:
         """Build new options now; on failure keep serving the old certificate."""
         signature = files_signature(self.files.paths())
         try:
-            fresh = self._load(self.files)
+            fresh = harden(self._load(self.files))
         except Exception as error:
             # Remember the broken state so it is not retried (and logged) on
             # every check; the next change to the files is tried again.
@@ -223,11 +269,10 @@ class LeafCheckingClientTLS:
             client = {"privateKey": client_key, "certificate": client_certificate}
         self._accept_leaf = accept_leaf
         self._server_name = server_name
-        self._options = CertificateOptions(
+        self._options = tls_options(
             verify=True,
             caCerts=[X509.from_cryptography(c) for c in ca_certificates],
-            raiseMinimumTo=TLSVersion.TLSv1_2,
-            **client,  # type: ignore[arg-type]
+            **client,
         )
 
     def _verify(
@@ -309,8 +354,7 @@ class PinnedKeyClientTLS(LeafCheckingClientTLS):
 
 def unverified_client_tls() -> IOpenSSLClientConnectionCreator:
     """No server check at all: only for a first contact, before any CA is known."""
-    options = CertificateOptions(raiseMinimumTo=TLSVersion.TLSv1_2)
-    return options
+    return tls_options()
 
 
 @implementer(IHandshakeListener)

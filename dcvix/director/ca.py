@@ -3,7 +3,8 @@
 The CA is made only on a fresh install (``ca.key``, ``ca.pem`` and ``agents.db`` all
 absent). A Go director's files are adopted as they are. When some are there and
 others are not, the director refuses to start: a silently new CA would cut off
-every enrolled agent.
+every enrolled agent. So does an ``agents.db`` beside the CA files that is not a
+sound SQLite database (emptied, garbled, a folder): only a fresh install makes one.
 """
 
 from __future__ import annotations
@@ -18,7 +19,13 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric import (
+    dsa,
+    ec,
+    ed448,
+    ed25519,
+    rsa,
+)
 from cryptography.hazmat.primitives.asymmetric.types import (
     CertificateIssuerPrivateKeyTypes,
     CertificatePublicKeyTypes,
@@ -43,6 +50,8 @@ from dcvix.common.pki import (
 )
 from dcvix.common.tls import DIRECTOR_NAME
 from dcvix.director.datadir import DirectorFiles
+from dcvix.director.registry import StoreError
+from dcvix.director.registry.sqlite_schema import check_database, create_database
 
 log = Logger()
 
@@ -55,8 +64,34 @@ LOOPBACK = "127.0.0.1"
 MIN_RSA_BITS = 2048
 
 
+# P-256, P-384 and P-521, by their names in cryptography.
+ACCEPTED_CURVES = frozenset({"secp256r1", "secp384r1", "secp521r1"})
+ACCEPTED_KEYS = (
+    f"Ed25519, ECDSA on P-256, P-384 or P-521, or RSA of at least {MIN_RSA_BITS} bits"
+)
+
+
 class CertificateRequestError(ValueError):
     """A CSR that cannot be signed: not PKCS#10, a bad signature, a weak key."""
+
+
+def unaccepted_key(key: object) -> str | None:
+    """What is wrong with a CSR's key, or None for one we sign (CONTRACT §3)."""
+    if isinstance(key, ed25519.Ed25519PublicKey):
+        return None
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        if key.curve.name in ACCEPTED_CURVES:
+            return None
+        return f"ECDSA on {key.curve.name}"
+    if isinstance(key, rsa.RSAPublicKey):
+        if key.key_size >= MIN_RSA_BITS:
+            return None
+        return f"RSA of {key.key_size} bits"
+    if isinstance(key, dsa.DSAPublicKey):
+        return "DSA"
+    if isinstance(key, ed448.Ed448PublicKey):
+        return "Ed448"
+    return "an unknown key type"
 
 
 def _serial() -> int:
@@ -110,13 +145,11 @@ def parse_csr(der: bytes) -> x509.CertificateSigningRequest:
         valid = False
     if not valid:
         raise CertificateRequestError("invalid csr signature")
-    key = csr.public_key()
-    if isinstance(key, rsa.RSAPublicKey) and key.key_size < MIN_RSA_BITS:
-        raise CertificateRequestError("csr key too weak")
-    if not isinstance(
-        key, ed25519.Ed25519PublicKey | ec.EllipticCurvePublicKey | rsa.RSAPublicKey
-    ):
-        raise CertificateRequestError("csr key type not accepted")
+    refused = unaccepted_key(csr.public_key())
+    if refused is not None:
+        raise CertificateRequestError(
+            f"csr key not accepted: {refused} (use {ACCEPTED_KEYS})"
+        )
     try:
         # cryptography parses the subject lazily: a malformed name fails here.
         csr.subject.rfc4514_string()
@@ -289,9 +322,12 @@ def load_or_create_authority(
         authority = new_authority(now)
         atomic_write(files.ca_key, private_key_pem(authority.key), 0o600)
         atomic_write(files.ca_pem, authority.pem, 0o644)
-        # An empty file is an empty SQLite database: written now, so that a start
-        # that fails later (say, on server.key) is not taken for a partial loss.
-        atomic_write(files.agents_db, b"", 0o600)
+        # Made now, with its tables, so that a start that fails later (say, on
+        # server.key) is not taken for a partial loss, nor for an emptied file.
+        try:
+            create_database(files.agents_db)
+        except StoreError as error:
+            raise StartupError(str(error)) from None
         log.warn(
             "fresh install: made a new CA in {path} (fingerprint {fingerprint})",
             path=str(files.data_dir),
@@ -316,6 +352,14 @@ def load_or_create_authority(
         key.public_key()
     ):
         raise StartupError(f"{files.ca_key} does not belong to {files.ca_pem}")
+    try:
+        check_database(files.agents_db)
+    except StoreError as error:
+        raise StartupError(
+            f"{error}, while ca.key and ca.pem exist: refusing to start, because a "
+            "new agents.db would forget every enrolled agent. Restore it from a "
+            "backup, or empty the folder for a fresh install."
+        ) from None
     return CertificateAuthority(key, certificate, pem)
 
 

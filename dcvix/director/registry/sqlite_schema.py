@@ -10,9 +10,11 @@ from __future__ import annotations
 import datetime as dt
 import os
 import sqlite3
+import stat
 from collections.abc import Callable
 from pathlib import Path
 
+from dcvix.common.files import fsync_directory
 from dcvix.director.registry import REGISTERED, StoreError
 
 DB_TIMEOUT = 10.0
@@ -158,3 +160,77 @@ def migrate(connection: sqlite3.Connection) -> None:
         with transaction(connection):
             MIGRATIONS[number](connection)
             connection.execute(f"PRAGMA user_version={number + 1}")
+
+
+def check_database(path: Path) -> None:
+    """An existing ``agents.db`` that SQLite opens and finds sound.
+
+    For a director start beside existing CA files: a file that is not a
+    database, an emptied one (SQLite would take 0 bytes for a new, empty
+    database) or one with damaged pages must stop it, not start it with an
+    empty registry or fail later on every request.
+
+    Raises:
+        StoreError: one line, naming ``path``: not a file, empty, not readable,
+            or not a usable SQLite database.
+    """
+    try:
+        info = path.stat()
+    except OSError as error:
+        raise StoreError(f"{path} cannot be read: {error.strerror}") from None
+    if not stat.S_ISREG(info.st_mode):
+        kind = "a directory" if stat.S_ISDIR(info.st_mode) else "a special file"
+        raise StoreError(f"{path} is not a file (it is {kind})")
+    if info.st_size == 0:
+        raise StoreError(f"{path} is empty (0 bytes)")
+    if not os.access(path, os.R_OK | os.W_OK):
+        raise StoreError(f"{path} is not readable and writable by this user")
+    try:
+        # mode=rw: never create the file, whatever happens to it meanwhile.
+        connection = sqlite3.connect(
+            f"{path.absolute().as_uri()}?mode=rw", uri=True, timeout=DB_TIMEOUT
+        )
+    except sqlite3.Error as error:
+        raise StoreError(f"{path} is not a usable SQLite database ({error})") from None
+    try:
+        verdict = connection.execute("PRAGMA quick_check").fetchall()
+    except sqlite3.Error as error:
+        raise StoreError(f"{path} is not a usable SQLite database ({error})") from None
+    finally:
+        connection.close()
+    if verdict != [("ok",)]:
+        first = " ".join(str(verdict[0][0]).split()) if verdict else "no answer"
+        raise StoreError(
+            f"{path} is not a usable SQLite database (quick_check: {first})"
+        )
+
+
+def create_database(path: Path) -> None:
+    """A new ``agents.db`` with the current schema (0600), in place whole or not at all.
+
+    Built beside ``path`` and renamed over it, so that a crash never leaves an
+    empty or half-made database behind (which a later start would refuse).
+
+    Raises:
+        StoreError: it cannot be made.
+    """
+    temp = path.with_name(f".{path.name}.new")
+    sidecars = [Path(f"{temp}{suffix}") for suffix in ("", "-wal", "-shm", "-journal")]
+    try:
+        for leftover in sidecars:
+            leftover.unlink(missing_ok=True)
+        connect(temp).close()
+        # The last connection closed: SQLite folded the WAL into the file and
+        # removed it.
+        descriptor = os.open(temp, os.O_RDONLY)
+        try:
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+        os.replace(temp, path)
+        fsync_directory(path.parent)
+    except OSError as error:
+        raise StoreError(f"{path}: {error.strerror}") from None
+    finally:
+        for leftover in sidecars:
+            leftover.unlink(missing_ok=True)
