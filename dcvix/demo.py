@@ -46,7 +46,22 @@ def _admin_login(folder: Path) -> str:
     script.chmod(0o700)
     policy = folder / "policydb"
     policy.mkdir(exist_ok=True)
-    (policy / "users.json").write_text(json.dumps([{"id": ADMIN, "admin": True}]))
+    # The admin is a user of the portal too: the workstation, and a pool of it.
+    (policy / "users.json").write_text(
+        json.dumps(
+            [
+                {
+                    "id": ADMIN,
+                    "admin": True,
+                    "workstations": ["demo-workstation"],
+                    "pools": ["demo"],
+                }
+            ]
+        )
+    )
+    (policy / "pools.json").write_text(
+        json.dumps([{"id": "demo", "workstations": ["demo-workstation"]}])
+    )
     return secret.read_text()
 
 
@@ -188,7 +203,10 @@ def main() -> None:
             f"""
 dcvix demo is running (state in {root}).
 
-  director  {director_url}/   (the admin web UI comes with a later issue)
+  web UI    {director_url}/   (your browser will ask you to accept the demo
+            certificate; tick "Administrator" for the admin console, or log in
+            without it for "My desktops", the user portal)
+  director  {director_url}/v1/...   the API
   agent     {agent_url}/   enrolled as {guid}
             its dcv is the dcvix DCV SIMULATOR: no real desktop runs
   admin     user {ADMIN}, password {password}
