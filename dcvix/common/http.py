@@ -32,6 +32,7 @@ from OpenSSL.crypto import X509
 from twisted.internet.interfaces import ISSLTransport
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.web import http as twisted_http
 from twisted.web.http import HTTPChannel
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource
@@ -43,6 +44,7 @@ from dcvix.common.errors import ApiError, BadRequest
 from dcvix.common.logging import escape_control
 
 log = Logger()
+access_log = Logger(namespace="dcvix.access")
 
 DEFAULT_BODY_LIMIT = 1024 * 1024
 SAFE_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS"})
@@ -314,6 +316,9 @@ class DcvixSite(Site):
     Args:
         resource: the root resource.
         body_limit: bytes allowed for a request to a given path.
+        quiet_paths: paths whose answered requests (status below 400) go to the
+            access log at ``debug`` instead of ``info`` (agent updates: one per
+            agent every 30 s; their caller counts them instead).
     """
 
     protocol = DcvixChannel  # type: ignore[assignment]
@@ -324,15 +329,42 @@ class DcvixSite(Site):
         self,
         resource: IResource,
         body_limit: Callable[[bytes], int] = lambda _path: DEFAULT_BODY_LIMIT,
+        quiet_paths: frozenset[bytes] = frozenset(),
     ) -> None:
         super().__init__(
             resource, logFormatter=access_log_line, parsePOSTFormSubmission=False
         )
         self.body_limit = body_limit
+        self.quiet_paths = quiet_paths
         self.noisy = False
 
+    def log(self, request: twisted_http.Request) -> None:
+        """The access log line of ``request``: ``debug`` for a quiet path."""
+        if (
+            request.code < 400
+            and (request.uri or b"").split(b"?", 1)[0] in self.quiet_paths
+        ):
+            access_log.debug(
+                "{line}", line=_QuietLine(self._logDateTime or "-", request)
+            )
+            return
+        super().log(request)
 
-def access_log_line(timestamp: str, request: Request) -> str:
+
+class _QuietLine:
+    """An access log line built only if a ``debug`` observer writes it."""
+
+    def __init__(self, timestamp: str, request: twisted_http.Request) -> None:
+        self._timestamp = timestamp
+        self._request = request
+
+    def __str__(self) -> str:
+        return access_log_line(self._timestamp, self._request)
+
+    __repr__ = __str__
+
+
+def access_log_line(timestamp: str, request: twisted_http.Request) -> str:
     """An access log line without the query string, which may carry tokens.
 
     What the client sent (method, path, user agent) is decoded whatever its
@@ -429,6 +461,11 @@ def install_error_handlers(app: Klein) -> None:
 # --------------------------------------------------------------- JSON bodies
 
 
+# Only a ``\\uD800``-``\\uDFFF`` escape can put a surrogate in decoded JSON (UTF-8
+# input cannot): without one in the text, the re-encoding below is skipped.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
 def _has_lone_surrogate(value: Any) -> bool:
     """A lone surrogate escape: valid JSON, but not text (and not UTF-8)."""
     try:
@@ -461,7 +498,9 @@ def read_json(request: IRequest) -> Any:
     except RecursionError:
         raise BadRequest("request body is nested too deeply") from None
     try:
-        surrogate = _has_lone_surrogate(value)
+        surrogate = _SURROGATE_ESCAPE.search(text) is not None and (
+            _has_lone_surrogate(value)
+        )
     except RecursionError:
         # Re-encoding goes a few frames deeper than decoding did.
         raise BadRequest("request body is nested too deeply") from None

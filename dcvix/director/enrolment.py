@@ -53,6 +53,7 @@ RENEWAL_INTERVAL_SECONDS = 43200  # what Go directors announce; agents ignore it
 KEY_MISMATCH_AUDIT_SECONDS = 60.0
 CLAIM_CHANGE_SECONDS = 60.0  # one new claim per adopted agent per minute
 AUTO_APPROVE = "auto_approve"  # the audit actor of approvals by token
+VERIFIED_LIMIT = 100_000  # certificates identify() remembers (then starts again)
 
 
 @dataclass(frozen=True)
@@ -133,6 +134,8 @@ class Enrolment:
         self._new_pending = RateLimiter(policy.register_rate, 60.0, clock)
         self._mismatch_audits = RateLimiter(1, KEY_MISMATCH_AUDIT_SECONDS, clock)
         self._claim_changes = RateLimiter(1, CLAIM_CHANGE_SECONDS, clock)
+        # Certificates found ours (signature, GUID), with their identity.
+        self._verified: dict[x509.Certificate, PeerIdentity] = {}
 
     def _now(self) -> dt.datetime:
         return now_utc(self._clock)
@@ -395,16 +398,27 @@ class Enrolment:
 
         Raises:
             Unauthorized: no certificate, not ours, not an agent's, or expired.
+
+        The TLS handshake verified the chain against our CA on every
+        connection; here the signature, the GUID and the key of each distinct
+        certificate (equal DER) are checked once and remembered, while the
+        validity period is checked on every call.
         """
         if peer is None:
             raise Unauthorized("client certificate required")
-        guid = guid_of(peer)
-        if guid is None or not self._authority.issued(peer):
-            raise Unauthorized("invalid client certificate")
+        identity = self._verified.get(peer)
+        if identity is None:
+            guid = guid_of(peer)
+            if guid is None or not self._authority.issued(peer):
+                raise Unauthorized("invalid client certificate")
+            identity = PeerIdentity(guid, public_key_fingerprint(peer.public_key()))
+            if len(self._verified) >= VERIFIED_LIMIT:
+                self._verified.clear()
+            self._verified[peer] = identity
         now = self._now()
         if not peer.not_valid_before_utc <= now < peer.not_valid_after_utc:
             raise Unauthorized("client certificate expired")
-        return PeerIdentity(guid, public_key_fingerprint(peer.public_key()))
+        return identity
 
     async def _pinned(self, record: AgentRecord, certificate_key: str) -> AgentRecord:
         if not record.key_fingerprint:
@@ -435,10 +449,13 @@ class Enrolment:
     async def authenticate(self, peer: PeerIdentity) -> AgentRecord:
         """The registered agent behind an mTLS request, checked every time.
 
+        Against the registry's exact view in memory (:meth:`current`): no
+        thread hand-off unless ``agents.db`` changed since the last read.
+
         Raises:
             Unauthorized: the agent is not registered with this key.
         """
-        record = await self._registry.get(peer.guid)
+        record = await self._registry.current(peer.guid)
         if record is None:
             raise Unauthorized("unknown agent")
         if record.state != REGISTERED:

@@ -30,7 +30,12 @@ from dcvix.common.tls import DIRECTOR_NAME, ReloadingServerTLS, ServerFiles
 from dcvix.director.agent_admin import AgentAdmin
 from dcvix.director.agent_client import AgentClient
 from dcvix.director.api.admin import AdminRoutes
-from dcvix.director.api.agents import AgentRoutes
+from dcvix.director.api.agents import (
+    SUMMARY_SECONDS,
+    UPDATE_PATH,
+    AgentRoutes,
+    UpdateTally,
+)
 from dcvix.director.api.auth import AuthRoutes
 from dcvix.director.api.authz import Gate, Gateways
 from dcvix.director.api.dcv import DcvRoutes
@@ -306,11 +311,15 @@ def build_director(
     tls_reload_job(tls, reactor, sighup).setServiceParent(root)
     # After the certificate: SIGHUP's first line stays the TLS reload.
     sighup.add(policy.reload)
+    tally = UpdateTally()
+    PeriodicJob(
+        "update-summary", SUMMARY_SECONDS, tally.summarize, reactor, SUMMARY_SECONDS
+    ).setServiceParent(root)
     api = DirectorRoot(
         settings.max_body_bytes,
         Gate(logins, enrolment, Gateways(config.gateway.gateways_list, reactor)),
         [
-            AgentRoutes(enrolment, runtime, settings.agent_port, reactor),
+            AgentRoutes(enrolment, runtime, settings.agent_port, reactor, tally),
             AuthRoutes(logins, login_otp_field(config)),
             AdminRoutes(admin, authority.pem),
             SessionRoutes(control, audit, policy),
@@ -324,7 +333,9 @@ def build_director(
             DocumentRoutes(lambda: api.routes),
         ],
     )
-    site = DcvixSite(api.resource(), body_limit=api.body_limit)
+    site = DcvixSite(
+        api.resource(), body_limit=api.body_limit, quiet_paths=frozenset({UPDATE_PATH})
+    )
     tls_listener(
         reactor, settings.director_host, settings.director_port, tls, site
     ).setServiceParent(root)

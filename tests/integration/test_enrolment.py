@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import http.client
 import ipaddress
+import json
 import re
 import signal
 import socket
@@ -524,6 +526,41 @@ def test_expired_certificate_goes_back_to_pending_and_is_approved_again(
 
 
 # ------------------------------------- (7) revoke, reactivate, deny, delete
+
+
+def test_revoked_at_the_very_next_update_on_a_kept_alive_connection(
+    fleet: Fleet,
+) -> None:
+    """The registry view in memory notices ``dcvixctl``'s writes at once.
+
+    Updates on one kept-alive mTLS connection warm the director's view; the
+    update right after ``dcvixctl agents revoke`` is refused, and the one
+    right after ``reactivate`` accepted again, with no wait in between.
+    """
+    director = fleet.director()
+    agent = fleet.agent(director, "ws-1")
+    enrol(director, agent)
+    context = ssl.create_default_context(cafile=str(director.ca_file))
+    context.load_cert_chain(str(agent.certificate), str(agent.key))
+    link = http.client.HTTPSConnection(
+        "127.0.0.1", director.port, context=context, timeout=10
+    )
+    report = json.dumps({"sessions": [], "stats": {"hostname": "ws-1"}})
+
+    def update() -> tuple[int, Any]:
+        link.request("POST", "/v1/agent/update", body=report)
+        response = link.getresponse()
+        return response.status, json.loads(response.read())
+
+    try:
+        for _ in range(3):
+            assert update() == (200, {})
+        director.ctl("agents", "revoke", agent.guid)
+        assert update() == (401, {"error": "agent revoked"})
+        director.ctl("agents", "reactivate", agent.guid)
+        assert update() == (200, {})
+    finally:
+        link.close()
 
 
 def test_revoke_then_reactivate(fleet: Fleet) -> None:

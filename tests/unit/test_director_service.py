@@ -82,6 +82,7 @@ def test_the_tree_a_fresh_install_and_the_listener(
         "PeriodicJob",
         "SighupService",
         "PeriodicJob",
+        "PeriodicJob",  # the access log's summary of agent updates
         "StreamServerEndpointService",
     ]
     data = tmp_path / "data"

@@ -6,13 +6,48 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.web.iweb import IRequest
 
 from dcvix.common.clock import now_utc
-from dcvix.common.http import client_address, json_response, read_json
+from dcvix.common.http import access_log, client_address, json_response, read_json
 from dcvix.common.jsonfields import decode
 from dcvix.director.api.authz import Role, authorized
 from dcvix.director.enrolment import Enrolment, PeerIdentity
 from dcvix.director.registry import AgentRecord
 from dcvix.director.requests import RegisterRequest, RenewRequest
 from dcvix.director.runtime import RuntimeStore, parse_report
+
+UPDATE_PATH = b"/v1/agent/update"
+SUMMARY_SECONDS = 60.0
+
+
+class UpdateTally:
+    """Agent updates counted for the access log's periodic summary.
+
+    Each update goes to the access log at ``debug`` only; every
+    :data:`SUMMARY_SECONDS` :meth:`summarize` writes one ``info`` line with how
+    many updates came from how many agents (none when there were none).
+    """
+
+    def __init__(self) -> None:
+        self.updates = 0
+        self._agents: set[str] = set()
+
+    def count(self, guid: str) -> None:
+        """One update stored for agent ``guid``."""
+        self.updates += 1
+        self._agents.add(guid)
+
+    async def summarize(self) -> None:
+        """Log and reset the counts."""
+        updates, agents = self.updates, len(self._agents)
+        self.updates = 0
+        self._agents = set()
+        if updates:
+            access_log.info(
+                "{updates} agent updates from {agents} agents in the last "
+                "{minutes:g} min",
+                updates=updates,
+                agents=agents,
+                minutes=SUMMARY_SECONDS / 60,
+            )
 
 
 class AgentRoutes:
@@ -23,6 +58,7 @@ class AgentRoutes:
         runtime: where reports are kept.
         default_agent_port: the port of agents that do not report theirs.
         clock: the time of each report.
+        tally: where stored updates are counted (for the log's summary).
     """
 
     def __init__(
@@ -31,11 +67,13 @@ class AgentRoutes:
         runtime: RuntimeStore,
         default_agent_port: int,
         clock: IReactorTime,
+        tally: UpdateTally | None = None,
     ) -> None:
         self._enrolment = enrolment
         self._runtime = runtime
         self._default_port = default_agent_port
         self._clock = clock
+        self.tally = tally if tally is not None else UpdateTally()
 
     @authorized("POST", "/v1/agent/register", role=Role.PUBLIC)
     async def register(self, request: IRequest) -> bytes:
@@ -77,4 +115,5 @@ class AgentRoutes:
             previous,
         )
         await self._runtime.put(state)
+        self.tally.count(agent.guid)
         return json_response(request, 200, {})

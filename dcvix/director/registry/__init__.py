@@ -152,6 +152,13 @@ class AgentRegistry(AuditTrail, RevokedTokens, Protocol):
     async def get(self, guid: str) -> AgentRecord | None:
         """One agent, or None."""
 
+    async def current(self, guid: str) -> AgentRecord | None:
+        """As :meth:`get`, exact, but from memory while the store is unchanged.
+
+        For the check of every mTLS request: any change to the store, by this
+        process or by another (``dcvixctl``), is seen by the very next call.
+        """
+
     async def list(self, state: str | None = None) -> builtins.list[AgentRecord]:
         """Every agent (of one state), oldest first."""
 

@@ -48,6 +48,10 @@ from dcvix.director.registry.sqlite_schema import (
 
 R = TypeVar("R")
 
+# Records :meth:`SqliteRegistry.current` keeps at most (a fleet's worth; when
+# full it starts again, so a read is never stale, only slower).
+VIEW_LIMIT = 100_000
+
 # ``duplicate_hostname``, computed with the row: one indexed lookup of the
 # other agents holding the same name (see AgentRecord).
 _SELECT = """
@@ -659,13 +663,60 @@ class SqliteRegistry:
         self.path = path
         self._connection = connect(path)
         self._run = runner
+        # The view behind :meth:`current`: records read at ``_view_version``.
+        self._watch: sqlite3.Connection | None = None
+        self._view: dict[str, AgentRecord] = {}
+        self._view_version = -1
 
     def close(self) -> None:
-        """Close the connection (after the pool stopped)."""
+        """Close the connections (after the pool stopped)."""
         self._connection.close()
+        if self._watch is not None:
+            self._watch.close()
 
     async def get(self, guid: str) -> AgentRecord | None:  # noqa: D102
         return await self._run(get_txn, self._connection, guid)
+
+    def _data_version(self) -> int:
+        """SQLite's ``data_version`` as the watching connection sees it.
+
+        That connection never writes, so the value changes exactly when a
+        commit of any other connection lands: the director's own (its pool's
+        connection) and ``dcvixctl``'s alike. A few microseconds, never a wait
+        on a writer (WAL).
+        """
+        if self._watch is None:
+            self._watch = sqlite3.connect(
+                self.path,
+                timeout=DB_TIMEOUT,
+                isolation_level=None,
+                check_same_thread=False,
+            )
+        try:
+            row = self._watch.execute("PRAGMA data_version").fetchone()
+        except sqlite3.Error as error:
+            raise StoreError(f"agents.db: {error}") from None
+        return int(row[0])
+
+    async def current(self, guid: str) -> AgentRecord | None:
+        """As :meth:`get`, from memory until any commit to ``agents.db``.
+
+        The whole view is dropped when ``data_version`` moved; a record read
+        is kept only if nothing was committed while it was read.
+        """
+        version = self._data_version()
+        if version != self._view_version:
+            self._view.clear()
+            self._view_version = version
+        found = self._view.get(guid)
+        if found is not None:
+            return found
+        record = await self.get(guid)
+        if record is not None and self._data_version() == version:
+            if len(self._view) >= VIEW_LIMIT:
+                self._view.clear()
+            self._view[guid] = record
+        return record
 
     async def list(self, state: str | None = None) -> builtins.list[AgentRecord]:  # noqa: D102
         return await self._run(list_txn, self._connection, state)
