@@ -156,6 +156,8 @@ OPERATIONS: dict[tuple[str, str], tuple[str, Operation]] = {
             errors={
                 400: "a bad owner, type or id, or an owner who may not run a "
                 "virtual session here",
+                409: "another session has that id, or (console) the console "
+                "session is someone else's",
                 **_DCV_ERRORS,
             },
             body=Body(ref("CreateSessionRequest")),

@@ -19,6 +19,7 @@ from dcvix.agent.dcv import (
     check_owner,
     check_session_type,
 )
+from dcvix.common.errors import Conflict
 from dcvix.common.files import atomic_write
 from dcvix.common.validate import InvalidInput, check_config, check_session_id
 
@@ -28,6 +29,18 @@ MAX_CREATED_REMEMBERED = 10000
 # A whole create (waiting for dcv, listing, creating) answers within this, so
 # the director (30 s) always hears the agent's own answer (CONTRACT §4).
 CREATE_LIMIT = 25.0
+
+
+def _check_free(listed: Sequence[Session], session_type: str, session_id: str) -> None:
+    """Refuse, as the caller's conflict, a create that dcv would fail.
+
+    Raises:
+        Conflict: ``session_id`` is taken, or a console session exists.
+    """
+    if any(session.id == session_id for session in listed):
+        raise Conflict(f"session id {session_id} is taken")
+    if session_type == "console" and any(s.type == "console" for s in listed):
+        raise Conflict("the console session is someone else's")
 
 
 class CreatedSessions:
@@ -106,6 +119,8 @@ class SessionManager:
         Raises:
             InvalidInput: a bad owner, type or id, or an owner who may not run a
                 virtual session here.
+            Conflict: another session has that id, or (console) the console
+                is someone else's: dcv would refuse.
             DcvError: dcv failed.
         """
         owner = check_owner(owner)
@@ -127,6 +142,7 @@ class SessionManager:
             for session in listed:
                 if session.owner == owner and session.type == session_type:
                     return session.id
+            _check_free(listed, session_type, session_id)
             await self.dcv.create_session(
                 owner,
                 session_type,

@@ -470,7 +470,8 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         errors={
             400: "an invalid userId, sessionType or sessionId; the agent refused",
             404: "a server that never reported",
-            409: "the server is offline or not a registered agent",
+            409: "the server is offline or not a registered agent; the session "
+            "id, or the console, is someone else's there",
             **_AGENT_CALL_ERRORS,
         },
         body=_JSON_BODY["CreateSessionRequest"],

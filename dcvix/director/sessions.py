@@ -55,6 +55,26 @@ class ServerView:
     agent_state: str
 
 
+def _check_free(state: ServerState, user: str, kind: str, session_id: str) -> None:
+    """Refuse (409) a create the agent would have to refuse, as far as we know.
+
+    The agent reuses the user's own session of that type, so that case goes
+    through; another session with the id, or another user's console (a Linux
+    DCV server has one), is the caller's conflict. What the director did not
+    know yet (a race with the agent's listing) the agent refuses, and that
+    stays an agent refusal (502), as CONTRACT §4 has it.
+
+    Raises:
+        Conflict: the id is taken, or the console is someone else's.
+    """
+    if any(s.owner == user and s.type == kind for s in state.sessions):
+        return
+    if any(s.id == session_id for s in state.sessions):
+        raise Conflict(f"session {session_id} is already on {state.hostname}")
+    if kind == "console" and any(s.type == "console" for s in state.sessions):
+        raise Conflict(f"the console of {state.hostname} is someone else's")
+
+
 class SessionControl:
     """What the admin server and session routes do.
 
@@ -187,6 +207,7 @@ class SessionControl:
         except InvalidInput as error:
             raise BadRequest(str(error)) from None
         state, target = await self._target(hostname)
+        _check_free(state, user, kind, session_id)
         answer = await self._call(
             target,
             "POST",

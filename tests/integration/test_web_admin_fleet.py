@@ -272,11 +272,12 @@ def test_create_filter_sort_and_close_a_session(
 def test_creating_on_a_busy_console_shows_the_reason(
     seeded: WebFleet, browser: Browser
 ) -> None:
-    # Erin holds the console (made outside dcvix): dcv refuses bob's, the UI
-    # says why; then the admin closes erin's session from the table.
+    # Erin holds the console (made outside dcvix): the director, which sees it
+    # in the agent's report, refuses bob's (409), the UI says why; then the
+    # admin closes erin's session from the table.
     seeded.fake.add_session("dcvix_console", "erin", "console")
     erin = "dcvix_console-ws-web"
-    page = admin_page(browser, seeded, "sessions", allowed=(502,))
+    page = admin_page(browser, seeded, "sessions", allowed=(409,))
     expect(row(page, erin)).to_be_visible(timeout=WAIT)
     page.get_by_role("button", name="Create session").click()
     dialog = page.get_by_role("dialog", name="Create a session")
@@ -285,7 +286,9 @@ def test_creating_on_a_busy_console_shows_the_reason(
     expect(page.get_by_role("alert")).to_contain_text(
         f"No session was created for {USER} on ws-web: ", timeout=WAIT
     )
-    expect(page.get_by_role("alert")).to_contain_text("A console session is already")
+    expect(page.get_by_role("alert")).to_contain_text(
+        "the console of ws-web is someone else's"
+    )
     assert seeded.fake.session_ids().count("dcvix_console") == 1
     assert len(seeded.fake.session_ids()) == 1 + len(SEEDED)
 
