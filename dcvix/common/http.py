@@ -47,6 +47,12 @@ log = Logger()
 access_log = Logger(namespace="dcvix.access")
 
 DEFAULT_BODY_LIMIT = 1024 * 1024
+# A connection that sends nothing for this long is closed: Twisted's default
+# (12 h) let idle, slow (slowloris) and never-finished TLS handshakes hold a
+# socket for half a day. Above Go's 90 s idle keep-alive and our clients' 60 s
+# (CLIENT_IDLE), so a client always drops a kept-alive connection first.
+IDLE_TIMEOUT = 120.0
+CLIENT_IDLE = 60
 SAFE_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS"})
 SECURITY_HEADERS = {
     b"X-Content-Type-Options": b"nosniff",
@@ -330,9 +336,13 @@ class DcvixSite(Site):
         resource: IResource,
         body_limit: Callable[[bytes], int] = lambda _path: DEFAULT_BODY_LIMIT,
         quiet_paths: frozenset[bytes] = frozenset(),
+        idle_timeout: float = IDLE_TIMEOUT,
     ) -> None:
         super().__init__(
-            resource, logFormatter=access_log_line, parsePOSTFormSubmission=False
+            resource,
+            logFormatter=access_log_line,
+            parsePOSTFormSubmission=False,
+            timeout=idle_timeout,
         )
         self.body_limit = body_limit
         self.quiet_paths = quiet_paths

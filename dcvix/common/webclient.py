@@ -21,6 +21,7 @@ from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IResponse
 
+from dcvix.common.http import CLIENT_IDLE
 from dcvix.common.tls import FixedTLSPolicy
 
 ANSWER_CAP = 1024 * 1024
@@ -167,6 +168,8 @@ class JsonClient:
     ) -> None:
         self._reactor = reactor
         self.pool = HTTPConnectionPool(reactor, persistent=persistent)
+        # Dropped before the server's idle timeout closes it under a request.
+        self.pool.cachedConnectionTimeout = CLIENT_IDLE
         self.pool.retryAutomatically = False
         agent = Agent(reactor, contextFactory=FixedTLSPolicy(creator), pool=self.pool)
         self._http = treq.client.HTTPClient(agent)

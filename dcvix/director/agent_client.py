@@ -29,6 +29,7 @@ from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.iweb import IAgentEndpointFactory
 from zope.interface import implementer
 
+from dcvix.common.http import CLIENT_IDLE
 from dcvix.common.pki import (
     load_certificates,
     load_private_key,
@@ -84,6 +85,8 @@ class _AgentConnection:
         self.target = target
         self.generation = generation
         self.pool = HTTPConnectionPool(reactor, persistent=True)
+        # Dropped before the agent's idle timeout closes it under a request.
+        self.pool.cachedConnectionTimeout = CLIENT_IDLE
         self.pool.retryAutomatically = False
         agent = Agent.usingEndpointFactory(
             reactor, _PinnedEndpoints(reactor, target, creator), pool=self.pool

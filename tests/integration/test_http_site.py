@@ -21,12 +21,16 @@ from typing import Any
 import pytest
 import pytest_twisted
 from klein import Klein
+from OpenSSL.crypto import X509, PKey
 from twisted.internet import threads
 from twisted.internet.defer import inlineCallbacks
+from twisted.internet.ssl import CertificateOptions
 from twisted.internet.task import deferLater
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.web.iweb import IRequest
 from twisted.web.server import Site
 
+from certs import foreign_ca
 from dcvix.common.http import (
     DcvixSite,
     install_error_handlers,
@@ -729,3 +733,46 @@ async def test_director_health_carries_the_security_headers(
     assert answer.json() == {"status": "healthy"}
     assert_security_headers(answer)
     assert "twisted" not in json.dumps(answer.headers).lower()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_silent_connection_is_closed_after_the_idle_timeout(
+    serve: Callable[..., int],
+) -> None:
+    """Idle, slow (slowloris) and never-finished TLS handshakes do not hold a socket.
+
+    Twisted's default was 12 h. The site's timeout covers the HTTP channel
+    from the moment the connection is made, so behind TLS it also ends a
+    handshake that never finishes (the second case: a ClientHello cut short).
+    """
+    site = DcvixSite(ProbeAPI().app.resource(), idle_timeout=1.0)
+    plain = serve(site)
+    identity = foreign_ca()
+    options = CertificateOptions(
+        privateKey=PKey.from_cryptography_key(identity.key),
+        certificate=X509.from_cryptography(identity.certificate),
+    )
+    tls = serve(
+        TLSMemoryBIOFactory(
+            options, False, DcvixSite(ProbeAPI().app.resource(), idle_timeout=1.0)
+        )
+    )
+
+    def closed_by_server(port: int, first: bytes) -> bool:
+        """Whether the server ends the connection (a long socket timeout)."""
+        sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+        with sock:
+            if first:
+                sock.sendall(first)
+            try:
+                return sock.recv(1024) == b""  # an orderly close
+            except ConnectionResetError:
+                return True  # an aborted one
+
+    cases = [
+        (plain, b""),
+        (plain, b"GET /v1/probe"),  # half a request line, then nothing
+        (tls, b"\x16\x03\x01\x02\x00\x01"),  # a ClientHello cut short
+    ]
+    for port, first in cases:
+        assert await threads.deferToThread(closed_by_server, port, first), first
