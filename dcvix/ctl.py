@@ -34,7 +34,14 @@ from dcvix.director.config import DirectorConfig
 from dcvix.director.datadir import DirectorFiles
 from dcvix.director.hostnames import own_host_names
 from dcvix.director.policy import PolicyError, load_policy
-from dcvix.director.registry import REGISTERED, STATES, AgentRecord, StoreError
+from dcvix.director.registry import (
+    NOTHING_SEEN,
+    REGISTERED,
+    STATES,
+    AgentRecord,
+    Seen,
+    StoreError,
+)
 from dcvix.director.registry.sqlite import SqliteRegistry, inline_runner
 
 T = TypeVar("T")
@@ -145,12 +152,15 @@ def act(
     guids: Sequence[str],
     replace: bool = False,
     claimed_key: str = "",
+    seen: Seen = NOTHING_SEEN,
 ) -> int:
     """Apply one action to each GUID; 0 when all succeeded, else 1."""
     status = 0
     for guid in guids:
         try:
-            outcome = wait(admin.act(action, guid, _actor(), replace, claimed_key))
+            outcome = wait(
+                admin.act(action, guid, _actor(), replace, claimed_key, seen)
+            )
         except ApiError as error:
             print(f"{guid}: {error.message}", file=sys.stderr)
             status = 1
@@ -186,6 +196,17 @@ def build_parser() -> argparse.ArgumentParser:
         default="",
         metavar="FINGERPRINT",
         help="approve an adopted agent's claim for this key (SHA-256, hex)",
+    )
+    approve.add_argument(
+        "--hostname",
+        default="",
+        help="refuse unless the agent still asks for this hostname (as listed)",
+    )
+    approve.add_argument(
+        "--fingerprint",
+        default="",
+        help="refuse unless the agent still has this key (SHA-256, hex, as listed"
+        " or as the agent logs it)",
     )
     for name, text in (
         ("deny", "deny a pending agent (kept as denied until deleted)"),
@@ -246,12 +267,18 @@ def _run(options: argparse.Namespace) -> int:
             print(list_agents(admin, options.state))
             return 0
         approving = options.action == "approve"
+        seen = (
+            Seen(hostname=options.hostname, key=options.fingerprint)
+            if approving
+            else NOTHING_SEEN
+        )
         return act(
             admin,
             options.action,
             options.guids,
             approving and options.replace,
             options.key if approving else "",
+            seen,
         )
     finally:
         registry.close()

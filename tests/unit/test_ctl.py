@@ -265,6 +265,24 @@ def test_approve_several(
     assert audit(db) == [("os:alice", "approve", A), ("os:alice", "approve", B)]
 
 
+def test_approve_what_was_listed_only(
+    conf: Path, db: sqlite3.Connection, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--hostname/--fingerprint: refused if the pending agent changed since."""
+    add(db, A, "ws-finance", "pending")
+
+    assert run(conf, "agents", "approve", "--hostname", "ws-harmless", A) == 1
+    assert (
+        "now asks for hostname ws-finance, not ws-harmless" in capsys.readouterr().err
+    )
+    assert run(conf, "agents", "approve", "--fingerprint", KEY_B, A) == 1
+    assert "look at it again before approving" in capsys.readouterr().err
+    assert state_of(db, A) == "pending"
+
+    assert run(conf, "agents", "approve", "--hostname", "ws-finance", A) == 0
+    assert state_of(db, A) == "registered"
+
+
 def test_approve_hostname_conflict_is_refused(
     conf: Path, db: sqlite3.Connection, capsys: pytest.CaptureFixture[str]
 ) -> None:
