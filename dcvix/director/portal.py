@@ -174,14 +174,24 @@ class Portal:
                 unique.append(name)
         return unique
 
-    async def _servers(self) -> dict[str, ServerState]:
-        """Every server that reported, by host name."""
-        return {s.hostname: s for s in await self._control.reported()}
+    async def _servers(self, grant: Grant) -> dict[str, ServerState]:
+        """The reports of the servers ``grant`` names, by host name.
+
+        Looked up one by one: a user is granted a handful of servers, the
+        fleet may hold thousands.
+        """
+        names = {*grant.workstations, *(m for ms in grant.pools.values() for m in ms)}
+        found = {}
+        for name in names:
+            state = await self._control.reported_server(name)
+            if state is not None:
+                found[name] = state
+        return found
 
     async def overview(self, user: str) -> dict[str, Any]:
         """``GET /v1/user/servers``: Go's list, and ``details`` beside it."""
         grant = self.grant(user)
-        servers = await self._servers()
+        servers = await self._servers(grant)
         listed = self.listed_servers(user)
         workstations = []
         for name in listed:
@@ -236,7 +246,8 @@ class Portal:
         """
         if not self.grant(user).allows(hostname):
             raise Forbidden("not authorized for this server")
-        state = (await self._servers()).get(hostname.lower())
+        # One lookup: every launcher call comes here, the fleet may be large.
+        state = await self._control.reported_server(hostname.lower())
         if state is None:
             raise NotFound(f"unknown server {hostname}")
         return state
@@ -288,10 +299,11 @@ class Portal:
         return await self._control.start(state.hostname, user, kind, None)
 
     async def _place(self, user: str, pool_id: str, kind: str) -> ServerState:
-        members = self.grant(user).pools.get(pool_id)
+        grant = self.grant(user)
+        members = grant.pools.get(pool_id)
         if members is None:
             raise Forbidden("not authorized for this pool")
-        online = self._online_members(await self._servers(), members)
+        online = self._online_members(await self._servers(grant), members)
         if not online:
             raise ServiceUnavailable(f"no server of pool {pool_id} is online")
         placed = choose_server(online, user, kind)

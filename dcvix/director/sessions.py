@@ -119,9 +119,9 @@ class SessionControl:
         """Whether a server is online now."""
         return is_online(state, now_utc(self._clock), self._max_age)
 
-    async def reported(self) -> list[ServerState]:
-        """Every server that reported since start, online or not."""
-        return await self._runtime.servers()
+    async def reported_server(self, hostname: str) -> ServerState | None:
+        """The last report of one server by registered hostname, or None."""
+        return await self._runtime.server(hostname)
 
     async def servers(self) -> list[ServerView]:
         """Every server that reported since start, hostname descending."""
