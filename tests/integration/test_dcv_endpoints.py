@@ -30,6 +30,7 @@ from typing import Any
 
 import pytest
 from fake_dcv import FakeDcv
+from readme_examples import readme_example
 from sessions_world import call, clean_stop, new_agents, wait_report
 from twisted.internet.task import Clock
 
@@ -51,7 +52,6 @@ NO = (
     b"verification failed</message></auth>"
 )
 TTL = dt.timedelta(minutes=10)
-README = Path(__file__).resolve().parents[2] / "README.md"
 SEED_RESOLVE = """curl --noproxy '*' --cacert ca.pem \\
 -X POST \\
 -H "Content-Type: application/json" \\
@@ -377,19 +377,6 @@ def test_the_gateway_resolves_with_the_query_string(world: World) -> None:
     assert resolve(
         world.director, "sessionId=autosession&clientIpAddress=2001%3Adb8%3A%3A7"
     ) == (200, endpoint("autosession"))
-
-
-def readme_example(name: str) -> list[str]:
-    """The curl commands of the README block after ``<!-- example:NAME -->``."""
-    text = README.read_text()
-    block = text.split(f"<!-- example:{name} -->\n```\n", 1)[1].split("```", 1)[0]
-    commands: list[str] = []
-    for line in block.splitlines():
-        if line.startswith("curl"):
-            commands.append(line)
-        else:
-            commands[-1] += "\n" + line
-    return commands
 
 
 def test_the_seeds_and_the_readmes_curl_examples_work_as_written(

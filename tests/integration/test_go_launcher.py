@@ -22,11 +22,11 @@ from pathlib import Path
 import pytest
 from fake_dcv import FakeDcv
 from go_launcher import MEDIUM_QUALITY, GoLauncher, LauncherError
+from readme_examples import readme_example
 from sessions_world import clean_stop, new_agents
 
 from fleet import Agent, Director, Fleet, wait_for
 
-README = Path(__file__).parents[2] / "README.md"
 USER, PASSWORD = "bob", "Bob-pass.42"
 AUTH_SCRIPT = """#!/bin/sh
 IFS= read -r user
@@ -165,19 +165,6 @@ def test_the_go_launcher_then_dcv_then_the_gateway(launch: Launch) -> None:
     again, second = launcher.connect("ws-go", USER)
     assert again == session
     assert verify(director, session, second).startswith(b'<auth result="yes">')
-
-
-def readme_example(name: str) -> list[str]:
-    """The curl commands of the README block after ``<!-- example:NAME -->``."""
-    text = README.read_text()
-    block = text.split(f"<!-- example:{name} -->\n```\n", 1)[1].split("```", 1)[0]
-    commands: list[str] = []
-    for line in block.splitlines():
-        if line.startswith("curl"):
-            commands.append(line)
-        else:
-            commands[-1] += "\n" + line
-    return commands
 
 
 def test_the_readmes_user_api_examples_as_written(
