@@ -14,6 +14,7 @@ import json
 import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -72,21 +73,18 @@ class Policy:
             )
         return entry
 
+    @cached_property
     def pools_by_host(self) -> dict[str, tuple[str, ...]]:
         """Each workstation (lower case) and the pools holding it.
 
         Worked out once per policy: listing 10,000 servers must not walk
         every pool for each.
         """
-        cached = self.__dict__.get("_pools_by_host")
-        if cached is None:
-            found: dict[str, list[str]] = {}
-            for pool in self.pools.values():
-                for member in dict.fromkeys(w.lower() for w in pool.workstations):
-                    found.setdefault(member, []).append(pool.id)
-            cached = {host: tuple(ids) for host, ids in found.items()}
-            object.__setattr__(self, "_pools_by_host", cached)
-        return cached
+        found: dict[str, list[str]] = {}
+        for pool in self.pools.values():
+            for member in dict.fromkeys(w.lower() for w in pool.workstations):
+                found.setdefault(member, []).append(pool.id)
+        return {host: tuple(ids) for host, ids in found.items()}
 
     def is_admin(self, user: str) -> bool:
         """Whether ``users.json`` says ``user`` is an admin."""

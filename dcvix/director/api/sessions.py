@@ -43,7 +43,7 @@ class SessionRoutes:
         to pass as ``?after=`` for the next page. 400 for a bad value.
         """
         query = ServerQuery.parse(request.args)
-        pools = self._policy.current.pools_by_host()
+        pools = self._policy.current.pools_by_host
         views = [
             v
             for v in await self._control.servers()
