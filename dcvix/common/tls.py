@@ -88,6 +88,10 @@ def harden(options: CertificateOptions) -> CertificateOptions:
         SSL.Error: the certificate and key do not belong together.
     """
     context = options.getContext()
+    # No renegotiation (TLS 1.2): a client could otherwise make the server
+    # repeat handshakes at will, or present another certificate mid-connection
+    # (the director reads a connection's client certificate once).
+    context.set_options(SSL.OP_NO_RENEGOTIATION)
     context.set_min_proto_version(SSL.TLS1_2_VERSION)
     context.set_cipher_list(TLS12_CIPHERS.encode("ascii"))
     context.set_tls13_ciphersuites(TLS13_SUITES.encode("ascii"))

@@ -16,6 +16,7 @@ import re
 import signal
 import socket
 import ssl
+import struct
 import subprocess
 import uuid
 from collections.abc import Callable
@@ -27,6 +28,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
 from cryptography.x509.oid import NameOID
+from OpenSSL import SSL
 
 import certs
 from daemons import DaemonProcess, free_port, seed_agent, twistd_argv
@@ -186,6 +188,34 @@ def test_listeners_accept_tls_1_3_and_tls_1_2_ecdhe_aead(
     assert handshake(port, no_verify_context())[0] == "TLSv1.3"
     for suite in GOOD_SUITES[key_type]:
         assert handshake(port, tls12_only(suite)) == ("TLSv1.2", suite)
+
+
+def renegotiated(port: int) -> bool:
+    """Whether a TLS 1.2 client may renegotiate after its first handshake."""
+    context = SSL.Context(SSL.TLS_METHOD)
+    context.set_max_proto_version(SSL.TLS1_2_VERSION)
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        # OpenSSL needs a blocking socket; the kernel bounds each read.
+        raw.setblocking(True)
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", 10, 0))
+        client = SSL.Connection(context, raw)
+        client.set_connect_state()
+        client.do_handshake()
+        assert client.renegotiate()
+        try:
+            client.do_handshake()
+            client.send(b"GET /v1/health HTTP/1.1\r\nHost: x\r\n\r\n")
+            client.recv(4096)
+        except (SSL.Error, OSError):
+            return False
+        return not client.renegotiate_pending()
+
+
+def test_listeners_refuse_renegotiation(listener: tuple[int, str]) -> None:
+    # A renegotiation would let a client present another certificate in the
+    # middle of a connection the director has already identified.
+    port, _key_type = listener
+    assert not renegotiated(port)
 
 
 # ============================================================ (2) CSR keys

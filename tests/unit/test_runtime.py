@@ -22,6 +22,7 @@ from dcvix.director.runtime import (
     RuntimeStore,
     ServerState,
     Session,
+    SessionsMemo,
     is_online,
     parse_report,
 )
@@ -156,6 +157,55 @@ def events() -> Iterator[EventLoggingObserver]:
     globalLogPublisher.addObserver(observer)
     yield observer
     globalLogPublisher.removeObserver(observer)
+
+
+# --------------------------------------------------------------- SessionsMemo
+
+
+def test_an_agents_unchanged_session_list_is_not_parsed_again() -> None:
+    memo = SessionsMemo()
+    first = memo.parse(GUID, copy.deepcopy(GO_PAYLOAD["sessions"]))
+    again = memo.parse(GUID, copy.deepcopy(GO_PAYLOAD["sessions"]))
+    assert first == (GO_SESSION,)
+    assert again is first
+
+
+def test_a_changed_session_list_is_parsed() -> None:
+    memo = SessionsMemo()
+    memo.parse(GUID, GO_PAYLOAD["sessions"])
+    changed = copy.deepcopy(GO_PAYLOAD["sessions"])
+    changed[0]["num-of-connections"] = 2
+    assert memo.parse(GUID, changed) == (
+        dataclasses.replace(GO_SESSION, connections=2),
+    )
+
+
+def test_the_memo_is_per_agent() -> None:
+    memo = SessionsMemo()
+    memo.parse(GUID, GO_PAYLOAD["sessions"])
+    other = [session(SESSION_ID.replace("0b6f", "1b6f"))]
+    assert [s.id for s in memo.parse(GUID2, other)] == [other[0]["id"]]
+    assert memo.parse(GUID, GO_PAYLOAD["sessions"]) == (GO_SESSION,)
+
+
+def test_a_refused_list_leaves_the_memo_as_it_was() -> None:
+    memo = SessionsMemo()
+    first = memo.parse(GUID, GO_PAYLOAD["sessions"])
+    bad = copy.deepcopy(GO_PAYLOAD["sessions"])
+    bad[0]["type"] = "neither"
+    with pytest.raises(BadRequest):
+        memo.parse(GUID, bad)
+    with pytest.raises(BadRequest):
+        memo.parse(GUID, bad)  # refused again, not taken from the memo
+    assert memo.parse(GUID, GO_PAYLOAD["sessions"]) is first
+
+
+def test_parse_report_with_a_memo_gives_what_it_gives_without() -> None:
+    memo = SessionsMemo()
+    with_memo = parse_report(GUID, "ws01", payload(), PEER, NOW, 8446, None, memo)
+    assert with_memo == parse(payload())
+    again = parse_report(GUID, "ws01", payload(), PEER, NOW, 8446, None, memo)
+    assert again.sessions is with_memo.sessions
 
 
 # --------------------------------------------------------------- parse_report

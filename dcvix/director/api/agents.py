@@ -12,7 +12,7 @@ from dcvix.director.api.authz import Role, authorized
 from dcvix.director.enrolment import Enrolment, PeerIdentity
 from dcvix.director.registry import AgentRecord
 from dcvix.director.requests import RegisterRequest, RenewRequest
-from dcvix.director.runtime import RuntimeStore, parse_report
+from dcvix.director.runtime import RuntimeStore, SessionsMemo, parse_report
 
 UPDATE_PATH = b"/v1/agent/update"
 SUMMARY_SECONDS = 60.0
@@ -74,6 +74,7 @@ class AgentRoutes:
         self._default_port = default_agent_port
         self._clock = clock
         self.tally = tally if tally is not None else UpdateTally()
+        self._sessions = SessionsMemo()
 
     @authorized("POST", "/v1/agent/register", role=Role.PUBLIC)
     async def register(self, request: IRequest) -> bytes:
@@ -113,6 +114,7 @@ class AgentRoutes:
             now_utc(self._clock),
             self._default_port,
             previous,
+            self._sessions,
         )
         await self._runtime.put(state)
         self.tally.count(agent.guid)
