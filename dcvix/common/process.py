@@ -4,7 +4,8 @@ Every subprocess dcvix starts (``dcv``, external login and OTP commands) goes
 through :func:`run_command`: its own process group (so a timeout kills the
 children it forked too), an explicit environment, stdout and stderr kept apart
 and capped, optional stdin bytes, and a timeout after which the whole group gets
-SIGKILL.
+SIGKILL. The group gets SIGKILL too when the reactor shuts down: a command
+that hangs (and ignores SIGTERM) must not outlive the daemon that started it.
 """
 
 from __future__ import annotations
@@ -15,10 +16,16 @@ import shutil
 import signal
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ProcessDone, ProcessExitedAlready
-from twisted.internet.interfaces import IDelayedCall, IReactorProcess, IReactorTime
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IReactorCore,
+    IReactorProcess,
+    IReactorTime,
+)
 from twisted.internet.protocol import ProcessProtocol
 from twisted.python.failure import Failure
 
@@ -61,6 +68,7 @@ class _Collector(ProcessProtocol):
         clock: IReactorTime,
         timeout: float,
         done: Deferred[CommandResult],
+        core: IReactorCore | None,
     ) -> None:
         self._stdin = stdin
         self._cap = cap
@@ -73,10 +81,16 @@ class _Collector(ProcessProtocol):
         self._timed_out = False
         self._timer: IDelayedCall | None = None
         self._grace: IDelayedCall | None = None
+        self._core = core
+        self._shutdown: Any = None
 
     def connectionMade(self) -> None:
         assert self.transport is not None
         self._timer = self._clock.callLater(self._timeout, self._expire)
+        if self._core is not None:
+            self._shutdown = self._core.addSystemEventTrigger(
+                "before", "shutdown", self._kill_at_shutdown
+            )
         if self._stdin:
             self.transport.write(self._stdin)
         self.transport.closeStdin()
@@ -110,6 +124,11 @@ class _Collector(ProcessProtocol):
             with contextlib.suppress(ProcessExitedAlready):
                 self.transport.signalProcess("KILL")
 
+    def _kill_at_shutdown(self) -> None:
+        """The daemon stops: nothing will wait for the command any more."""
+        self._shutdown = None
+        self._kill_group()
+
     def _abandon(self) -> None:
         """A descendant escaped the group and holds our pipes: stop waiting."""
         self._grace = None
@@ -125,6 +144,9 @@ class _Collector(ProcessProtocol):
             if call is not None and call.active():
                 call.cancel()
         self._timer = self._grace = None
+        if self._shutdown is not None and self._core is not None:
+            self._core.removeSystemEventTrigger(self._shutdown)
+            self._shutdown = None
         if self._done.called:
             return
         exit_code, signal_number = None, None
@@ -188,7 +210,8 @@ def run_command(
     done: Deferred[CommandResult] = Deferred()
     timer_clock = clock if clock is not None else reactor
     assert IReactorTime.providedBy(timer_clock)
-    protocol = _Collector(stdin, output_cap, timer_clock, timeout, done)
+    core = reactor if IReactorCore.providedBy(reactor) else None
+    protocol = _Collector(stdin, output_cap, timer_clock, timeout, done, core)
     # setsid execs the program as the leader of a new session and process group
     # (it only forks when it already leads one, which a child of ours never does),
     # so the group id is the pid Twisted knows.

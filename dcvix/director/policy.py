@@ -159,6 +159,8 @@ def _items(path: Path) -> list[dict[str, Any]]:
         raise PolicyError(f"{path}: {error.strerror}") from None
     except (ValueError, UnicodeDecodeError) as error:
         raise PolicyError(f"{path}: not valid JSON: {error}") from None
+    except RecursionError:
+        raise PolicyError(f"{path}: not valid JSON: nested too deeply") from None
     if not isinstance(data, list):
         raise PolicyError(f"{path}: must be a JSON array of objects")
     for number, item in enumerate(data, start=1):

@@ -77,6 +77,9 @@ from dcvix.director.tokens import TokenService, load_token_key
 log = Logger()
 
 TOKEN_VACUUM_SECONDS = 3600.0
+# How long a stop waits for login back-end calls (a PAM, LDAP or RADIUS call
+# stuck in a server that never answers is abandoned after it).
+AUTH_STOP_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -124,7 +127,8 @@ class _LdapCloser(Service):
 
     def stopService(self) -> Deferred[None]:
         super().stopService()
-        closing: Deferred[None] = self._pool.run(None, self._backend.close)
+        # Behind logins stuck in a silent server it would never run.
+        closing: Deferred[None] = self._pool.run(AUTH_STOP_SECONDS, self._backend.close)
         # A server that does not answer the unbind must not stop the stop.
         closing.addErrback(lambda _failure: None)
         return closing
@@ -238,7 +242,9 @@ def build_director(
     policy = _policy(Path(settings.policydb_folder), settings.auth_type == "ldap")
     tokens = TokenService(load_token_key(settings.token_key, data_dir), reactor)
     # As many threads as back-end calls may run at once: the bound is the limit.
-    auth_pool = ThreadPoolService("auth", settings.auth_concurrency, reactor)
+    auth_pool = ThreadPoolService(
+        "auth", settings.auth_concurrency, reactor, stop_timeout=AUTH_STOP_SECONDS
+    )
     auth_pool.setServiceParent(root)
     throttle = LoginThrottle(
         settings.login_max_failures, settings.login_lockout, reactor

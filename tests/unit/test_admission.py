@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 from collections.abc import Coroutine
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
+from twisted.logger import (
+    ILogObserver,
+    LogEvent,
+    LogLevel,
+    formatEvent,
+    globalLogPublisher,
+)
 from twisted.python.failure import Failure
 
 from dcvix.common.errors import ServiceUnavailable
+from dcvix.director.auth import AuthUnavailable
 from dcvix.director.auth.admission import AdmissionBound, BoundedAuthenticator
 
 
@@ -174,3 +182,31 @@ def test_a_queue_of_zero_refuses_as_soon_as_all_run() -> None:
 def test_the_name_is_the_inner_back_ends(queue: int) -> None:
     bounded = BoundedAuthenticator(SlowBackend(), AdmissionBound(1, queue, Clock()))
     assert bounded.name == "slow"
+
+
+def test_a_back_end_that_cannot_decide_after_its_caller_left_is_one_line() -> None:
+    """A command killed as the director stops: a warning, not a traceback."""
+    events: list[LogEvent] = []
+    observer = cast(ILogObserver, events.append)
+    globalLogPublisher.addObserver(observer)
+    try:
+        clock = Clock()
+        backend = SlowBackend()
+        bounded = BoundedAuthenticator(backend, AdmissionBound(1, 0, clock))
+        for user, error in (("a", AuthUnavailable("killed")), ("b", KeyError("x"))):
+            call = Deferred.fromCoroutine(bounded.authenticate(user, "pw", ""))
+            call.addErrback(lambda failure: None)
+            call.cancel()
+            ((_, answer),) = backend.running
+            backend.running.clear()
+            answer.errback(error)
+    finally:
+        globalLogPublisher.removeObserver(observer)
+    mine = [e for e in events if e.get("log_namespace", "").endswith("admission")]
+    assert [(e["log_level"], "log_failure" in e) for e in mine] == [
+        (LogLevel.warn, False),
+        (LogLevel.critical, True),
+    ]
+    assert formatEvent(mine[0]) == (
+        "a login back end could not decide after its caller left: killed"
+    )

@@ -210,7 +210,13 @@ P = "pools.json"
             '[{"id": "alice"}, {"id": "bob"}, {"UserID": "alice"}]',
             "item 3: 'id' 'alice' repeats item 1",
         ),
+        (U, "[" * 100_000, "not valid JSON: nested too deeply"),
         (P, "[", "not valid JSON: Expecting value: line 1 column 2 (char 1)"),
+        (
+            P,
+            '[{"id": "gpu", "x": ' + "[" * 100_000,
+            "not valid JSON: nested too deeply",
+        ),
         (P, "{}", "must be a JSON array of objects"),
         (P, "[1]", "item 1 is not an object"),
         (P, '[{"workstations": ["ws1"]}]', "item 1: no 'id'"),

@@ -123,3 +123,45 @@ async def test_pool_runs_up_to_max_threads_at_once(pool: PoolFactory) -> None:
     await gatherResults([stats.run(5, counter.sleep, 0.3) for _ in range(4)])
     assert time.monotonic() - started >= 0.6
     assert counter.most == 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_stop_timeout_abandons_a_stuck_thread(
+    events: EventLoggingObserver,
+) -> None:
+    """A call that never returns (a silent server) cannot hold the stop."""
+    auth = ThreadPoolService("auth", 2, IReactorFromThreads(reactor), stop_timeout=0.5)
+    auth.startService()
+    release = threading.Event()
+    try:
+        stuck = auth.run(None, release.wait, 60)
+        assert await auth.run(5, lambda: "done") == "done"
+        started = time.monotonic()
+        stopping = auth.stopService()
+        assert stopping is not None
+        await stopping
+        assert 0.5 <= time.monotonic() - started < 30
+        alive = [thread for thread in auth.pool.threads if thread.is_alive()]
+        # Daemon threads: the process may exit with it still stuck.
+        assert [thread.daemon for thread in alive] == [True]
+        warnings = [e for e in events if e["log_level"] == LogLevel.warn]
+        assert [e["busy"] for e in warnings] == [1]
+        assert not stuck.called
+    finally:
+        release.set()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_stop_timeout_still_waits_for_work_that_ends(
+    events: EventLoggingObserver,
+) -> None:
+    auth = ThreadPoolService("auth", 1, IReactorFromThreads(reactor), stop_timeout=30)
+    auth.startService()
+    counter = Concurrency()
+    running = auth.run(None, counter.sleep, 0.3)
+    stopping = auth.stopService()
+    assert stopping is not None
+    await stopping
+    assert running.called
+    assert [thread for thread in auth.pool.threads if thread.is_alive()] == []
+    assert [e for e in events if e["log_level"] >= LogLevel.warn] == []

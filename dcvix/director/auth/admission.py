@@ -20,7 +20,7 @@ from twisted.python.failure import Failure
 
 from dcvix.common.errors import ServiceUnavailable
 from dcvix.common.ratelimit import RateLimiter
-from dcvix.director.auth import Authenticator
+from dcvix.director.auth import Authenticator, AuthUnavailable
 
 log = Logger()
 
@@ -64,7 +64,7 @@ class AdmissionBound:
             self._release()
             if answer.called:  # the caller went away; the work is over now
                 if isinstance(result, Failure):
-                    log.failure("a login back end failed after its caller left", result)
+                    _log_orphan(result)
                 return
             if isinstance(result, Failure):
                 answer.errback(result)
@@ -107,6 +107,21 @@ class AdmissionBound:
             self._release()
         else:
             turn.callback(None)
+
+
+def _log_orphan(failure: Failure) -> None:
+    """A back end that could not decide for a caller who left: one line.
+
+    A back end killed while the director stops ends this way, which is no
+    crash; anything else is unexpected and keeps its traceback.
+    """
+    if failure.check(AuthUnavailable):
+        log.warn(
+            "a login back end could not decide after its caller left: {error}",
+            error=str(failure.value),
+        )
+    else:
+        log.failure("a login back end failed after its caller left", failure)
 
 
 class BoundedAuthenticator:
