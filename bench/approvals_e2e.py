@@ -14,74 +14,23 @@ same way in the same run: what the director adds is the difference.
 from __future__ import annotations
 
 import datetime as dt
-import http.client
 import json
-import socket
 import sqlite3
-import ssl
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 
+if not __package__:  # run as a script: make ``bench`` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import BASELINE, BIN, answers, connection, free_port, wait
+
 PENDING = 200
-BIN = Path(sys.executable).parent
 AUTH = '#!/bin/sh\nread user\nread password\n[ "$password" = bench-pw ]\n'
-BASELINE = """
-import sys
-from twisted.internet import endpoints, reactor, ssl
-from twisted.web import resource, server
-
-class Ok(resource.Resource):
-    isLeaf = True
-    def render_POST(self, request):
-        request.setHeader(b"content-type", b"application/json")
-        return b"{}"
-    render_GET = render_POST
-
-cert = open(sys.argv[2], "rb").read() + open(sys.argv[3], "rb").read()
-options = ssl.PrivateCertificate.loadPEM(cert).options()
-endpoints.SSL4ServerEndpoint(reactor, int(sys.argv[1]), options,
-                             interface="127.0.0.1").listen(server.Site(Ok()))
-reactor.run()
-"""
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-def wait(what: str, ready: Callable[[], bool], timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not ready():
-        if time.monotonic() > deadline:
-            raise SystemExit(f"{what}: not ready after {timeout} s")
-        time.sleep(0.1)
-
-
-def connection(port: int) -> http.client.HTTPSConnection:
-    context = ssl.create_default_context()
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    return http.client.HTTPSConnection("127.0.0.1", port, context=context, timeout=30)
-
-
-def answers(port: int) -> bool:
-    try:
-        link = connection(port)
-        link.request("GET", "/v1/health")
-        link.getresponse().read()
-        link.close()
-    except OSError:
-        return False
-    return True
 
 
 class Director:

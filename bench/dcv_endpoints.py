@@ -31,9 +31,6 @@ import base64
 import datetime as dt
 import http.client
 import json
-import os
-import platform
-import ssl
 import statistics
 import subprocess
 import sys
@@ -49,13 +46,23 @@ if not __package__:  # run as a script: make ``bench`` importable
 
 from twisted.internet.task import Clock
 
-from bench.approvals_e2e import BASELINE, answers, free_port, wait
+from bench.common import (
+    BASELINE,
+    BIN,
+    SERVER_CPU,
+    answers,
+    client_context,
+    free_port,
+    read_answer,
+    record,
+    run_daemon,
+    run_loadgen,
+    start_baseline,
+    wait,
+    write_conf,
+)
 from dcvix.director.tokens import CONNECTION, USER, TokenService
 
-BIN = Path(sys.executable).parent
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "bench" / "RESULTS.md"
-RESULTS_INTRO = "Runs of the benchmarks that record them here, newest last."
 SESSIONS = 20
 OWNER = "benchuser"
 HOSTNAME = "bench-ws"
@@ -65,46 +72,6 @@ RATE = 300.0
 OPEN_POOL = 32
 ROUNDS = 3
 YES = f'<auth result="yes"><username>{OWNER}</username></auth>'.encode()
-
-
-def pinned(cpu: int) -> Any:
-    """A preexec_fn keeping a process on one CPU: servers on one, clients on another.
-
-    With two CPUs or more, the director (or the baseline) and the load generator
-    never compete for one; the director is one reactor thread anyway.
-    """
-    cpus = os.cpu_count() or 1
-
-    def pin() -> None:
-        if cpus > 1:
-            os.sched_setaffinity(0, {cpu % cpus})
-
-    return pin
-
-
-SERVER_CPU, CLIENT_CPU = 0, 1
-
-
-def run_daemon(
-    plugin: str, conf: Path, log: Path, cpu: int | None
-) -> subprocess.Popen[bytes]:
-    with log.open("ab") as output:
-        return subprocess.Popen(
-            [BIN / "twistd", "-n", "--pidfile=", plugin, "--conf", conf],
-            cwd=conf.parent,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            preexec_fn=None if cpu is None else pinned(cpu),  # noqa: PLW1509
-        )
-
-
-def write_conf(path: Path, sections: dict[str, dict[str, str]]) -> None:
-    lines = []
-    for name, keys in sections.items():
-        lines.append(f"[{name}]")
-        lines += [f"{key} = {value}" for key, value in keys.items()]
-    path.write_text("\n".join(lines) + "\n")
-    path.chmod(0o600)
 
 
 def simulator(folder: Path) -> Path:
@@ -135,7 +102,7 @@ class Fleet:
             process.wait(30)
 
 
-def start_fleet(folder: Path) -> Fleet:
+def start_fleet(folder: Path, director_log: str = "warning") -> Fleet:
     port, data = free_port(), folder / "director" / "data"
     (folder / "director").mkdir(parents=True)
     policy = folder / "director" / "policydb"
@@ -154,7 +121,10 @@ def start_fleet(folder: Path) -> Fleet:
             },
             "gateway": {"gateways_list": "127.0.0.1"},
             # As bench/approvals_e2e.py: at info, each verification is a line.
-            "log": {"directory": str(folder / "director" / "log"), "level": "warning"},
+            "log": {
+                "directory": str(folder / "director" / "log"),
+                "level": director_log,
+            },
         },
     )
     fleet = Fleet(port, data, [])
@@ -215,31 +185,6 @@ def request_text(path: str, body: str, content_type: str) -> str:
         f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n\r\n"
         f"{body}"
     )
-
-
-async def read_answer(reader: asyncio.StreamReader) -> tuple[int, bytes]:
-    """Status and body of one HTTP/1.1 answer (Content-Length or chunked)."""
-    head = await reader.readuntil(b"\r\n\r\n")
-    status = int(head[9:12])
-    headers = head.lower()
-    marker = headers.find(b"\r\ncontent-length:")
-    if marker >= 0:
-        end = headers.index(b"\r\n", marker + 2)
-        return status, await reader.readexactly(int(headers[marker + 17 : end]))
-    body = b""
-    while True:
-        size = int((await reader.readuntil(b"\r\n")).strip(), 16)
-        chunk = await reader.readexactly(size + 2)
-        if size == 0:
-            return status, body
-        body += chunk[:-2]
-
-
-def client_context() -> ssl.SSLContext:
-    context = ssl.create_default_context()
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    return context
 
 
 class Link:
@@ -401,30 +346,6 @@ def resolvable(port: int) -> bool:
     return status == 200
 
 
-def machine() -> str:
-    cpu = "unknown CPU"
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
-    return (
-        f"{platform.node()}: {cpu}, {os.cpu_count()} CPUs, "
-        f"Python {platform.python_version()}, {platform.system()} "
-        f"{platform.release()}"
-    )
-
-
-def commit() -> str:
-    def git(*args: str) -> str:
-        done = subprocess.run(
-            ["git", *args], cwd=ROOT, capture_output=True, text=True, check=False
-        )
-        return done.stdout.strip()
-
-    dirty = " (with uncommitted changes)" if git("status", "--porcelain") else ""
-    return (git("rev-parse", "--short", "HEAD") or "unknown") + dirty
-
-
 def table(results: dict[str, Any]) -> str:
     base = results["baseline"]["rps"]
     rows = [
@@ -462,45 +383,21 @@ def main() -> None:
         try:
             wait("the agent's sessions", lambda: resolvable(fleet.director_port))
             port = free_port()
-            baseline = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-c",
-                    BASELINE,
-                    str(port),
-                    str(fleet.data / "server.crt"),
-                    str(fleet.data / "server.key"),
-                ],
-                preexec_fn=pinned(SERVER_CPU),  # noqa: PLW1509 - a benchmark
+            baseline = start_baseline(
+                BASELINE,
+                str(port),
+                str(fleet.data / "server.crt"),
+                str(fleet.data / "server.key"),
             )
             wait("the baseline", lambda: answers(port))
             spec = {"seconds": seconds, "targets": targets(fleet, port)}
-            done = subprocess.run(
-                [sys.executable, __file__, "--loadgen"],
-                input=json.dumps(spec),
-                capture_output=True,
-                text=True,
-                check=True,
-                preexec_fn=pinned(CLIENT_CPU),
-            )
-            results = json.loads(done.stdout)
+            results = run_loadgen(__file__, spec)
         finally:
             fleet.stop()
             if baseline is not None:
                 baseline.terminate()
                 baseline.wait(30)
-    text = table(results)
-    when = dt.datetime.now().astimezone().isoformat(timespec="seconds")
-    header = (
-        f"## bench/dcv_endpoints.py, {when}\n\n"
-        f"{machine()}; commit {commit()}; {seconds:g} s per figure.\n"
-    )
-    print(header)
-    print(text)
-    with RESULTS.open("a", encoding="utf-8") as out:
-        if out.tell() == 0:
-            out.write(f"# Benchmark results\n\n{RESULTS_INTRO}\n")
-        out.write(f"\n{header}\n{text}\n")
+    record("bench/dcv_endpoints.py", f"{seconds:g} s per figure.", table(results))
 
 
 if __name__ == "__main__":

@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
-import datetime as dt
 import http.client
 import json
 import os
@@ -51,23 +50,24 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.x509.oid import NameOID
 
-from bench.approvals_e2e import answers, free_port, wait
-from bench.dcv_endpoints import (
+from bench.common import (
+    BIN,
     CLIENT_CPU,
-    RESULTS,
-    RESULTS_INTRO,
     SERVER_CPU,
+    answers,
     client_context,
-    commit,
-    machine,
+    free_port,
     pinned,
     read_answer,
+    record,
     run_daemon,
+    run_loadgen,
+    start_baseline,
+    wait,
     write_conf,
 )
 from dcvix.common.pki import AGENT_CN_PREFIX
 
-BIN = Path(sys.executable).parent
 SESSIONS = 20
 CONNECTIONS = 20
 ROUNDS = 3
@@ -96,8 +96,8 @@ reactor.run()
 # ------------------------------------------------------------------ agents
 
 
-def report(hostname: str) -> dict[str, Any]:
-    """An update as dcvix/agent/report.py builds it: 20 sessions, stats, tags."""
+def report(hostname: str, count: int = SESSIONS) -> dict[str, Any]:
+    """An update as dcvix/agent/report.py builds it: ``count`` sessions, stats, tags."""
     created = "2026-12-07T09:00:00.123456Z"
     sessions = [
         {
@@ -114,7 +114,7 @@ def report(hostname: str) -> dict[str, Any]:
             "x11-display": f":{n + 1}",
             "x11-authority": f"/run/user/{2000 + n}/dcv/{hostname}-s{n:02d}.xauth",
         }
-        for n in range(SESSIONS)
+        for n in range(count)
     ]
     return {
         "sessions": sessions,
@@ -135,8 +135,8 @@ def report(hostname: str) -> dict[str, Any]:
     }
 
 
-def update_request(hostname: str) -> str:
-    body = json.dumps(report(hostname), separators=(",", ":"))
+def update_request(hostname: str, sessions: int = SESSIONS) -> str:
+    body = json.dumps(report(hostname, sessions), separators=(",", ":"))
     return (
         f"POST {UPDATE} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
         "User-Agent: Go-http-client/1.1\r\nContent-Type: application/json\r\n"
@@ -144,12 +144,16 @@ def update_request(hostname: str) -> str:
     )
 
 
-def enrol(port: int, count: int, folder: Path) -> list[dict[str, str]]:
-    """``count`` agents registered through the real route, their files written."""
+def enrol(port: int, count: int, folder: Path, first: int = 0) -> list[dict[str, str]]:
+    """``count`` agents registered through the real route, their files written.
+
+    They are numbered from ``first`` (hostnames and files), so that several
+    calls can enrol one fleet side by side.
+    """
     context = client_context()
     link = http.client.HTTPSConnection("127.0.0.1", port, context=context, timeout=30)
     agents = []
-    for n in range(count):
+    for n in range(first, first + count):
         key = ed25519.Ed25519PrivateKey.generate()
         guid = str(uuid.uuid4())
         hostname = f"bench-ws{n:05d}"
@@ -207,7 +211,7 @@ def rss_mb(pid: int) -> float:
 
 
 async def closed_loop(
-    port: int, agents: list[dict[str, str]], seconds: float
+    port: int, agents: list[dict[str, str]], seconds: float, sessions: int = SESSIONS
 ) -> dict[str, Any]:
     """CONNECTIONS agents, each on its own kept-alive mTLS connection."""
     links = []
@@ -215,7 +219,8 @@ async def closed_loop(
         context = client_context()
         context.load_cert_chain(agent["cert"], agent["key"])
         reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=context)
-        links.append((reader, writer, update_request(agent["host"]).encode()))
+        text = update_request(agent["host"], sessions)
+        links.append((reader, writer, text.encode()))
     errors = 0
     for reader, writer, request in links:  # warm up: one update each
         writer.write(request)
@@ -348,17 +353,12 @@ def main() -> None:
             (folder / "agents").mkdir()
             agents = enrol(port, max(args.agents, CONNECTIONS), folder / "agents")
             bare = free_port()
-            baseline = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-c",
-                    BASELINE_MTLS,
-                    str(bare),
-                    str(data / "server.crt"),
-                    str(data / "server.key"),
-                    str(data / "ca.pem"),
-                ],
-                preexec_fn=pinned(SERVER_CPU),  # noqa: PLW1509 - a benchmark
+            baseline = start_baseline(
+                BASELINE_MTLS,
+                str(bare),
+                str(data / "server.crt"),
+                str(data / "server.key"),
+                str(data / "ca.pem"),
             )
             wait("the baseline", lambda: bare_answers(bare))
             if args.py_spy is not None:
@@ -377,15 +377,7 @@ def main() -> None:
                 "director_pid": director.pid,
                 "targets": {"director": port, "baseline": bare},
             }
-            done = subprocess.run(
-                [sys.executable, __file__, "--loadgen"],
-                input=json.dumps(spec),
-                capture_output=True,
-                text=True,
-                check=True,
-                preexec_fn=pinned(CLIENT_CPU),
-            )
-            results = json.loads(done.stdout)
+            results = run_loadgen(__file__, spec)
         finally:
             if profiler is not None:
                 profiler.send_signal(2)
@@ -395,19 +387,12 @@ def main() -> None:
             if baseline is not None:
                 baseline.terminate()
                 baseline.wait(30)
-    text = table(results)
-    when = dt.datetime.now().astimezone().isoformat(timespec="seconds")
-    header = (
-        f"## bench/update_ingestion.py, {when}\n\n"
-        f"{machine()}; commit {commit()}; {args.seconds:g} s per figure, "
-        f"{len(agents)} agents, closed loop; director at log level info.\n"
+    record(
+        "bench/update_ingestion.py",
+        f"{args.seconds:g} s per figure, {len(agents)} agents, closed loop; "
+        "director at log level info.",
+        table(results),
     )
-    print(header)
-    print(text)
-    with RESULTS.open("a", encoding="utf-8") as out:
-        if out.tell() == 0:
-            out.write(f"# Benchmark results\n\n{RESULTS_INTRO}\n")
-        out.write(f"\n{header}\n{text}\n")
 
 
 def bare_answers(port: int) -> bool:

@@ -194,7 +194,11 @@ def build_agent(
         settings.bind_address,
         settings.agent_port,
         tls,
-        DcvixSite(api.app.resource()),
+        DcvixSite(
+            api.app.resource(),
+            idle_timeout=settings.keepalive_timeout,
+            request_timeout=settings.request_timeout,
+        ),
     ).setServiceParent(root)
     log.info(
         "dcvix-agent {version} {guid} for {hostname} listening on {host}:{port}, "

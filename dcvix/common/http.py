@@ -6,7 +6,8 @@
 - :class:`DcvixChannel`: whatever the HTTP parser refuses (an over-long line or
   header section, a bad ``Content-Length``, a malformed header) is answered
   (431 or 400, JSON) and the connection closed at once; so is an HTTP/1.1
-  request without exactly one ``Host``.
+  request without exactly one ``Host``; a connection whose TLS handshake and
+  request do not arrive in time (slowloris) is closed.
 - :func:`access_log_line`: client text decoded leniently, control characters
   escaped.
 - :func:`install_error_handlers`: every error becomes ``{"error": ...}`` JSON with
@@ -29,7 +30,8 @@ from urllib.parse import unquote_to_bytes, urlsplit
 from cryptography import x509
 from klein import Klein
 from OpenSSL.crypto import X509
-from twisted.internet.interfaces import ISSLTransport
+from twisted.internet.interfaces import IDelayedCall, ISSLTransport
+from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http as twisted_http
@@ -53,6 +55,11 @@ DEFAULT_BODY_LIMIT = 1024 * 1024
 # (CLIENT_IDLE), so a client always drops a kept-alive connection first.
 IDLE_TIMEOUT = 120.0
 CLIENT_IDLE = 60
+# The idle timeout restarts with every byte, so a client trickling one byte at
+# a time (slowloris) never meets it: a new connection must also finish its TLS
+# handshake and its first request within this, and a later request on a
+# kept-alive connection must arrive whole within this of its first byte.
+REQUEST_TIMEOUT = 30.0
 SAFE_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS"})
 SECURITY_HEADERS = {
     b"X-Content-Type-Options": b"nosniff",
@@ -82,6 +89,7 @@ def error_body(message: str) -> bytes:
 
 REASONS = {
     400: b"Bad Request",
+    408: b"Request Timeout",
     413: b"Request Entity Too Large",
     431: b"Request Header Fields Too Large",
 }
@@ -271,14 +279,81 @@ class DcvixChannel(HTTPChannel):
     registered producer). Here each refusal gets a JSON answer with
     ``Connection: close`` and the connection is closed at once: 431 for a line
     or a header section over the limit (16 KiB), 400 for the rest.
+
+    A request must also arrive whole within the site's ``request_timeout``,
+    counted from the connection (so the TLS handshake counts) or from the first
+    byte of a later request; else the connection is closed (after a 408 if part
+    of a request came), which bounds slowloris clients and stalled handshakes.
     """
 
     _refused = False
+    _deadline: IDelayedCall | None = None
+    _partial = False
+    # The client certificate, once :func:`peer_certificate` has read it.
+    peer: x509.Certificate | None = None
+
+    def connectionMade(self) -> None:
+        """Start the clock on the handshake and the first request."""
+        super().connectionMade()
+        self._start_deadline()
 
     def dataReceived(self, data: bytes) -> None:
-        """Ignore whatever follows a refusal."""
-        if not self._refused:
-            super().dataReceived(data)
+        """Ignore whatever follows a refusal; a new request starts the clock."""
+        if self._refused:
+            return
+        if self._deadline is None and not self._handlingRequest:
+            self._start_deadline()
+        self._partial = True
+        super().dataReceived(data)
+
+    def allContentReceived(self) -> None:
+        """The request is whole: its clock stops (answering it is not timed)."""
+        self._stop_deadline()
+        super().allContentReceived()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        """No deadline outlives the connection."""
+        self._stop_deadline()
+        super().connectionLost(reason)
+
+    def _start_deadline(self) -> None:
+        self._partial = False
+        self._deadline = self.callLater(self._timeout(), self._request_timed_out)
+
+    def _timeout(self) -> float:
+        site = getattr(self, "site", None)
+        return site.request_timeout if isinstance(site, DcvixSite) else REQUEST_TIMEOUT
+
+    def _stop_deadline(self) -> None:
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()
+        self._deadline = None
+
+    def _request_timed_out(self) -> None:
+        """Close a connection whose handshake or request is too slow.
+
+        Nothing is answered when no request byte came (an idle socket, a stalled
+        handshake) or when the connection is already closing (after a 413). A
+        client that does not close after the 408 is cut off after Twisted's
+        ``abortTimeout``, as on the idle timeout.
+        """
+        self._deadline = None
+        transport = self.transport
+        assert transport is not None
+        if self._partial and not getattr(transport, "disconnecting", False):
+            transport.write(closing_answer(408, "request timeout"))
+        self._refused = True
+        log.debug(
+            "closed a connection from {peer}: {what} after {timeout} s",
+            peer=str(getattr(transport.getPeer(), "host", "?")),
+            what="a request still incomplete" if self._partial else "no request",
+            timeout=self._timeout(),
+        )
+        if self.abortTimeout is not None and self._abortingCall is None:
+            self._abortingCall = self.callLater(
+                self.abortTimeout, self.forceAbortClient
+            )
+        self.loseConnection()
 
     def lineReceived(self, line: bytes) -> None:
         """Refuse with 431 where Twisted would give a bare 400."""
@@ -325,6 +400,10 @@ class DcvixSite(Site):
         quiet_paths: paths whose answered requests (status below 400) go to the
             access log at ``debug`` instead of ``info`` (agent updates: one per
             agent every 30 s; their caller counts them instead).
+        idle_timeout: seconds of silence after which a connection is closed.
+        request_timeout: seconds a connection has for its TLS handshake and
+            first request, and a later request from its first byte (see
+            :class:`DcvixChannel`).
     """
 
     protocol = DcvixChannel  # type: ignore[assignment]
@@ -337,6 +416,7 @@ class DcvixSite(Site):
         body_limit: Callable[[bytes], int] = lambda _path: DEFAULT_BODY_LIMIT,
         quiet_paths: frozenset[bytes] = frozenset(),
         idle_timeout: float = IDLE_TIMEOUT,
+        request_timeout: float = REQUEST_TIMEOUT,
     ) -> None:
         super().__init__(
             resource,
@@ -346,6 +426,7 @@ class DcvixSite(Site):
         )
         self.body_limit = body_limit
         self.quiet_paths = quiet_paths
+        self.request_timeout = request_timeout
         self.noisy = False
 
     def log(self, request: twisted_http.Request) -> None:
@@ -401,12 +482,23 @@ def client_address(request: IRequest) -> str:
 
 
 def peer_certificate(request: IRequest) -> x509.Certificate | None:
-    """The client certificate the TLS layer verified, if the client sent one."""
-    transport = getattr(getattr(request, "channel", None), "transport", None)
+    """The client certificate the TLS layer verified, if the client sent one.
+
+    Read once per connection and kept on its :class:`DcvixChannel`: converting
+    it was a twentieth of an agent update's cost, and with renegotiation off
+    (:func:`~dcvix.common.tls.harden`) it cannot change on a connection.
+    """
+    channel = getattr(request, "channel", None)
+    if isinstance(channel, DcvixChannel) and channel.peer is not None:
+        return channel.peer
+    transport = getattr(channel, "transport", None)
     if transport is None or not ISSLTransport.providedBy(transport):
         return None
     certificate = transport.getPeerCertificate()
-    return certificate.to_cryptography() if isinstance(certificate, X509) else None
+    peer = certificate.to_cryptography() if isinstance(certificate, X509) else None
+    if isinstance(channel, DcvixChannel) and peer is not None:
+        channel.peer = peer
+    return peer
 
 
 # ------------------------------------------------------------------- errors

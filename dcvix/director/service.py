@@ -340,7 +340,11 @@ def build_director(
         ],
     )
     site = DcvixSite(
-        api.resource(), body_limit=api.body_limit, quiet_paths=frozenset({UPDATE_PATH})
+        api.resource(),
+        body_limit=api.body_limit,
+        quiet_paths=frozenset({UPDATE_PATH}),
+        idle_timeout=settings.keepalive_timeout,
+        request_timeout=settings.request_timeout,
     )
     tls_listener(
         reactor, settings.director_host, settings.director_port, tls, site

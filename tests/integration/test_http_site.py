@@ -71,6 +71,15 @@ class ProbeAPI:
     def hello(self, request: IRequest) -> bytes:
         return json_response(request, 200, {"hello": "world"})
 
+    @app.route("/slow", methods=["GET"])
+    def slow(self, request: IRequest) -> Any:
+        """Answers after 1.5 s: longer than the short request timeouts below."""
+        from twisted.internet import reactor
+
+        return deferLater(
+            reactor, 1.5, lambda: json_response(request, 200, {"hello": "late"})
+        )
+
 
 def seen(body: bytes) -> dict[str, Any]:
     return {"length": len(body), "sha256": hashlib.sha256(body).hexdigest()}
@@ -318,6 +327,30 @@ def chunked(
         answer.body_bytes_sent = sent
         _wait_closed(sock, answer)
         return answer
+
+
+def trickled(port: int, data: bytes, interval: float) -> RawAnswer:
+    """Send ``data`` a byte at a time (slowloris), stopping when an answer comes."""
+    with _connect(port) as sock:
+        for byte in data:
+            readable, _, _ = select.select([sock], [], [], interval)
+            if readable:
+                break
+            sock.sendall(bytes([byte]))
+        answer = _read_answer(sock)
+        _wait_closed(sock, answer)
+        return answer
+
+
+def kept_alive(port: int, pause: float) -> list[RawAnswer]:
+    """``GET /hello``, ``pause`` s of silence, then ``GET /slow``, on one connection."""
+    head = {"Host": f"127.0.0.1:{port}"}
+    with _connect(port) as sock:
+        sock.sendall(_head("GET", "/hello", head))
+        first = _read_answer(sock)
+        time.sleep(pause)  # the subject: silence between requests, not a wait
+        sock.sendall(_head("GET", "/slow", head))
+        return [first, _read_answer(sock)]
 
 
 def in_thread(f: Callable[..., RawAnswer], *args: Any, **kwargs: Any) -> Any:
@@ -776,3 +809,37 @@ async def test_a_silent_connection_is_closed_after_the_idle_timeout(
     ]
     for port, first in cases:
         assert await threads.deferToThread(closed_by_server, port, first), first
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_request_trickled_past_the_request_timeout_is_answered_408(
+    serve: Callable[..., int],
+) -> None:
+    """Slowloris: each byte restarts the idle timeout, never the request's clock.
+
+    Headers or a body sent a byte every 0.2 s with a 1 s request timeout (and
+    Twisted's 12 h idle timeout untouched) get a 408 and the close.
+    """
+    site = DcvixSite(ProbeAPI().app.resource(), idle_timeout=3600, request_timeout=1)
+    port = serve(site)
+    endless_head = b"GET /hello HTTP/1.1\r\nHost: x\r\n" + b"X-Slow: x\r\n" * 50
+    body_head = b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n"
+    for data in (endless_head, body_head + b"x" * 100):
+        answer = await threads.deferToThread(trickled, port, data, 0.2)
+        assert answer.status == 408, data
+        assert answer.json() == {"error": "request timeout"}
+        assert answer.headers["connection"] == "close"
+        assert answer.closed
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_request_timeout_spares_kept_alive_connections_and_slow_answers(
+    serve: Callable[..., int],
+) -> None:
+    """Its clock runs while a request arrives: not between requests, not while
+    the request is answered (here both last longer than the timeout)."""
+    site = DcvixSite(ProbeAPI().app.resource(), request_timeout=1)
+    port = serve(site)
+    first, second = await threads.deferToThread(kept_alive, port, 1.5)
+    assert (first.status, first.json()) == (200, {"hello": "world"})
+    assert (second.status, second.json()) == (200, {"hello": "late"})
