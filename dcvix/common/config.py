@@ -101,16 +101,28 @@ _GO_UNITS = {
     "m": 60.0,
     "h": 3600.0,
 }
-_GO_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
+# ASCII digits only, as Go reads them (``\d`` would take any script's digits).
+_GO_PART = re.compile(r"([0-9]+(?:\.[0-9]*)?|\.[0-9]+)(ns|us|µs|μs|ms|s|m|h)")
+# Go's longest duration (2**63 - 1 ns, some 292 years): a longer one overflows
+# every datetime sum it later takes part in, long after the config was read.
+GO_MAX_DURATION = (2**63 - 1) / 1e9
 
 
 def parse_duration(text: str) -> float:
     """Seconds from a Go duration (``40s``, ``1m30s``, ``1.5h``) or bare seconds."""
     text = text.strip()
-    if re.fullmatch(r"\d+(\.\d*)?", text):
-        return float(text)
-    if text == "0":
-        return 0.0
+    if re.fullmatch(r"[0-9]+(\.[0-9]*)?", text):
+        total = float(text)
+    else:
+        total = _go_duration(text)
+    if total > GO_MAX_DURATION:
+        raise ValueError(
+            f"{text[:40]!r} is longer than Go's longest duration (292 years)"
+        )
+    return total
+
+
+def _go_duration(text: str) -> float:
     position, total = 0, 0.0
     for match in _GO_PART.finditer(text):
         if match.start() != position:
@@ -126,16 +138,18 @@ def parse_duration(text: str) -> float:
 
 def format_duration(seconds: float) -> str:
     """Write seconds back in Go's style, largest units first (``1h30m``, ``40s``)."""
-    if seconds == 0:
-        return "0s"
     whole = int(seconds)
-    if whole != seconds:
-        return f"{seconds:g}s"
+    # To the nanosecond, as Go keeps them; never "1e-05s", which no duration
+    # parser reads back.
+    whole, nanos = divmod(whole * 10**9 + round((seconds - whole) * 1e9), 10**9)
     hours, rest = divmod(whole, 3600)
     minutes, secs = divmod(rest, 60)
     parts = [f"{hours}h" if hours else "", f"{minutes}m" if minutes else ""]
-    parts.append(f"{secs}s" if secs else "")
-    return "".join(parts)
+    if nanos:
+        parts.append(f"{secs}.{nanos:09d}".rstrip("0") + "s")
+    elif secs:
+        parts.append(f"{secs}s")
+    return "".join(parts) or "0s"
 
 
 DURATION: Kind[float] = Kind("duration", parse_duration, format_duration)

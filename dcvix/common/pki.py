@@ -30,7 +30,10 @@ def load_certificates(pem: bytes) -> list[x509.Certificate]:
     Raises:
         ValueError: when there is none or one is malformed.
     """
-    certificates = x509.load_pem_x509_certificates(pem)
+    try:
+        certificates = x509.load_pem_x509_certificates(pem)
+    except x509.InvalidVersion as error:  # not a ValueError in cryptography
+        raise ValueError(str(error)) from None
     if not certificates:
         raise ValueError("no certificate found")
     return certificates

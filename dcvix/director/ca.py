@@ -132,7 +132,7 @@ def parse_csr(der: bytes) -> x509.CertificateSigningRequest:
     """
     try:
         csr = x509.load_der_x509_csr(der)
-    except ValueError:
+    except (ValueError, x509.InvalidVersion):  # the latter is no ValueError
         raise CertificateRequestError("invalid csr") from None
     try:
         valid = csr.is_signature_valid

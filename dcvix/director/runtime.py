@@ -421,8 +421,9 @@ class SessionsMemo:
     fraction of checking every field again, which was a tenth of an update.
     The raw lists are kept (a few hundred bytes a session), one per agent that
     reported since start: no more than the registry holds. Equal is Python's
-    ``==`` (``1 == 1.0``): a list equal to one that validated stands for the
-    same sessions.
+    ``==`` and, as ``1 == 1.0 == True``, the connection counts must still be
+    integers: then a list equal to one that validated stands for the same
+    sessions.
     """
 
     def __init__(self) -> None:
@@ -435,11 +436,26 @@ class SessionsMemo:
             BadRequest: ``raw`` does not validate (the memo is left as it was).
         """
         last = self._last.get(guid)
-        if last is not None and last[0] == raw:
+        if last is not None and last[0] == raw and _counts_are_integers(raw):
             return last[1]
         sessions = _parse_sessions(raw)
         self._last[guid] = (raw, sessions)
         return sessions
+
+
+def _counts_are_integers(raw: list[dict[str, Any]] | None) -> bool:
+    """Whether a list equal to one that validated validates too.
+
+    To ``==``, ``1``, ``1.0`` and ``True`` are one value, but only the first
+    is a valid ``num-of-connections`` (the only number a session has): one
+    pass over the entries, no parsing.
+    """
+    return raw is None or all(
+        type(s.get("num-of-connections")) in _COUNT_TYPES for s in raw
+    )
+
+
+_COUNT_TYPES = frozenset({int, type(None)})
 
 
 def _parse_sessions(raw: Any) -> tuple[Session, ...]:

@@ -115,7 +115,13 @@ class TokenService:
         lifetime: dt.timedelta = LOGIN_LIFETIME,
         **binding: str,
     ) -> tuple[str, dt.datetime]:
-        """A new token and its expiry."""
+        """A new token and its expiry.
+
+        Raises:
+            ValueError: ``user`` is empty: :meth:`check` would refuse the token.
+        """
+        if not user:
+            raise ValueError("a token needs a user")
         issued = now_utc(self._clock).replace(microsecond=0)
         expires = issued + lifetime
         claims: dict[str, Any] = {

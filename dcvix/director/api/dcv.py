@@ -96,10 +96,22 @@ def form_fields(request: IRequest) -> dict[bytes, list[bytes]]:
     if kind.partition(b";")[0].strip().lower() == FORM_TYPE and request.content:
         body = request.content.read()
         request.content.seek(0)
+        # Parsed as Latin-1 text, which maps each byte (raw or %XX) to one
+        # character and back: parsing the bytes themselves refuses anything
+        # but ASCII, which would drop every field for one odd byte.
         try:
-            fields = parse_qs(body, keep_blank_values=True, max_num_fields=MAX_FIELDS)
+            parsed = parse_qs(
+                body.decode("latin-1"),
+                keep_blank_values=True,
+                max_num_fields=MAX_FIELDS,
+                encoding="latin-1",
+            )
         except ValueError:  # more fields than DCV ever sends: not a DCV server
             return {}
+        fields = {
+            name.encode("latin-1"): [value.encode("latin-1") for value in values]
+            for name, values in parsed.items()
+        }
     for name, values in request.args.items():
         fields.setdefault(name, []).extend(values)
     return fields
