@@ -41,6 +41,7 @@ from dcvix.director.registry import (
     AgentRecord,
     Seen,
     StoreError,
+    StoreFull,
 )
 from dcvix.director.registry.sqlite import SqliteRegistry, inline_runner
 
@@ -248,6 +249,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as error:
         print(error, file=sys.stderr)
         return 2
+    except StoreFull as error:
+        # Nothing was changed; the same command works once space is freed.
+        print(f"{error}: nothing was changed (free space and retry)", file=sys.stderr)
+        return 1
     except StoreError as error:
         print(error, file=sys.stderr)
         return 2

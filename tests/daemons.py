@@ -55,6 +55,9 @@ class DaemonProcess:
     extra: dict[str, dict[str, str]] = field(default_factory=dict)
     # Runs in the child before twistd starts (e.g. to lower a limit).
     preexec: Callable[[], None] | None = None
+    # A command line twistd's is appended to, which must exec it (e.g.
+    # ``unshare`` and a shell that mounts a file system first).
+    wrapper: list[str] = field(default_factory=list)
 
     @property
     def conf(self) -> Path:
@@ -113,7 +116,7 @@ class DaemonProcess:
         self.write_conf()
         with self.output.open("ab") as output:
             self.process = subprocess.Popen(
-                twistd_argv(self.plugin, self.conf),
+                [*self.wrapper, *twistd_argv(self.plugin, self.conf)],
                 cwd=self.folder,
                 stdout=output,
                 stderr=subprocess.STDOUT,

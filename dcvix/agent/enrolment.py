@@ -355,7 +355,8 @@ class AgentEnrolment(MultiService):
         # extra CA slipped into the answer must never become trusted.
         issuer = issued_by_any(certificate, cas)
         assert issuer is not None
-        store_enrolment(self._files, certificate_pem, pem_of(issuer))
+        if not self._stored(certificate_pem, pem_of(issuer)):
+            return
         log.info(
             "registered as agent {guid}; certificate valid until {until}",
             guid=self._guid,
@@ -443,12 +444,32 @@ class AgentEnrolment(MultiService):
         if answer.status != 200 or self._answer_problem(certificate, state.cas, []):
             log.warn("renewal answer refused ({status})", status=answer.status)
             return
-        store_enrolment(self._files, certificate_pem)
+        if not self._stored(certificate_pem):
+            return
         log.info(
             "certificate renewed, valid until {until}",
             until=certificate.not_valid_after_utc.isoformat(),
         )
         self._on_certificate()
+
+    def _stored(self, certificate_pem: bytes, ca_pem: bytes | None = None) -> bool:
+        """Write what the director issued; False (and said why) when it cannot.
+
+        A full or read-only ``data_dir`` is the operator's to fix, not a crash:
+        the files on disk stay whole (atomic writes), the agent keeps what it
+        holds and asks again at the next attempt.
+        """
+        try:
+            store_enrolment(self._files, certificate_pem, ca_pem)
+        except OSError as error:
+            log.error(
+                "cannot store the certificate in {data_dir}: {error}; keeping "
+                "what is on disk and asking again at the next attempt",
+                data_dir=str(self._files.data_dir),
+                error=error.strerror or str(error),
+            )
+            return False
+        return True
 
     async def _post_renew(self, state: CertificateState) -> Answer:
         """``POST /v1/agent/renew`` with the certificate held (mTLS)."""

@@ -25,7 +25,7 @@ from cryptography.x509.oid import NameOID
 from twisted.logger import Logger
 
 from dcvix.common.daemon import StartupError
-from dcvix.common.files import atomic_write
+from dcvix.common.files import atomic_write, remove_interrupted_writes
 from dcvix.common.pki import (
     AGENT_CN_PREFIX,
     certificate_fingerprint,
@@ -80,9 +80,13 @@ def _signer(key: PrivateKeyTypes, path: Path) -> SignerKey:
 def load_or_create_identity(files: AgentFiles) -> tuple[SignerKey, str]:
     """The agent's key and GUID, made when missing.
 
+    Temp files of writes a crash interrupted are removed first (the files they
+    were to replace are whole: see :func:`~dcvix.common.files.atomic_write`).
+
     Raises:
         StartupError: an unreadable key or a GUID file that is not a UUID.
     """
+    remove_interrupted_writes(files.data_dir)
     if not files.key.exists():
         key: SignerKey = new_ed25519_key()
         guid = str(uuid.uuid4())

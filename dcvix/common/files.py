@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import stat
 import tempfile
 from pathlib import Path
@@ -11,6 +12,9 @@ from pathlib import Path
 from twisted.logger import Logger
 
 log = Logger()
+
+# What :func:`atomic_write` names its temp files: ``.<name>.<mkstemp's 8>.tmp``.
+_TEMP_NAME = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")
 
 
 def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
@@ -33,6 +37,30 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
             os.unlink(temp_name)
         raise
     fsync_directory(path.parent)
+
+
+def remove_interrupted_writes(directory: Path) -> list[Path]:
+    """Delete the temp files :func:`atomic_write` left in ``directory``.
+
+    A process killed inside :func:`atomic_write` (SIGKILL, power loss) leaves
+    its temp file beside the untouched target; every such crash would add one.
+    Call it at start, before anything in the process writes to ``directory``.
+
+    Returns:
+        The files removed.
+    """
+    removed: list[Path] = []
+    if not directory.is_dir():
+        return removed
+    for entry in sorted(directory.iterdir()):
+        if _TEMP_NAME.fullmatch(entry.name) and entry.is_file():
+            with contextlib.suppress(FileNotFoundError):
+                entry.unlink()
+                removed.append(entry)
+                log.info(
+                    "removed {path}, left by an interrupted write", path=str(entry)
+                )
+    return removed
 
 
 def fsync_directory(directory: Path) -> None:

@@ -71,6 +71,10 @@ BODY_ERRORS = {
     413: "request body too large",
 }
 CSRF_ERRORS = {403: "cross-site request refused (a browser's, from another origin)"}
+STORE_ERRORS = {
+    507: "the director's disk is full: nothing was recorded; "
+    "the same call works once space is freed"
+}
 
 # --------------------------------------------------------------- the table
 
@@ -614,8 +618,10 @@ def implied_errors(spec: RouteSpec, entry: Operation) -> dict[int, str]:
         body = (
             BODY_ERRORS if JSON in entry.body.media_types else {413: BODY_ERRORS[413]}
         )
-    csrf = CSRF_ERRORS if spec.method not in ("GET", "HEAD", "OPTIONS") else {}
-    return merge_errors(ROLES[spec.role][1], body, csrf)
+    changes = spec.method not in ("GET", "HEAD", "OPTIONS")
+    csrf = CSRF_ERRORS if changes else {}
+    store = STORE_ERRORS if changes else {}
+    return merge_errors(ROLES[spec.role][1], body, csrf, store)
 
 
 def director_document(routes: Iterable[RouteSpec]) -> Schema:

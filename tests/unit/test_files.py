@@ -11,7 +11,11 @@ import pytest
 from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import LogLevel, globalLogPublisher
 
-from dcvix.common.files import atomic_write, ensure_private_dir
+from dcvix.common.files import (
+    atomic_write,
+    ensure_private_dir,
+    remove_interrupted_writes,
+)
 
 
 def mode_of(path: Path) -> int:
@@ -92,6 +96,30 @@ def test_atomic_write_into_a_missing_folder_fails_and_creates_nothing(
     with pytest.raises(FileNotFoundError):
         atomic_write(tmp_path / "missing" / "token.key", b"secret\n")
     assert os.listdir(tmp_path) == []
+
+
+def test_remove_interrupted_writes_takes_only_atomic_write_temp_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A write killed after mkstemp: its temp file stays beside the target.
+    (tmp_path / "agent.crt").write_bytes(b"whole\n")
+    monkeypatch.setattr(os, "replace", lambda *_: None)
+    atomic_write(tmp_path / "agent.crt", b"new\n")
+    monkeypatch.undo()
+    (left,) = [p.name for p in tmp_path.iterdir() if p.name != "agent.crt"]
+    assert left.startswith(".agent.crt.") and left.endswith(".tmp")
+    # Files that only look alike are someone else's.
+    others = [".agent.crt.tmp", "agent.crt.abcdefgh.tmp", ".x.abc.tmp", ".x.abcdefgh"]
+    for name in others:
+        (tmp_path / name).write_bytes(b"")
+    (tmp_path / ".folder.abcdefgh.tmp").mkdir()
+
+    assert remove_interrupted_writes(tmp_path) == [tmp_path / left]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [".folder.abcdefgh.tmp", "agent.crt", *others]
+    )
+    assert (tmp_path / "agent.crt").read_bytes() == b"whole\n"
+    assert remove_interrupted_writes(tmp_path / "missing") == []
 
 
 def test_ensure_private_dir_creates_nested_folders_0700(

@@ -237,6 +237,15 @@ def test_every_operation_answers_a_success_and_its_roles_errors(
                     }, where
 
 
+def test_state_changing_director_routes_document_a_full_disk(
+    director_doc: dict[str, Any],
+) -> None:
+    # A write to agents.db on a full disk answers 507 (test_fault_files).
+    for method, path, described in operations(director_doc):
+        changes = method not in ("GET", "HEAD", "OPTIONS")
+        assert ("507" in described["responses"]) == changes, f"{method} {path}"
+
+
 def test_each_role_has_its_security(director_doc: dict[str, Any]) -> None:
     cookie: list[dict[str, list[str]]] = [{"loginCookie": []}]
     certificate: list[dict[str, list[str]]] = [{"agentCertificate": []}]

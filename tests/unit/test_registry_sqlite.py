@@ -23,6 +23,7 @@ from dcvix.director.registry import (
     AuditEntry,
     Pinning,
     StoreError,
+    StoreFull,
 )
 from dcvix.director.registry import sqlite as engine
 from dcvix.director.registry.sqlite import SqliteRegistry, inline_runner, pool_runner
@@ -1279,6 +1280,33 @@ async def test_a_database_failure_is_a_store_error(registry: SqliteRegistry) -> 
         await registry.latest()
 
     assert str(raised.value) == "agents.db: no such table: audit"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_full_disk_is_a_store_full_and_changes_nothing(
+    registry: SqliteRegistry,
+) -> None:
+    await registry.create_pending(A, "ws1", KEY_A, "10.0.0.1", NOW)
+    # As on a full disk: the file may not grow (SQLITE_FULL), for this
+    # connection only.
+    connection = registry._connection
+    pages = connection.execute("PRAGMA page_count").fetchone()[0]
+    connection.execute(f"PRAGMA max_page_count = {pages}")
+
+    with pytest.raises(StoreFull) as raised:
+        for number in range(10_000):
+            guid = f"{number:08x}-0000-4000-8000-000000000000"
+            await registry.create_pending(guid, f"ws-{number}", KEY_B, "", NOW)
+
+    assert str(raised.value) == "agents.db: database or disk is full"
+    assert isinstance(raised.value, StoreError)
+    assert not connection.in_transaction
+    record = await registry.get(A)
+    assert record is not None and record.state == "pending"
+    # Space again: the same connection writes.
+    connection.execute(f"PRAGMA max_page_count = {2**30}")
+    approved = await registry.approve(A, "os:alice", LATER)
+    assert approved.record.state == "registered"
 
 
 def test_the_registry_refuses_a_corrupt_file(tmp_path: Path) -> None:

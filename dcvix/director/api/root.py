@@ -7,14 +7,36 @@ from inspect import isawaitable
 from typing import Any
 
 from klein import Klein
+from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource
 
-from dcvix.common.http import install_error_handlers, json_response
+from dcvix.common.http import error_response, install_error_handlers, json_response
 from dcvix.director.api.authz import Gate, Role, RouteSpec, authorized, routes_of
+from dcvix.director.registry import StoreFull
+
+log = Logger()
 
 REGISTER_PATH = b"/v1/agent/register"
 REGISTER_BODY_LIMIT = 16 * 1024
+STORE_FULL = "insufficient storage: the director cannot record this now"
+
+
+def store_full(request: IRequest, failure: Failure) -> bytes:
+    """507 and one line naming the disk, not a 500 with a traceback.
+
+    A full disk is the operator's to fix, and nothing was written (the
+    transaction was rolled back); the same call works once space is freed.
+    """
+    log.error(
+        "{method} {path} not recorded: {error} (free space on the disk that "
+        "holds it; the director goes on)",
+        method=request.method.decode("ascii", "replace"),
+        path=request.path.decode("ascii", "replace"),
+        error=str(failure.value),
+    )
+    return error_response(request, 507, STORE_FULL)
 
 
 class DirectorRoot:
@@ -31,6 +53,8 @@ class DirectorRoot:
     ) -> None:
         self.max_body_bytes = max_body_bytes
         self.app = Klein()
+        # Before the catch-all of install_error_handlers: the first match wins.
+        self.app.handle_errors(StoreFull)(store_full)
         install_error_handlers(self.app)
         self.routes: list[RouteSpec] = []
         self._gate = gate

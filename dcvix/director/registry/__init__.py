@@ -26,6 +26,14 @@ class StoreError(Exception):
     """The store cannot be used; the message names it and the problem."""
 
 
+class StoreFull(StoreError):
+    """The store's disk is full: nothing was written, nothing is corrupt.
+
+    The store works again as soon as space is freed, without a restart; a
+    caller answers "try later" rather than "internal error".
+    """
+
+
 @dataclass(frozen=True)
 class AgentRecord:
     """One agent of the registry.

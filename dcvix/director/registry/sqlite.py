@@ -38,6 +38,7 @@ from dcvix.director.registry import (
     Pinning,
     Seen,
     StoreError,
+    StoreFull,
 )
 from dcvix.director.registry.sqlite_schema import (
     DB_TIMEOUT,
@@ -619,11 +620,16 @@ class Runner(Protocol):
 def _guarded(
     function: Callable[..., R], connection: sqlite3.Connection, *args: Any
 ) -> R:
-    """Run one transaction; a database failure becomes a :class:`StoreError`."""
+    """Run one transaction; a database failure becomes a :class:`StoreError`.
+
+    SQLite rolls back a transaction that found the disk full, so the file stays
+    whole (:class:`StoreFull`).
+    """
     try:
         return function(connection, *args)
     except sqlite3.Error as error:
-        raise StoreError(f"agents.db: {error}") from None
+        full = getattr(error, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
+        raise (StoreFull if full else StoreError)(f"agents.db: {error}") from None
 
 
 def inline_runner(

@@ -38,7 +38,24 @@ class transaction:
         return self._connection
 
     def __exit__(self, kind: object, value: object, traceback: object) -> None:
-        self._connection.execute("ROLLBACK" if kind else "COMMIT")
+        if kind is not None:
+            self._abandon()
+            return
+        try:
+            self._connection.execute("COMMIT")
+        except sqlite3.Error:
+            self._abandon()
+            raise
+
+    def _abandon(self) -> None:
+        """``ROLLBACK``, unless SQLite already rolled back by itself.
+
+        It does on a full disk or an I/O error: a second ``ROLLBACK`` would
+        raise "no transaction is active" in place of the error that matters,
+        and a failed ``COMMIT`` left open would refuse every later ``BEGIN``.
+        """
+        if self._connection.in_transaction:
+            self._connection.execute("ROLLBACK")
 
 
 _GO_COLUMNS = """
