@@ -225,6 +225,15 @@ class Operation:
     security: tuple[Mapping[str, list[str]], ...] | None = None
 
 
+# What the HTTP layer (:class:`~dcvix.common.http.DcvixChannel`) may answer on
+# any route before the route runs.
+PROTOCOL_ERRORS = {
+    400: "a request the HTTP/1.1 parser refuses (then the connection closes)",
+    408: "a request not whole within `request_timeout` (then the connection closes)",
+    431: "a request line or header section over 16 KiB (then the connection closes)",
+}
+
+
 def merge_errors(*tables: Mapping[int, str]) -> dict[int, str]:
     """Error statuses and their reasons; the reasons of one status joined."""
     merged: dict[int, list[str]] = {}
@@ -250,7 +259,8 @@ def operation(
         entry: the route's table entry.
         klein_path: the route's rule.
         security: the requirements of the route's role (unless the entry has its own).
-        errors: the error answers the role, body and method imply.
+        errors: the error answers the role, body and method imply (the HTTP
+            layer's, :data:`PROTOCOL_ERRORS`, are added to every operation).
         extensions: ``x-`` keys to add.
     """
     path, parameters = path_template(klein_path)
@@ -280,7 +290,7 @@ def operation(
                 for name, text in answer.headers.items()
             }
         responses[str(answer.status)] = described_answer
-    for status, reason in merge_errors(errors, entry.errors).items():
+    for status, reason in merge_errors(errors, entry.errors, PROTOCOL_ERRORS).items():
         responses[str(status)] = {
             "description": reason,
             "content": {JSON: {"schema": ref("Error")}},

@@ -160,6 +160,15 @@ def test_both_documents_are_valid_openapi_3_1(director_doc: dict[str, Any]) -> N
         validate(doc)
 
 
+def test_every_operation_lists_the_http_layers_refusals(
+    director_doc: dict[str, Any],
+) -> None:
+    # DcvixChannel answers these before any route runs, on every path.
+    for doc in (director_doc, agent_openapi.agent_document()):
+        for method, path, described in operations(doc):
+            assert {"400", "408", "431"} <= set(described["responses"]), (method, path)
+
+
 def test_operation_ids_are_unique(director_doc: dict[str, Any]) -> None:
     for doc in (director_doc, agent_openapi.agent_document()):
         ids = [o["operationId"] for _, _, o in operations(doc)]
