@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck clean
+.PHONY: demo test test-quick lint typecheck clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,6 +19,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Everything but the tests marked long (fault tests, fuzzing): for quick turns.
+test-quick: $(STAMP)
+	$(BIN)/python -m pytest -m "not long" $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check dcvix tests bench twisted

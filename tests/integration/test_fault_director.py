@@ -27,6 +27,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from director_calls import Answer, call
@@ -35,6 +36,9 @@ from fake_dcv import FakeDcv
 from dcvix.agent.identity import make_csr
 from dcvix.common.pki import load_certificates, public_key_fingerprint
 from fleet import Agent, Director, Fleet, certificate_file, enrol, https, wait_for
+
+# Long: `make test-quick` leaves it out; `make test` (and CI) runs it.
+pytestmark = pytest.mark.long
 
 STORM = 200
 WORKERS = 8

@@ -44,6 +44,9 @@ from dcvix.common.pki import (
 )
 from fleet import DCVIXCTL, Agent, Director, Fleet, enrol, https, wait_for
 
+# Long: `make test-quick` leaves it out; `make test` (and CI) runs it.
+pytestmark = pytest.mark.long
+
 GUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[0-9a-f]{4}-[0-9a-f]{12}")
 TEMP_NAME = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")
 IDENTITY_FILES = ["agent.crt", "agent.guid", "agent.key", "ca.pem"]

@@ -25,12 +25,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pytest
 from cryptography.hazmat.primitives import serialization
 from director_calls import Answer, call, login
 
 from dcvix.agent.identity import make_csr
 from dcvix.common.pki import new_ec_key
 from fleet import Director, Fleet, https, wait_for
+
+# Long: `make test-quick` leaves it out; `make test` (and CI) runs it.
+pytestmark = pytest.mark.long
 
 STOPPED = -signal.SIGTERM
 FAILED = {"error": "authentication failed"}

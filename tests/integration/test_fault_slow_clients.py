@@ -40,6 +40,9 @@ import certs
 from daemons import free_port, seed_agent
 from fleet import Agent, Daemon, Fleet, https, wait_for
 
+# Long: `make test-quick` leaves it out; `make test` (and CI) runs it.
+pytestmark = pytest.mark.long
+
 HOSTILE = Path(__file__).resolve().parents[1] / "hostile_clients.py"
 LOAD = {"idle": 250, "slowloris": 250, "stalled": 200}
 REQUEST_TIMEOUT = 20.0

@@ -33,6 +33,9 @@ from fuzz_world import FuzzFleet, FuzzWorld, labels, start_fuzz_world, table_lab
 from dcvix.agent.openapi import DOCUMENT_FILE
 from dcvix.director.openapi import OPERATIONS
 
+# Long: `make test-quick` leaves it out; `make test` (and CI) runs it.
+pytestmark = pytest.mark.long
+
 DIRECTOR_OPERATIONS = table_labels(OPERATIONS)
 AGENT_DOCUMENT = json.loads(DOCUMENT_FILE.read_text())
 AGENT_OPERATIONS = labels(AGENT_DOCUMENT)
