@@ -125,20 +125,30 @@ class SessionControl:
 
     async def servers(self) -> list[ServerView]:
         """Every server that reported since start, hostname descending."""
-        states = {r.guid: r.state for r in await self._registry.list()}
+        states = await self._registry.states()
         listed = sorted(
             await self._runtime.servers(), key=lambda s: s.hostname, reverse=True
         )
+        now = now_utc(self._clock)  # once: a listing may hold 10,000 servers
         return [
-            ServerView(s, self.online(s), states.get(s.guid, "unknown")) for s in listed
+            ServerView(
+                s, is_online(s, now, self._max_age), states.get(s.guid, "unknown")
+            )
+            for s in listed
+        ]
+
+    async def online_servers(self) -> list[ServerState]:
+        """The servers online now, in the order first seen."""
+        now = now_utc(self._clock)
+        return [
+            s for s in await self._runtime.servers() if is_online(s, now, self._max_age)
         ]
 
     async def live_sessions(self) -> list[tuple[ServerState, Session]]:
         """The sessions of the servers online now."""
         return [
             (server, session)
-            for server in await self._runtime.servers()
-            if self.online(server)
+            for server in await self.online_servers()
             for session in server.sessions
         ]
 

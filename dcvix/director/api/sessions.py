@@ -2,18 +2,28 @@
 
 from __future__ import annotations
 
+import json
+
 from twisted.web.iweb import IRequest
 
 from dcvix.common.http import json_response, read_json
 from dcvix.common.jsonfields import decode
 from dcvix.director.api.authz import Role, authorized
-from dcvix.director.api.render import server_json, session_json
+from dcvix.director.api.render import FleetRenderer
 from dcvix.director.audit import Audit
 from dcvix.director.listing import ServerQuery
 from dcvix.director.policy import PolicyHolder
 from dcvix.director.requests import ConfigRequest, CreateSessionRequest
 from dcvix.director.sessions import SessionControl
 from dcvix.director.tokens import Claims
+
+
+def _encoded_json(request: IRequest, pieces: list[bytes]) -> bytes:
+    """As :func:`~dcvix.common.http.json_response` (200), for JSON text in pieces."""
+    request.setResponseCode(200)
+    request.setHeader(b"Content-Type", b"application/json")
+    pieces.append(b"\n")
+    return b"".join(pieces)
 
 
 class SessionRoutes:
@@ -31,6 +41,7 @@ class SessionRoutes:
         self._control = control
         self._audit = audit
         self._policy = policy
+        self._render = FleetRenderer()
 
     @authorized("GET", "/v1/servers", role=Role.ADMIN)
     async def servers(self, request: IRequest, caller: Claims) -> bytes:
@@ -44,33 +55,26 @@ class SessionRoutes:
         """
         query = ServerQuery.parse(request.args)
         pools = self._policy.current.pools_by_host
-        views = [
-            v
-            for v in await self._control.servers()
-            if query.keeps(v, pools.get(v.state.hostname, ()))
-        ]
+        every = await self._control.servers()
+        views = [v for v in every if query.keeps(v, pools.get(v.state.hostname, ()))]
         following = None
         if query.paged:
             views, following = query.page(views)
-        listed = [
-            server_json(
-                v.state, v.online, v.agent_state, pools.get(v.state.hostname, ())
-            )
+        listed = self._render.servers(
+            (v.state, v.online, v.agent_state, pools.get(v.state.hostname, ()))
             for v in views
-        ]
+        )
+        self._render.keep_only([v.state for v in every])
         if query.paged:
-            return json_response(request, 200, {"servers": listed, "next": following})
-        return json_response(request, 200, listed)
+            listed = [b'{"servers": ', *listed, b', "next": ']
+            listed += (json.dumps(following).encode(), b"}")
+        return _encoded_json(request, listed)
 
     @authorized("GET", "/v1/sessions", role=Role.ADMIN)
     async def sessions(self, request: IRequest, caller: Claims) -> bytes:
-        """Every session of every online server (Go's shape)."""
-        found = [
-            session_json(server, session)
-            for server, session in await self._control.live_sessions()
-        ]
-        found.sort(key=lambda s: (s["user"], s["uid"]))
-        return json_response(request, 200, found)
+        """Every session of every online server (Go's shape), by user then uid."""
+        found = self._render.sessions(await self._control.online_servers())
+        return _encoded_json(request, found)
 
     @authorized("POST", "/v1/sessions", role=Role.ADMIN)
     async def create_session(self, request: IRequest, caller: Claims) -> bytes:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import builtins
 import datetime as dt
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -107,6 +107,11 @@ def list_txn(
             f"{_SELECT} WHERE a.state = ? ORDER BY a.created_at, a.guid", (state,)
         )
     return [_record(row) for row in rows]
+
+
+def states_txn(connection: sqlite3.Connection) -> dict[str, str]:
+    """Every agent's state by GUID."""
+    return dict(connection.execute("SELECT guid, state FROM agents"))
 
 
 def count_txn(connection: sqlite3.Connection, state: str) -> int:
@@ -673,6 +678,9 @@ class SqliteRegistry:
         self._watch: sqlite3.Connection | None = None
         self._view: dict[str, AgentRecord] = {}
         self._view_version = -1
+        # The states behind :meth:`states`, read at ``_states_version``.
+        self._states: dict[str, str] = {}
+        self._states_version = -1
 
     def close(self) -> None:
         """Close the connections (after the pool stopped)."""
@@ -726,6 +734,16 @@ class SqliteRegistry:
 
     async def list(self, state: str | None = None) -> builtins.list[AgentRecord]:  # noqa: D102
         return await self._run(list_txn, self._connection, state)
+
+    async def states(self) -> Mapping[str, str]:  # noqa: D102
+        version = self._data_version()
+        if version == self._states_version:
+            return self._states
+        # Kept under the version seen before the read: a commit landing
+        # meanwhile moves it, and the next call reads again.
+        self._states = await self._run(states_txn, self._connection)
+        self._states_version = version
+        return self._states
 
     async def count(self, state: str) -> int:  # noqa: D102
         return await self._run(count_txn, self._connection, state)
