@@ -26,6 +26,7 @@ from dcvix.common.config import (
     integer,
     setting,
 )
+from dcvix.common.http import keepalive_timeout_setting, request_timeout_setting
 from dcvix.common.tls import DIRECTOR_NAME
 from dcvix.common.validate import is_hostname
 
@@ -136,19 +137,8 @@ class AgentSection:
     dcv_timeout: float = setting(
         POSITIVE_DURATION, 20.0, "Time limit of one dcv command."
     )
-    request_timeout: float = setting(
-        POSITIVE_DURATION,
-        30.0,
-        "A new connection's TLS handshake and first request must arrive within "
-        "this, a later request within this of its first byte (slowloris); "
-        "else the connection is closed.",
-    )
-    keepalive_timeout: float = setting(
-        POSITIVE_DURATION,
-        120.0,
-        "A connection silent this long is closed. Keep it over 90 s: Go's "
-        "clients drop idle connections after 90 s, dcvix's after 60 s.",
-    )
+    request_timeout: float = request_timeout_setting()
+    keepalive_timeout: float = keepalive_timeout_setting()
     config_allow: tuple[str, ...] = setting(
         CONFIG_KEYS, ("display/quality",), "DCV settings the agent accepts."
     )

@@ -42,6 +42,7 @@ from twisted.web.server import Request, Site
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from werkzeug.routing import RequestRedirect
 
+from dcvix.common.config import POSITIVE_DURATION, setting
 from dcvix.common.errors import ApiError, BadRequest
 from dcvix.common.logging import escape_control
 
@@ -80,6 +81,27 @@ SECURITY_HEADERS = {
     b"Cross-Origin-Opener-Policy": b"same-origin",
     b"Cache-Control": b"no-store",
 }
+
+
+def request_timeout_setting() -> Any:
+    """The ``request_timeout`` key, the same on both daemons."""
+    return setting(
+        POSITIVE_DURATION,
+        REQUEST_TIMEOUT,
+        "A new connection's TLS handshake and first request must arrive within "
+        "this, a later request within this of its first byte (slowloris); "
+        "else the connection is closed.",
+    )
+
+
+def keepalive_timeout_setting() -> Any:
+    """The ``keepalive_timeout`` key, the same on both daemons."""
+    return setting(
+        POSITIVE_DURATION,
+        IDLE_TIMEOUT,
+        "A connection silent this long is closed. Keep it over 90 s: Go's "
+        "clients drop idle connections after 90 s, dcvix's after 60 s.",
+    )
 
 
 def error_body(message: str) -> bytes:

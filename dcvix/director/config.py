@@ -26,6 +26,7 @@ from dcvix.common.config import (
     setting,
     url,
 )
+from dcvix.common.http import keepalive_timeout_setting, request_timeout_setting
 
 
 def _parse_ldap_url(text: str) -> str:
@@ -97,19 +98,8 @@ class DirectorSection:
     max_body_bytes: int = setting(
         integer(1024), 1048576, "Request body cap in bytes (register: 16 KiB)."
     )
-    request_timeout: float = setting(
-        POSITIVE_DURATION,
-        30.0,
-        "A new connection's TLS handshake and first request must arrive within "
-        "this, a later request within this of its first byte (slowloris); "
-        "else the connection is closed.",
-    )
-    keepalive_timeout: float = setting(
-        POSITIVE_DURATION,
-        120.0,
-        "A connection silent this long is closed. Keep it over 90 s: Go's "
-        "clients drop idle connections after 90 s, dcvix's after 60 s.",
-    )
+    request_timeout: float = request_timeout_setting()
+    keepalive_timeout: float = keepalive_timeout_setting()
     connection_token_ttl: float = setting(
         POSITIVE_DURATION, 600.0, "Lifetime of DCV connection tokens."
     )
