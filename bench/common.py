@@ -18,7 +18,7 @@ import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -205,3 +205,32 @@ def record(bench: str, details: str, table: str) -> None:
         if out.tell() == 0:
             out.write(f"# Benchmark results\n\n{RESULTS_INTRO}\n")
         out.write(f"\n{header}\n{table}\n")
+
+
+def start_director(
+    home: Path,
+    keys: Mapping[str, str] | None = None,
+    sections: Mapping[str, Mapping[str, str]] | None = None,
+) -> tuple[int, Path, subprocess.Popen[bytes]]:
+    """A director (twistd, CPU SERVER_CPU, logging at info) living in ``home``.
+
+    ``keys`` go to ``[director]`` beside its address and folders, ``sections``
+    are more sections. Returns once it answers: its port, its ``data_dir`` and
+    the process.
+    """
+    port, data, policy = free_port(), home / "data", home / "policydb"
+    policy.mkdir(parents=True, exist_ok=True)
+    conf = home / "dcvix-director.conf"
+    director = {
+        "director_host": "127.0.0.1",
+        "director_port": str(port),
+        "data_dir": str(data),
+        "policydb_folder": str(policy),
+        **(keys or {}),
+    }
+    written = {"director": director} | {k: dict(v) for k, v in (sections or {}).items()}
+    written["log"] = {"directory": str(home / "log"), "level": "info"}
+    write_conf(conf, written)
+    process = run_daemon("dcvix-director", conf, home / "director.out", SERVER_CPU)
+    wait("the director", lambda: answers(port))
+    return port, data, process

@@ -58,18 +58,15 @@ if not __package__:  # run as a script: make ``bench`` importable
 from bench.approvals_e2e import AUTH, login
 from bench.common import (
     BIN,
-    SERVER_CPU,
-    answers,
     connection,
     free_port,
     read_answer,
     record,
-    run_daemon,
     run_loadgen,
     start_baseline,
     wait,
-    write_conf,
 )
+from bench.common import start_director as common_start_director
 from bench.update_ingestion import (
     BASELINE_MTLS,
     CONNECTIONS,
@@ -318,33 +315,25 @@ class Director:
 
 def start_director(folder: Path) -> Director:
     """A director with auto-approval, admin ``admin``/``bench-pw``, long max_age."""
-    port, data, policy = free_port(), folder / "data", folder / "policydb"
+    policy = folder / "policydb"
     policy.mkdir(parents=True)
     (policy / "users.json").write_text('[{"id": "admin", "admin": true}]')
     auth = folder / "auth.sh"
     auth.write_text(AUTH)
     auth.chmod(0o700)
-    conf = folder / "dcvix-director.conf"
-    write_conf(
-        conf,
+    port, data, process = common_start_director(
+        folder,
         {
-            "director": {
-                "director_host": "127.0.0.1",
-                "director_port": str(port),
-                "data_dir": str(data),
-                "policydb_folder": str(policy),
-                "registration_token": JOIN,
-                "auto_approve": "token",
-                "register_rate": "1000000",
-                "auth_type": "external",
-            },
+            "registration_token": JOIN,
+            "auto_approve": "token",
+            "register_rate": "1000000",
+            "auth_type": "external",
+        },
+        {
             "external_auth": {"external_command": str(auth)},
             "housekeeper": {"max_age": "3600"},
-            "log": {"directory": str(folder / "log"), "level": "info"},
         },
     )
-    process = run_daemon("dcvix-director", conf, folder / "director.out", SERVER_CPU)
-    wait("the director", lambda: answers(port))
     return Director(port, data, process)
 
 

@@ -43,17 +43,15 @@ from bench.common import (
     BASELINE,
     CLIENT_CPU,
     ROOT,
-    SERVER_CPU,
     answers,
     free_port,
     pinned,
     read_answer,
     record,
-    run_daemon,
     run_loadgen,
     start_baseline,
+    start_director,
     wait,
-    write_conf,
 )
 from bench.update_ingestion import cpu_seconds
 
@@ -150,28 +148,6 @@ class Hostile:
 # ---------------------------------------------------------------- the run
 
 
-def start_director(folder: Path) -> tuple[int, Path, subprocess.Popen[bytes]]:
-    port, data = free_port(), folder / "director" / "data"
-    policy = folder / "director" / "policydb"
-    policy.mkdir(parents=True)
-    conf = folder / "director" / "dcvix-director.conf"
-    write_conf(
-        conf,
-        {
-            "director": {
-                "director_host": "127.0.0.1",
-                "director_port": str(port),
-                "data_dir": str(data),
-                "policydb_folder": str(policy),
-            },
-            "log": {"directory": str(folder / "director" / "log"), "level": "info"},
-        },
-    )
-    process = run_daemon("dcvix-director", conf, folder / "director.out", SERVER_CPU)
-    wait("the director", lambda: answers(port))
-    return port, data, process
-
-
 def measure(
     name: str, port: int, pid: int, folder: Path, seconds: float, loaded: bool
 ) -> dict[str, Any]:
@@ -237,7 +213,7 @@ def main() -> None:
     }
     with tempfile.TemporaryDirectory() as name:
         folder = Path(name)
-        port, data, director = start_director(folder)
+        port, data, director = start_director(folder / "director")
         baseline = None
         try:
             bare = free_port()

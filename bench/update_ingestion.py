@@ -53,18 +53,15 @@ from cryptography.x509.oid import NameOID
 from bench.common import (
     BIN,
     CLIENT_CPU,
-    SERVER_CPU,
-    answers,
     client_context,
     free_port,
     pinned,
     read_answer,
     record,
-    run_daemon,
     run_loadgen,
     start_baseline,
+    start_director,
     wait,
-    write_conf,
 )
 from dcvix.common.pki import AGENT_CN_PREFIX
 
@@ -283,31 +280,6 @@ def loadgen(spec: dict[str, Any]) -> dict[str, Any]:
 # ---------------------------------------------------------------- the run
 
 
-def start_director(folder: Path) -> tuple[int, Path, subprocess.Popen[bytes]]:
-    port, data = free_port(), folder / "director" / "data"
-    policy = folder / "director" / "policydb"
-    policy.mkdir(parents=True)
-    conf = folder / "director" / "dcvix-director.conf"
-    write_conf(
-        conf,
-        {
-            "director": {
-                "director_host": "127.0.0.1",
-                "director_port": str(port),
-                "data_dir": str(data),
-                "policydb_folder": str(policy),
-                "registration_token": JOIN,
-                "auto_approve": "token",
-                "register_rate": "100000",
-            },
-            "log": {"directory": str(folder / "director" / "log"), "level": "info"},
-        },
-    )
-    process = run_daemon("dcvix-director", conf, folder / "director.out", SERVER_CPU)
-    wait("the director", lambda: answers(port))
-    return port, data, process
-
-
 def table(results: dict[str, Any]) -> str:
     base = results["baseline"]["ups"]
     rows = [
@@ -347,7 +319,14 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as name:
         folder = Path(name)
-        port, data, director = start_director(folder)
+        port, data, director = start_director(
+            folder / "director",
+            {
+                "registration_token": JOIN,
+                "auto_approve": "token",
+                "register_rate": "100000",
+            },
+        )
         baseline = profiler = None
         try:
             (folder / "agents").mkdir()
