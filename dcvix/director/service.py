@@ -40,6 +40,7 @@ from dcvix.director.api.auth import AuthRoutes
 from dcvix.director.api.authz import Gate, Gateways
 from dcvix.director.api.dcv import DcvRoutes
 from dcvix.director.api.document import DocumentRoutes
+from dcvix.director.api.render import FleetRenderer
 from dcvix.director.api.root import DirectorRoot
 from dcvix.director.api.sessions import SessionRoutes
 from dcvix.director.api.user import UserRoutes
@@ -77,6 +78,8 @@ from dcvix.director.tokens import TokenService, load_token_key
 log = Logger()
 
 TOKEN_VACUUM_SECONDS = 3600.0
+# How often new reports are rendered ahead of the next fleet listing.
+LISTING_WARM_SECONDS = 2.0
 # How long a stop waits for login back-end calls (a PAM, LDAP or RADIUS call
 # stuck in a server that never answers is abandoned after it).
 AUTH_STOP_SECONDS = 5.0
@@ -321,6 +324,14 @@ def build_director(
     PeriodicJob(
         "update-summary", SUMMARY_SECONDS, tally.summarize, reactor, SUMMARY_SECONDS
     ).setServiceParent(root)
+    renderer = FleetRenderer(reactor)
+
+    async def warm_listings() -> None:
+        renderer.warm(await runtime.servers())
+
+    PeriodicJob(
+        "listing-warm", LISTING_WARM_SECONDS, warm_listings, reactor, 0
+    ).setServiceParent(root)
     api = DirectorRoot(
         settings.max_body_bytes,
         Gate(logins, enrolment, Gateways(config.gateway.gateways_list, reactor)),
@@ -328,7 +339,7 @@ def build_director(
             AgentRoutes(enrolment, runtime, settings.agent_port, reactor, tally),
             AuthRoutes(logins, login_otp_field(config)),
             AdminRoutes(admin, authority.pem),
-            SessionRoutes(control, audit, policy),
+            SessionRoutes(control, audit, policy, renderer),
             DcvRoutes(
                 connections,
                 SessionResolver(runtime, connections, keeper.max_age, reactor),

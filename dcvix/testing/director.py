@@ -31,6 +31,7 @@ from dcvix.director.api.auth import AuthRoutes
 from dcvix.director.api.authz import Gate, Gateways
 from dcvix.director.api.dcv import DcvRoutes
 from dcvix.director.api.document import DocumentRoutes
+from dcvix.director.api.render import FleetRenderer
 from dcvix.director.api.root import DirectorRoot
 from dcvix.director.api.sessions import SessionRoutes
 from dcvix.director.api.user import UserRoutes
@@ -192,7 +193,7 @@ def director_harness(
             AgentRoutes(enrolment_service, runtime, settings.agent_port, clock),
             AuthRoutes(logins),
             AdminRoutes(admin, authority.pem),
-            SessionRoutes(sessions, audit, policy),
+            SessionRoutes(sessions, audit, policy, FleetRenderer(clock)),
             DcvRoutes(
                 connections,
                 SessionResolver(

@@ -83,6 +83,7 @@ def test_the_tree_a_fresh_install_and_the_listener(
         "SighupService",
         "PeriodicJob",
         "PeriodicJob",  # the access log's summary of agent updates
+        "PeriodicJob",  # fleet listings rendered ahead
         "StreamServerEndpointService",
     ]
     data = tmp_path / "data"

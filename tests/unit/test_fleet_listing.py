@@ -23,9 +23,15 @@ from typing import Any, TypeVar
 from hypothesis import given
 from hypothesis import strategies as st
 from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
 
 from dcvix.ctl import wait as resolve
-from dcvix.director.api.render import FleetRenderer, server_json, session_json
+from dcvix.director.api.render import (
+    WARM_WHILE_ASKED,
+    FleetRenderer,
+    server_json,
+    session_json,
+)
 from dcvix.director.registry import sqlite as engine
 from dcvix.director.registry.sqlite import SqliteRegistry, inline_runner
 from dcvix.director.runtime import HostStats, ServerState, Session
@@ -101,12 +107,14 @@ def test_servers_are_the_dicts_bytes() -> None:
         (server("ws-c", tags=(), dcv_error='dcv "list" failed\\'), True, "x", ()),
         (server("wś-ü", [session(4, "zoë", storage_root="/home/zoë")]), True, "y", ()),
     ]
-    assert listed_servers(FleetRenderer(), rows) == expected_servers(rows)
-    assert listed_servers(FleetRenderer(), []) == b"[]" == json.dumps([]).encode()
+    assert listed_servers(FleetRenderer(Clock()), rows) == expected_servers(rows)
+    assert (
+        listed_servers(FleetRenderer(Clock()), []) == b"[]" == json.dumps([]).encode()
+    )
 
 
 def test_a_change_of_flag_state_or_pools_shows_at_once() -> None:
-    renderer = FleetRenderer()
+    renderer = FleetRenderer(Clock())
     state = server("ws-a", [session(1), session(2)])
     for row in [
         (state, True, "registered", ()),
@@ -119,7 +127,7 @@ def test_a_change_of_flag_state_or_pools_shows_at_once() -> None:
 
 
 def test_a_new_report_replaces_the_kept_pieces() -> None:
-    renderer = FleetRenderer()
+    renderer = FleetRenderer(Clock())
     first = server("ws-a", [session(1)])
     listed_servers(renderer, [(first, True, "registered", ())])
     later = dataclasses.replace(
@@ -132,7 +140,7 @@ def test_a_new_report_replaces_the_kept_pieces() -> None:
 
 def test_a_report_with_the_same_sessions_shows_its_own_last_seen() -> None:
     """The sessions' pieces outlive the report; the server's ``last-seen`` not."""
-    renderer = FleetRenderer()
+    renderer = FleetRenderer(Clock())
     first = server("ws-a", [session(1), session(2, "bob")])
     listed_servers(renderer, [(first, True, "registered", ())])
     later = dataclasses.replace(
@@ -155,19 +163,54 @@ def test_sessions_sort_by_user_then_uid_as_before() -> None:
         server("b-c", [session(0, id="a")]),
         server("empty"),
     ]
-    renderer = FleetRenderer()
+    renderer = FleetRenderer(Clock())
     assert listed_sessions(renderer, states) == expected_sessions(states)
     assert listed_sessions(renderer, []) == b"[]"
 
 
 def test_servers_no_longer_listed_are_forgotten() -> None:
-    renderer = FleetRenderer()
+    renderer = FleetRenderer(Clock())
     kept, gone = server("kept"), server("gone")
     listed_servers(
         renderer, [(kept, True, "registered", ()), (gone, True, "registered", ())]
     )
     renderer.keep_only([kept])
     assert set(renderer._cache) == {"kept"}
+
+
+def test_nothing_is_rendered_ahead_before_anyone_lists() -> None:
+    renderer = FleetRenderer(Clock())
+    assert renderer.warm([server("ws-a", [session(1)])]) == 0
+    assert renderer._cache == {}
+
+
+def test_new_reports_are_rendered_ahead_while_listings_are_asked() -> None:
+    clock = Clock()
+    renderer = FleetRenderer(clock)
+    first = [server(f"ws-{n}", [session(n)]) for n in range(5)]
+    listed_sessions(renderer, first)
+    later = [
+        dataclasses.replace(s, last_seen=NOW + dt.timedelta(seconds=30)) for s in first
+    ]
+    assert renderer.warm(later, limit=3) == 3
+    assert renderer.warm(later, limit=3) == 2
+    assert renderer.warm(later) == 0  # all done: nothing twice
+    kept = {h: e.state for h, e in renderer._cache.items()}
+    assert list(kept.values()) == later
+    # What was rendered ahead is what a listing answers.
+    rows: list[Row] = [(s, True, "registered", ()) for s in later]
+    assert listed_servers(renderer, rows) == expected_servers(rows)
+    assert listed_sessions(renderer, later) == expected_sessions(later)
+
+
+def test_rendering_ahead_stops_when_listings_stop() -> None:
+    clock = Clock()
+    renderer = FleetRenderer(clock)
+    state = server("ws-a", [session(1)])
+    listed_servers(renderer, [(state, True, "registered", ())])
+    clock.advance(WARM_WHILE_ASKED + 1)
+    later = dataclasses.replace(state, last_seen=NOW + dt.timedelta(seconds=30))
+    assert renderer.warm([later]) == 0
 
 
 SESSIONS = st.builds(
@@ -208,7 +251,7 @@ SESSIONS = st.builds(
     )
 )
 def test_any_fleet_renders_as_the_dicts(rows: list[Row]) -> None:
-    renderer = FleetRenderer()
+    renderer = FleetRenderer(Clock())
     assert listed_servers(renderer, rows) == expected_servers(rows)
     assert listed_servers(renderer, rows) == expected_servers(rows)  # from the pieces
     states = [row[0] for row in rows]

@@ -7,8 +7,11 @@ old director's output keep working; our own keys follow.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable, Sequence
 from typing import Any
+
+from twisted.internet.interfaces import IReactorTime
 
 from dcvix.common.gotime import format_time
 from dcvix.director.runtime import ServerState, Session
@@ -174,6 +177,12 @@ class _Rendered:
         out += (b"], ", self.tail)
 
 
+# FleetRenderer.warm: renders ahead while a listing was asked this recently,
+# at most this many reports a call (some 0.1 s at 10,000 servers).
+WARM_WHILE_ASKED = 300.0
+WARM_LIMIT = 2000
+
+
 class FleetRenderer:
     """The JSON of ``GET /v1/servers`` and ``/v1/sessions``, kept per report.
 
@@ -186,10 +195,36 @@ class FleetRenderer:
     ``json.dumps`` of :func:`server_json` / :func:`session_json` lists gives.
     One entry per hostname; entries of servers no longer listed go at the next
     full listing.
+
+    Every agent reports anew each ``update_interval``, so a listing asked every
+    30 s would still render every report again (0.2 to 0.4 s more at 10,000
+    servers): while someone keeps asking (within :data:`WARM_WHILE_ASKED`),
+    :meth:`warm`, run every few seconds, renders new reports ahead of the next
+    listing. Nobody asking, nothing is rendered ahead (ingestion pays nothing).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, clock: IReactorTime) -> None:
         self._cache: dict[str, _Rendered] = {}
+        self._clock = clock
+        self._asked = -math.inf
+
+    def warm(self, states: Iterable[ServerState], limit: int = WARM_LIMIT) -> int:
+        """Render up to ``limit`` reports not rendered yet; how many it did.
+
+        Only while listings are asked for; ``limit`` bounds the time one call
+        holds the reactor (some 20 to 60 µs a report).
+        """
+        if self._clock.seconds() - self._asked > WARM_WHILE_ASKED:
+            return 0
+        done = 0
+        for state in states:
+            if done >= limit:
+                break
+            last = self._cache.get(state.hostname)
+            if last is None or last.state is not state:
+                self._cache[state.hostname] = _Rendered(state, last)
+                done += 1
+        return done
 
     def _entry(self, state: ServerState) -> _Rendered:
         last = self._cache.get(state.hostname)
@@ -206,6 +241,7 @@ class FleetRenderer:
         In pieces to join once: a whole answer (18 MB at 10,000 servers) is
         not copied server by server, then again for every wrapping.
         """
+        self._asked = self._clock.seconds()
         out = [b"["]
         for n, (state, online, agent_state, pools) in enumerate(listed):
             if n:
@@ -220,6 +256,7 @@ class FleetRenderer:
         Sorted as the dicts would be (stably, in the order of ``states``); in
         pieces to join.
         """
+        self._asked = self._clock.seconds()
         found: list[tuple[tuple[str, str], bytes]] = []
         for state in states:
             entry = self._entry(state)

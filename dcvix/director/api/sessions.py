@@ -36,12 +36,16 @@ class SessionRoutes:
     """
 
     def __init__(
-        self, control: SessionControl, audit: Audit, policy: PolicyHolder
+        self,
+        control: SessionControl,
+        audit: Audit,
+        policy: PolicyHolder,
+        renderer: FleetRenderer,
     ) -> None:
         self._control = control
         self._audit = audit
         self._policy = policy
-        self._render = FleetRenderer()
+        self._render = renderer
 
     @authorized("GET", "/v1/servers", role=Role.ADMIN)
     async def servers(self, request: IRequest, caller: Claims) -> bytes:
