@@ -65,7 +65,7 @@ class CreatedSessions:
         if session_id in self._ids:
             return
         self._ids = [*self._ids, session_id][-MAX_CREATED_REMEMBERED:]
-        atomic_write(self._path, json.dumps(self._ids).encode(), 0o600)
+        self._store()
 
     def snapshot(self) -> frozenset[str]:
         """The ids remembered now (before a listing, see :meth:`forget_gone`)."""
@@ -81,7 +81,23 @@ class CreatedSessions:
         kept = [i for i in self._ids if i not in gone]
         if kept != self._ids:
             self._ids = kept
+            self._store()
+
+    def _store(self) -> None:
+        """Write the ids; a disk that refuses is one error line, not a failure.
+
+        The session exists whatever the disk says: the ids stay right in
+        memory and the next write that succeeds stores them all (the old file
+        stays whole meanwhile: the write is atomic).
+        """
+        try:
             atomic_write(self._path, json.dumps(self._ids).encode(), 0o600)
+        except OSError as error:
+            log.error(
+                "cannot store the sessions this agent created in {path}: {error}",
+                path=str(self._path),
+                error=error.strerror or str(error),
+            )
 
 
 class SessionManager:

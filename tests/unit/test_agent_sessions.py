@@ -544,3 +544,21 @@ def result_of(deferred: Any) -> Any:
     deferred.addBoth(outcome.append)
     assert outcome
     return outcome[0]
+
+
+def test_a_disk_that_refuses_the_record_loses_nothing(
+    record_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    created = CreatedSessions(record_path)
+    created.add("dcvix_a")
+
+    def full(*_args: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("dcvix.agent.sessions.atomic_write", full)
+    created.add("dcvix_b")  # no exception: the session exists all the same
+    assert "dcvix_b" in created
+    assert json.loads(record_path.read_text()) == ["dcvix_a"]  # whole, not torn
+    monkeypatch.undo()
+    created.add("dcvix_c")
+    assert json.loads(record_path.read_text()) == ["dcvix_a", "dcvix_b", "dcvix_c"]
