@@ -378,7 +378,15 @@ class DcvixChannel(HTTPChannel):
         self.loseConnection()
 
     def lineReceived(self, line: bytes) -> None:
-        """Refuse with 431 where Twisted would give a bare 400."""
+        """Refuse with 431 where Twisted would give a bare 400.
+
+        A request pipelined behind one already answered is parsed from
+        Twisted's buffer, without a :meth:`dataReceived`: its clock starts
+        with its first line.
+        """
+        if self._deadline is None:
+            self._start_deadline()
+            self._partial = True
         if self._receivedHeaderSize + len(line) > self.totalHeadersSize:
             self._refuse(431, "request header fields too large")
             return

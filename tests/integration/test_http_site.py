@@ -832,6 +832,31 @@ async def test_a_request_trickled_past_the_request_timeout_is_answered_408(
         assert answer.closed
 
 
+def pipelined_then_silent(port: int, data: bytes) -> RawAnswer:
+    """Send ``data`` in one write, read the first answer, then the next."""
+    with _connect(port) as sock:
+        sock.settimeout(30)
+        sock.sendall(data)
+        first = _read_answer(sock)
+        assert first.status == 200, first
+        answer = _read_answer(sock, first.extra)
+        _wait_closed(sock, answer)
+        return answer
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_partial_request_pipelined_behind_another_is_timed_too(
+    serve: Callable[..., int],
+) -> None:
+    """Twisted parses it from its buffer, with no new bytes: it still gets 408."""
+    site = DcvixSite(ProbeAPI().app.resource(), idle_timeout=3600, request_timeout=1)
+    port = serve(site)
+    data = b"GET /hello HTTP/1.1\r\nHost: x\r\n\r\nGET /hello HTTP/1.1\r\nHost: x\r\n"
+    answer = await threads.deferToThread(pipelined_then_silent, port, data)
+    assert (answer.status, answer.json()) == (408, {"error": "request timeout"})
+    assert answer.closed
+
+
 @pytest_twisted.ensureDeferred
 async def test_the_request_timeout_spares_kept_alive_connections_and_slow_answers(
     serve: Callable[..., int],
