@@ -43,6 +43,11 @@ _SESSION_TEXTS = (
     "x11-display",
     "x11-authority",
 )
+# Every key parse_session reads: SessionsMemo keeps no list holding others.
+_SESSION_KEYS = frozenset(
+    {"id", "type", "num-of-connections", "creation-time", "last-disconnection-time"}
+    | set(_SESSION_TEXTS)
+)
 # A session's times come again in every report (every 30 s): parsed once.
 _time = functools.lru_cache(maxsize=65_536)(parse_time)
 
@@ -159,7 +164,7 @@ def parse_report(
             hostname=hostname,
         )
     tags = parse_tags(payload.get("tags"))
-    if "sessions" not in payload and previous is not None:
+    if "sessions" not in payload and previous is not None and previous.guid == guid:
         sessions = previous.sessions  # dcv failed on the agent: keep what we knew
     elif memo is not None:
         sessions = memo.parse(guid, payload.get("sessions"))
@@ -439,7 +444,12 @@ class SessionsMemo:
         if last is not None and last[0] == raw and _counts_are_integers(raw):
             return last[1]
         sessions = _parse_sessions(raw)
-        self._last[guid] = (raw, sessions)
+        if raw is None or all(entry.keys() <= _SESSION_KEYS for entry in raw):
+            self._last[guid] = (raw, sessions)
+        else:
+            # Keys nothing reads (up to the body cap) are not worth keeping:
+            # such a list is parsed each time, as without the memo.
+            self._last.pop(guid, None)
         return sessions
 
 

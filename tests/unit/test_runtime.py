@@ -200,6 +200,29 @@ def test_a_refused_list_leaves_the_memo_as_it_was() -> None:
     assert memo.parse(GUID, GO_PAYLOAD["sessions"]) is first
 
 
+def test_a_list_with_keys_nothing_reads_is_not_kept() -> None:
+    # An agent could pad its sessions with keys up to the body cap: the memo
+    # would keep that for as long as the director runs.
+    memo = SessionsMemo()
+    padded = copy.deepcopy(GO_PAYLOAD["sessions"])
+    padded[0]["pad"] = [[]] * 1000
+    assert memo.parse(GUID, padded) == (GO_SESSION,)
+    assert memo._last == {}
+    first = memo.parse(GUID, GO_PAYLOAD["sessions"])
+    assert memo.parse(GUID, padded) == (GO_SESSION,)
+    assert GUID not in memo._last
+    assert memo.parse(GUID, GO_PAYLOAD["sessions"]) is not first
+
+
+def test_a_new_agent_on_a_hostname_does_not_inherit_the_old_ones_sessions() -> None:
+    # A replaced workstation's new agent whose dcv fails (no "sessions" key).
+    old = parse(payload())
+    body = payload()
+    del body["sessions"]
+    assert parse(body, previous=old).sessions == old.sessions
+    assert parse(body, previous=old, guid=GUID2).sessions == ()
+
+
 def test_parse_report_with_a_memo_gives_what_it_gives_without() -> None:
     memo = SessionsMemo()
     with_memo = parse_report(GUID, "ws01", payload(), PEER, NOW, 8446, None, memo)
