@@ -83,9 +83,13 @@ class _Collector(ProcessProtocol):
         self._grace: IDelayedCall | None = None
         self._core = core
         self._shutdown: Any = None
+        self._group: int | None = None
 
     def connectionMade(self) -> None:
         assert self.transport is not None
+        # Kept: Twisted forgets the pid once the leader exits, while others
+        # of its group may live on (the kernel reuses no id a group holds).
+        self._group = self.transport.pid
         self._timer = self._clock.callLater(self._timeout, self._expire)
         if self._core is not None:
             self._shutdown = self._core.addSystemEventTrigger(
@@ -115,11 +119,10 @@ class _Collector(ProcessProtocol):
 
     def _kill_group(self) -> None:
         assert self.transport is not None
-        pid = self.transport.pid
-        if pid is None:
+        if self._group is None:
             return
         try:
-            os.killpg(pid, signal.SIGKILL)
+            os.killpg(self._group, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             with contextlib.suppress(ProcessExitedAlready):
                 self.transport.signalProcess("KILL")

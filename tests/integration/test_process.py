@@ -249,6 +249,24 @@ async def test_timeout_kills_the_whole_process_group(tmp_path: Path) -> None:
 
 
 @pytest_twisted.ensureDeferred
+async def test_the_group_is_killed_after_its_leader_has_exited(tmp_path: Path) -> None:
+    # Twisted forgets the leader's pid once it exits: the group's id is kept.
+    pidfile = tmp_path / "orphan.pid"
+    result = await run_command(
+        reactor,
+        ["/bin/sh", "-c", f"sleep 60 & echo $! > {pidfile}; exit 0"],
+        timeout=0.5,
+    )
+    assert result.timed_out is True
+    orphan = await pid_from(pidfile)
+    try:
+        assert await dies_soon(orphan, 10.0)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(orphan, signal.SIGKILL)
+
+
+@pytest_twisted.ensureDeferred
 async def test_escaped_grandchild_holding_the_pipes_does_not_hang_us(
     tmp_path: Path, escaped: list[int]
 ) -> None:
