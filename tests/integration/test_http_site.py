@@ -34,6 +34,7 @@ from certs import foreign_ca
 from dcvix.common.http import (
     DcvixSite,
     install_error_handlers,
+    json_pieces_response,
     json_response,
 )
 from dcvix.testing import director_harness
@@ -71,6 +72,11 @@ class ProbeAPI:
     def hello(self, request: IRequest) -> bytes:
         return json_response(request, 200, {"hello": "world"})
 
+    @app.route("/pieces/<int:count>", methods=["GET"])
+    def pieces(self, request: IRequest, count: int) -> Any:
+        """``count`` JSON strings of 1 KiB in an array, given in pieces."""
+        return json_pieces_response(request, piece_list(count))
+
     @app.route("/slow", methods=["GET"])
     def slow(self, request: IRequest) -> Any:
         """Answers after 1.5 s: longer than the short request timeouts below."""
@@ -79,6 +85,14 @@ class ProbeAPI:
         return deferLater(
             reactor, 1.5, lambda: json_response(request, 200, {"hello": "late"})
         )
+
+
+def piece_list(count: int) -> list[bytes]:
+    items = [json.dumps(f"{n:04d}" + "x" * 1020).encode() for n in range(count)]
+    pieces = [b"["]
+    for n, item in enumerate(items):
+        pieces += ([b", "] if n else []) + [item]
+    return [*pieces, b"]"]
 
 
 def seen(body: bytes) -> dict[str, Any]:
@@ -855,6 +869,52 @@ async def test_a_partial_request_pipelined_behind_another_is_timed_too(
     answer = await threads.deferToThread(pipelined_then_silent, port, data)
     assert (answer.status, answer.json()) == (408, {"error": "request timeout"})
     assert answer.closed
+
+
+def read_whole(port: int, path: str) -> tuple[RawAnswer, bytes]:
+    """GET ``path``: its answer and its whole body."""
+    with _connect(port) as sock:
+        sock.settimeout(30)
+        sock.sendall(_head("GET", path, {"Host": "x", "Connection": "close"}))
+        answer = _read_answer(sock)
+    return answer, answer.body
+
+
+@pytest_twisted.ensureDeferred
+@pytest.mark.parametrize("count", [10, 3000])
+async def test_an_answer_in_pieces_is_whole_small_or_streamed(
+    serve: Callable[..., int], count: int
+) -> None:
+    # 3,000 pieces of 1 KiB are over STREAM_OVER: written as the client reads.
+    port = serve(DcvixSite(ProbeAPI().app.resource()))
+    answer, body = await threads.deferToThread(read_whole, port, f"/pieces/{count}")
+    assert answer.status == 200
+    assert answer.headers["content-type"] == "application/json"
+    assert body == b"".join(piece_list(count)) + b"\n"
+    if count > 1000:  # streamed: its length said up front
+        assert int(answer.headers["content-length"]) == len(body)
+    assert json.loads(body) == [f"{n:04d}" + "x" * 1020 for n in range(count)]
+
+
+def leave_mid_answer(port: int, path: str) -> int:
+    """Read a little of a streamed answer, then close; bytes read."""
+    with _connect(port) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.settimeout(30)
+        sock.sendall(_head("GET", path, {"Host": "x"}))
+        return len(sock.recv(4096))
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_client_leaving_a_streamed_answer_leaves_nothing_behind(
+    serve: Callable[..., int],
+) -> None:
+    site = DcvixSite(ProbeAPI().app.resource())
+    port = serve(site)
+    assert await threads.deferToThread(leave_mid_answer, port, "/pieces/20000") > 0
+    # The server notices, stops writing and still answers the next client.
+    answer, body = await threads.deferToThread(read_whole, port, "/pieces/10")
+    assert answer.status == 200 and json.loads(body)[0].startswith("0000")
 
 
 @pytest_twisted.ensureDeferred

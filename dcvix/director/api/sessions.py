@@ -6,7 +6,7 @@ import json
 
 from twisted.web.iweb import IRequest
 
-from dcvix.common.http import json_response, read_json
+from dcvix.common.http import json_pieces_response, json_response, read_json
 from dcvix.common.jsonfields import decode
 from dcvix.director.api.authz import Role, authorized
 from dcvix.director.api.render import FleetRenderer
@@ -16,14 +16,6 @@ from dcvix.director.policy import PolicyHolder
 from dcvix.director.requests import ConfigRequest, CreateSessionRequest
 from dcvix.director.sessions import SessionControl
 from dcvix.director.tokens import Claims
-
-
-def _encoded_json(request: IRequest, pieces: list[bytes]) -> bytes:
-    """As :func:`~dcvix.common.http.json_response` (200), for JSON text in pieces."""
-    request.setResponseCode(200)
-    request.setHeader(b"Content-Type", b"application/json")
-    pieces.append(b"\n")
-    return b"".join(pieces)
 
 
 class SessionRoutes:
@@ -48,7 +40,7 @@ class SessionRoutes:
         self._render = renderer
 
     @authorized("GET", "/v1/servers", role=Role.ADMIN)
-    async def servers(self, request: IRequest, caller: Claims) -> bytes:
+    async def servers(self, request: IRequest, caller: Claims) -> bytes | None:
         """Every reporting server with its sessions (Go's keys, then ours).
 
         Hostname descending; servers gone quiet are shown ``online: false``.
@@ -72,13 +64,13 @@ class SessionRoutes:
         if query.paged:
             listed = [b'{"servers": ', *listed, b', "next": ']
             listed += (json.dumps(following).encode(), b"}")
-        return _encoded_json(request, listed)
+        return await json_pieces_response(request, listed)
 
     @authorized("GET", "/v1/sessions", role=Role.ADMIN)
-    async def sessions(self, request: IRequest, caller: Claims) -> bytes:
+    async def sessions(self, request: IRequest, caller: Claims) -> bytes | None:
         """Every session of every online server (Go's shape), by user then uid."""
         found = self._render.sessions(await self._control.online_servers())
-        return _encoded_json(request, found)
+        return await json_pieces_response(request, found)
 
     @authorized("POST", "/v1/sessions", role=Role.ADMIN)
     async def create_session(self, request: IRequest, caller: Claims) -> bytes:
