@@ -15,7 +15,7 @@ import ssl
 from dataclasses import dataclass
 from typing import Any
 
-from fleet import Director
+from fleet import Director, Fleet
 
 
 @dataclass
@@ -71,3 +71,30 @@ def audit_rows(director: Director) -> list[tuple[str, str, str]]:
     with contextlib.closing(sqlite3.connect(director.data_dir / "agents.db")) as db:
         rows = db.execute("SELECT actor, action, detail FROM audit ORDER BY id")
         return [tuple(row) for row in rows.fetchall()]
+
+
+ADMIN_SCRIPT = """#!/bin/sh
+IFS= read -r user
+IFS= read -r password
+[ "$user:$password" = '{user}:{password}' ]
+"""
+
+
+def admin_director(fleet: Fleet, user: str, password: str, **keys: str) -> Director:
+    """A director, not started, that logs ``user`` in as admin by a script.
+
+    The external back end checks the one password; ``users.json`` makes
+    ``user`` an admin. ``keys`` go to ``[director]``; start it with
+    ``fleet.start``.
+    """
+    script = fleet.folder / "check-password"
+    script.write_text(ADMIN_SCRIPT.format(user=user, password=password))
+    script.chmod(0o755)
+    policy = fleet.folder / "policydb"
+    policy.mkdir()
+    (policy / "users.json").write_text(json.dumps([{"id": user, "admin": True}]))
+    director = fleet.director(
+        start=False, auth_type="external", policydb_folder=str(policy), **keys
+    )
+    director.extra["external_auth"] = {"external_command": str(script)}
+    return director

@@ -30,7 +30,7 @@ from typing import Any
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ed25519
-from director_calls import Answer, call
+from director_calls import Answer, admin_director, call
 from fake_dcv import FakeDcv
 
 from dcvix.agent.identity import make_csr
@@ -47,11 +47,6 @@ APPROVERS = 2
 # storm comes in waves, so the kill finds every stage under way.
 WINDOW = 40
 ADMIN, ADMIN_PASSWORD = "root-admin", "Storm-proof.9"
-AUTH_SCRIPT = """#!/bin/sh
-IFS= read -r user
-IFS= read -r password
-[ "$user:$password" = '{user}:{password}' ]
-"""
 PENDING = (403, {"error": "pending approval"})
 # Before the kill: this much of the storm acknowledged, and the rest to come.
 KILL_AFTER = {"pending": 60, "approved": 20, "certified": 10}
@@ -76,18 +71,9 @@ def kill(director: Director) -> None:
     assert director.process.returncode == -signal.SIGKILL
 
 
-def admin_director(fleet: Fleet, **keys: str) -> Director:
+def started_admin_director(fleet: Fleet, **keys: str) -> Director:
     """A director that logs one admin in through an external script."""
-    script = fleet.folder / "check-password"
-    script.write_text(AUTH_SCRIPT.format(user=ADMIN, password=ADMIN_PASSWORD))
-    script.chmod(0o755)
-    policy = fleet.folder / "policydb"
-    policy.mkdir()
-    (policy / "users.json").write_text(json.dumps([{"id": ADMIN, "admin": True}]))
-    director = fleet.director(
-        start=False, auth_type="external", policydb_folder=str(policy), **keys
-    )
-    director.extra["external_auth"] = {"external_command": str(script)}
+    director = admin_director(fleet, ADMIN, ADMIN_PASSWORD, **keys)
     fleet.start(director)
     return director
 
@@ -277,7 +263,7 @@ def verify_certificate(pem: str, ca: x509.Certificate, agent: StormAgent) -> Non
 def test_kill_9_during_a_registration_storm_loses_nothing_acknowledged(
     fleet: Fleet,
 ) -> None:
-    director = admin_director(fleet, register_rate="100000", max_pending="1000")
+    director = started_admin_director(fleet, register_rate="100000", max_pending="1000")
     token = admin_token(director)
     agents = {a.guid: a for a in (StormAgent.new(n) for n in range(STORM))}
     storm = Storm(director, token, agents)
@@ -381,7 +367,7 @@ def online_servers(director: Director, token: str) -> list[str]:
 
 
 def test_agent_rides_out_a_director_away_for_several_renewals(fleet: Fleet) -> None:
-    director = admin_director(fleet)
+    director = started_admin_director(fleet)
     token = admin_token(director)
     fake = FakeDcv(fleet.folder / "dcv").install()
     agent = fleet.agent(

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from director_calls import call
+from director_calls import admin_director, call
 
 import certs
 from daemons import free_port, seed_agent
@@ -48,11 +48,6 @@ LOAD = {"idle": 250, "slowloris": 250, "stalled": 200}
 REQUEST_TIMEOUT = 20.0
 LOW_FILE_LIMIT = 256
 ADMIN, ADMIN_PASSWORD = "slow-admin", "Patient.7"
-AUTH_SCRIPT = """#!/bin/sh
-IFS= read -r user
-IFS= read -r password
-[ "$user:$password" = '{user}:{password}' ]
-"""
 
 
 def low_file_limit() -> None:
@@ -91,19 +86,9 @@ class Target:
 
 def director_target(fleet: Fleet) -> Target:
     """A director that logs one admin in through an external script."""
-    script = fleet.folder / "check-password"
-    script.write_text(AUTH_SCRIPT.format(user=ADMIN, password=ADMIN_PASSWORD))
-    script.chmod(0o755)
-    policy = fleet.folder / "policydb"
-    policy.mkdir()
-    (policy / "users.json").write_text(json.dumps([{"id": ADMIN, "admin": True}]))
-    director = fleet.director(
-        start=False,
-        auth_type="external",
-        policydb_folder=str(policy),
-        request_timeout=f"{REQUEST_TIMEOUT:g}s",
+    director = admin_director(
+        fleet, ADMIN, ADMIN_PASSWORD, request_timeout=f"{REQUEST_TIMEOUT:g}s"
     )
-    director.extra["external_auth"] = {"external_command": str(script)}
     director.preexec = low_file_limit
     fleet.start(director)
 
