@@ -74,9 +74,10 @@ def format_time(moment: dt.datetime | None) -> str:
     """
     if moment is None:
         return GO_ZERO_TIME
-    moment = moment.astimezone(dt.UTC)
+    if moment.tzinfo is not dt.UTC:  # reported times are UTC: the listings skip this
+        moment = moment.astimezone(dt.UTC)
     # isoformat, not strftime: "%Y" does not pad years before 1000 to 4 digits.
-    text = moment.replace(tzinfo=None, microsecond=0).isoformat()
+    # Without "+00:00"; a fraction has a digit other than 0, so rstrip keeps ".".
     if moment.microsecond:
-        text += f".{moment.microsecond:06d}".rstrip("0")
-    return text + "Z"
+        return moment.isoformat(timespec="microseconds")[:-6].rstrip("0") + "Z"
+    return moment.isoformat(timespec="seconds")[:-6] + "Z"

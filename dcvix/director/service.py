@@ -79,7 +79,7 @@ log = Logger()
 
 TOKEN_VACUUM_SECONDS = 3600.0
 # How often new reports are rendered ahead of the next fleet listing.
-LISTING_WARM_SECONDS = 2.0
+LISTING_WARM_SECONDS = 0.5
 # How long a stop waits for login back-end calls (a PAM, LDAP or RADIUS call
 # stuck in a server that never answers is abandoned after it).
 AUTH_STOP_SECONDS = 5.0
@@ -324,7 +324,7 @@ def build_director(
     PeriodicJob(
         "update-summary", SUMMARY_SECONDS, tally.summarize, reactor, SUMMARY_SECONDS
     ).setServiceParent(root)
-    renderer = FleetRenderer(reactor)
+    renderer = FleetRenderer()
 
     async def warm_listings() -> None:
         renderer.warm(await runtime.servers())

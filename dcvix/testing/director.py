@@ -193,7 +193,7 @@ def director_harness(
             AgentRoutes(enrolment_service, runtime, settings.agent_port, clock),
             AuthRoutes(logins),
             AdminRoutes(admin, authority.pem),
-            SessionRoutes(sessions, audit, policy, FleetRenderer(clock)),
+            SessionRoutes(sessions, audit, policy, FleetRenderer()),
             DcvRoutes(
                 connections,
                 SessionResolver(

@@ -23,11 +23,9 @@ from typing import Any, TypeVar
 from hypothesis import given
 from hypothesis import strategies as st
 from twisted.internet.defer import Deferred
-from twisted.internet.task import Clock
 
 from dcvix.ctl import wait as resolve
 from dcvix.director.api.render import (
-    WARM_WHILE_ASKED,
     FleetRenderer,
     server_json,
     session_json,
@@ -107,14 +105,12 @@ def test_servers_are_the_dicts_bytes() -> None:
         (server("ws-c", tags=(), dcv_error='dcv "list" failed\\'), True, "x", ()),
         (server("wś-ü", [session(4, "zoë", storage_root="/home/zoë")]), True, "y", ()),
     ]
-    assert listed_servers(FleetRenderer(Clock()), rows) == expected_servers(rows)
-    assert (
-        listed_servers(FleetRenderer(Clock()), []) == b"[]" == json.dumps([]).encode()
-    )
+    assert listed_servers(FleetRenderer(), rows) == expected_servers(rows)
+    assert listed_servers(FleetRenderer(), []) == b"[]" == json.dumps([]).encode()
 
 
 def test_a_change_of_flag_state_or_pools_shows_at_once() -> None:
-    renderer = FleetRenderer(Clock())
+    renderer = FleetRenderer()
     state = server("ws-a", [session(1), session(2)])
     for row in [
         (state, True, "registered", ()),
@@ -127,7 +123,7 @@ def test_a_change_of_flag_state_or_pools_shows_at_once() -> None:
 
 
 def test_a_new_report_replaces_the_kept_pieces() -> None:
-    renderer = FleetRenderer(Clock())
+    renderer = FleetRenderer()
     first = server("ws-a", [session(1)])
     listed_servers(renderer, [(first, True, "registered", ())])
     later = dataclasses.replace(
@@ -140,7 +136,7 @@ def test_a_new_report_replaces_the_kept_pieces() -> None:
 
 def test_a_report_with_the_same_sessions_shows_its_own_last_seen() -> None:
     """The sessions' pieces outlive the report; the server's ``last-seen`` not."""
-    renderer = FleetRenderer(Clock())
+    renderer = FleetRenderer()
     first = server("ws-a", [session(1), session(2, "bob")])
     listed_servers(renderer, [(first, True, "registered", ())])
     later = dataclasses.replace(
@@ -163,13 +159,13 @@ def test_sessions_sort_by_user_then_uid_as_before() -> None:
         server("b-c", [session(0, id="a")]),
         server("empty"),
     ]
-    renderer = FleetRenderer(Clock())
+    renderer = FleetRenderer()
     assert listed_sessions(renderer, states) == expected_sessions(states)
     assert listed_sessions(renderer, []) == b"[]"
 
 
 def test_servers_no_longer_listed_are_forgotten() -> None:
-    renderer = FleetRenderer(Clock())
+    renderer = FleetRenderer()
     kept, gone = server("kept"), server("gone")
     listed_servers(
         renderer, [(kept, True, "registered", ()), (gone, True, "registered", ())]
@@ -178,17 +174,10 @@ def test_servers_no_longer_listed_are_forgotten() -> None:
     assert set(renderer._cache) == {"kept"}
 
 
-def test_nothing_is_rendered_ahead_before_anyone_lists() -> None:
-    renderer = FleetRenderer(Clock())
-    assert renderer.warm([server("ws-a", [session(1)])]) == 0
-    assert renderer._cache == {}
-
-
-def test_new_reports_are_rendered_ahead_while_listings_are_asked() -> None:
-    clock = Clock()
-    renderer = FleetRenderer(clock)
+def test_new_reports_are_rendered_ahead_of_the_next_listing() -> None:
+    renderer = FleetRenderer()
     first = [server(f"ws-{n}", [session(n)]) for n in range(5)]
-    listed_sessions(renderer, first)
+    assert renderer.warm(first) == 5
     later = [
         dataclasses.replace(s, last_seen=NOW + dt.timedelta(seconds=30)) for s in first
     ]
@@ -201,16 +190,6 @@ def test_new_reports_are_rendered_ahead_while_listings_are_asked() -> None:
     rows: list[Row] = [(s, True, "registered", ()) for s in later]
     assert listed_servers(renderer, rows) == expected_servers(rows)
     assert listed_sessions(renderer, later) == expected_sessions(later)
-
-
-def test_rendering_ahead_stops_when_listings_stop() -> None:
-    clock = Clock()
-    renderer = FleetRenderer(clock)
-    state = server("ws-a", [session(1)])
-    listed_servers(renderer, [(state, True, "registered", ())])
-    clock.advance(WARM_WHILE_ASKED + 1)
-    later = dataclasses.replace(state, last_seen=NOW + dt.timedelta(seconds=30))
-    assert renderer.warm([later]) == 0
 
 
 SESSIONS = st.builds(
@@ -251,7 +230,7 @@ SESSIONS = st.builds(
     )
 )
 def test_any_fleet_renders_as_the_dicts(rows: list[Row]) -> None:
-    renderer = FleetRenderer(Clock())
+    renderer = FleetRenderer()
     assert listed_servers(renderer, rows) == expected_servers(rows)
     assert listed_servers(renderer, rows) == expected_servers(rows)  # from the pieces
     states = [row[0] for row in rows]
