@@ -612,26 +612,20 @@ def _request_and_failure(args: tuple[Any, ...]) -> tuple[IRequest, Failure]:
     return request, failure
 
 
-def install_error_handlers(app: Klein) -> None:
-    """Make every failure of ``app``'s routes a JSON error with its status.
+def failure_answer(request: IRequest, failure: Failure) -> bytes:
+    """The JSON error answering a route's failure, with its status.
 
-    ``app`` may be a class's Klein (handlers then get the instance first) or
-    one built at run time (they do not).
+    An :class:`ApiError` says its own; a routing error is 404, 405 (with
+    ``Allow``) or a relative redirect; anything else is logged with its
+    traceback and answered 500 without one.
     """
-
-    def api_error(*args: Any) -> bytes:
-        request, failure = _request_and_failure(args)
-        error = failure.value
-        assert isinstance(error, ApiError)
+    error = failure.value
+    if isinstance(error, ApiError):
         wait = getattr(error, "retry_after", None)
         if wait is not None:
             request.setHeader(b"Retry-After", str(max(1, math.ceil(wait))).encode())
         return error_response(request, error.status, error.message)
-
-    def routing_error(*args: Any) -> bytes:
-        request, failure = _request_and_failure(args)
-        error = failure.value
-        assert isinstance(error, HTTPException)
+    if isinstance(error, HTTPException):
         if isinstance(error, MethodNotAllowed) and error.valid_methods:
             request.setHeader(b"Allow", ", ".join(sorted(error.valid_methods)).encode())
         if isinstance(error, RequestRedirect):
@@ -645,21 +639,30 @@ def install_error_handlers(app: Klein) -> None:
             status, (error.name or "error").lower()
         )
         return error_response(request, status, message)
+    log.failure(
+        "unexpected error answering {method} {path}",
+        failure,
+        method=request.method.decode("ascii", "replace"),
+        path=request.path.decode("ascii", "replace"),
+    )
+    return error_response(request, 500, "internal error")
 
-    def unexpected(*args: Any) -> bytes:
+
+def install_error_handlers(
+    app: Klein, answer: Callable[[IRequest, Failure], bytes] = failure_answer
+) -> None:
+    """Make every failure of ``app``'s routes a JSON error, as ``answer`` says.
+
+    ``app`` may be a class's Klein (handlers then get the instance first) or
+    one built at run time (they do not).
+    """
+
+    def handler(*args: Any) -> bytes:
         request, failure = _request_and_failure(args)
-        log.failure(
-            "unexpected error answering {method} {path}",
-            failure,
-            method=request.method.decode("ascii", "replace"),
-            path=request.path.decode("ascii", "replace"),
-        )
-        return error_response(request, 500, "internal error")
+        return answer(request, failure)
 
     # Klein's types name either shape, not one that serves both.
-    app.handle_errors(ApiError)(cast(Any, api_error))
-    app.handle_errors(HTTPException)(cast(Any, routing_error))
-    app.handle_errors(Exception)(cast(Any, unexpected))
+    app.handle_errors(Exception)(cast(Any, handler))
 
 
 # --------------------------------------------------------------- JSON bodies
