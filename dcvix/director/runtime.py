@@ -111,6 +111,11 @@ class ServerState:
     dcv_error: str = ""
     advertised: bool = False
 
+    @functools.cached_property
+    def seen_at(self) -> float:
+        """``last_seen`` in seconds since the epoch (computed once)."""
+        return self.last_seen.timestamp()
+
     @property
     def dcv_host(self) -> str:
         """Where DCV clients and gateways reach this server's DCV.
@@ -192,8 +197,16 @@ def is_online(state: ServerState, now: dt.datetime, max_age: float) -> bool:
 
     A slow agent is not declared offline between two of its own updates.
     """
-    window = max(max_age, 3 * state.update_interval)
-    return (now - state.last_seen).total_seconds() <= window
+    return online_at(state, now.timestamp(), max_age)
+
+
+def online_at(state: ServerState, now: float, max_age: float) -> bool:
+    """:func:`is_online` at ``now`` in seconds since the epoch.
+
+    For listings: one clock reading and a float comparison per server, where
+    datetime arithmetic cost some 1.7 µs a server (bench/scale.py).
+    """
+    return now - state.seen_at <= max(max_age, 3 * state.update_interval)
 
 
 def parse_session(entry: Any) -> Session:
