@@ -6,6 +6,7 @@ import ipaddress
 import socket
 from dataclasses import dataclass, field
 
+from dcvix.agent.directors import format_directors
 from dcvix.common.config import (
     BIND_ADDRESS,
     BOOLEAN,
@@ -13,7 +14,6 @@ from dcvix.common.config import (
     CSV,
     DURATION,
     FINGERPRINT,
-    HOST,
     HOST_PORT,
     PATH,
     PORT,
@@ -70,15 +70,29 @@ def _parse_agent_hostname(text: str) -> str:
 
 AGENT_HOSTNAME: Kind[str] = Kind("host name (RFC 1123)", _parse_agent_hostname)
 
+DIRECTOR_HOSTS: Kind[str] = Kind(
+    "comma-separated host[:port] (host name or IP)", format_directors
+)
+
 
 @dataclass(frozen=True)
 class AgentSection:
     """``[agent]``."""
 
     director_host: str = setting(
-        HOST, "127.0.0.1", "Director host name or IP (any: its key is checked)."
+        DIRECTOR_HOSTS,
+        "127.0.0.1",
+        "Director host name or IP (any: its key is checked); several, comma-"
+        "separated (host:port each), for failover to the next that answers.",
     )
-    director_port: int = setting(PORT, 8445, "Director port.")
+    director_port: int = setting(
+        PORT, 8445, "Director port (of director_host entries without one)."
+    )
+    director_failback: float = setting(
+        POSITIVE_DURATION,
+        300.0,
+        "After failing over, how long before the first director_host is tried again.",
+    )
     agent_port: int = setting(PORT, 8446, "Port of the agent's HTTPS API.")
     bind_address: str = setting(
         BIND_ADDRESS,

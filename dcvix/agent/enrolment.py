@@ -31,6 +31,7 @@ from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 
+from dcvix.agent.directors import Director, Directors, parse_directors
 from dcvix.agent.identity import (
     AgentFiles,
     CertificateState,
@@ -55,7 +56,7 @@ from dcvix.common.tls import (
     fetch_peer_chain,
     unverified_client_tls,
 )
-from dcvix.common.webclient import Answer, JsonClient, https_url
+from dcvix.common.webclient import Answer, JsonClient
 
 log = Logger()
 
@@ -70,7 +71,10 @@ REQUEST_TIMEOUT = 30.0
 
 @dataclass(frozen=True)
 class EnrolmentSettings:
-    """What enrolment needs from the agent's configuration."""
+    """What enrolment needs from the agent's configuration.
+
+    ``director_host`` may list several directors (see :mod:`.directors`).
+    """
 
     director_host: str
     director_port: int
@@ -135,6 +139,8 @@ class AgentEnrolment(MultiService):
         settings: director address, hostname, intervals, trust settings.
         reactor: network and clock.
         on_certificate: called after a new certificate is on disk.
+        directors: the directors to call, shared with the updater (by default
+            those of ``settings``).
     """
 
     def __init__(
@@ -145,6 +151,7 @@ class AgentEnrolment(MultiService):
         settings: EnrolmentSettings,
         reactor: Any,
         on_certificate: Callable[[], object] = lambda: None,
+        directors: Directors | None = None,
     ) -> None:
         super().__init__()
         self.setName("enrolment")
@@ -154,6 +161,9 @@ class AgentEnrolment(MultiService):
         self._settings = settings
         self._reactor = reactor
         self._on_certificate = on_certificate
+        self._directors = directors or Directors(
+            parse_directors(settings.director_host, settings.director_port), reactor
+        )
         self._job: PeriodicJob | None = None
         self._waiting: list[Deferred[None]] = []
         # The director's certificate seen on first use, when its chain had no CA.
@@ -268,6 +278,12 @@ class AgentEnrolment(MultiService):
         )
 
     async def _post_register(self) -> tuple[Answer, list[x509.Certificate]]:
+        return await self._directors.call(self._register_at)
+
+    async def _register_at(
+        self, director: Director
+    ) -> tuple[Answer, list[x509.Certificate]]:
+        """Register with ``director``: its trust first, then the request."""
         settings = self._settings
         cas = load_cas(self._files)
         if cas and settings.ca_fingerprint:
@@ -281,7 +297,7 @@ class AgentEnrolment(MultiService):
                 )
         verified = bool(cas)
         if not cas:
-            cas, verified = await self._first_use_trust()
+            cas, verified = await self._first_use_trust(director)
         creator = director_client_tls(cas) if cas else unverified_client_tls()
         payload: dict[str, str] = {
             "csr": make_csr(self._key, self._guid),
@@ -299,19 +315,18 @@ class AgentEnrolment(MultiService):
         client = JsonClient(self._reactor, creator, persistent=False)
         try:
             answer = await client.call(
-                "POST", self._url("/v1/agent/register"), payload, REQUEST_TIMEOUT
+                "POST", director.url("/v1/agent/register"), payload, REQUEST_TIMEOUT
             )
         finally:
             await client.close()
         return answer, cas
 
-    async def _first_use_trust(self) -> tuple[list[x509.Certificate], bool]:
-        """The CA the director shows in its TLS chain, checked against the pin."""
+    async def _first_use_trust(
+        self, director: Director
+    ) -> tuple[list[x509.Certificate], bool]:
+        """The CA ``director`` shows in its TLS chain, checked against the pin."""
         chain = await fetch_peer_chain(
-            self._reactor,
-            self._settings.director_host,
-            self._settings.director_port,
-            REQUEST_TIMEOUT,
+            self._reactor, director.host, director.port, REQUEST_TIMEOUT
         )
         expected = self._settings.ca_fingerprint
         candidates = [ca for ca in chain[1:] if issued_by_any(chain[0], [ca])]
@@ -474,21 +489,18 @@ class AgentEnrolment(MultiService):
     async def _post_renew(self, state: CertificateState) -> Answer:
         """``POST /v1/agent/renew`` with the certificate held (mTLS)."""
         creator = director_client_tls(state.cas, state.certificate, self._key)
-        client = JsonClient(self._reactor, creator, persistent=False)
-        try:
-            return await client.call(
-                "POST",
-                self._url("/v1/agent/renew"),
-                {"csr": make_csr(self._key, self._guid)},
-                REQUEST_TIMEOUT,
-            )
-        finally:
-            await client.close()
+        csr = {"csr": make_csr(self._key, self._guid)}
 
-    def _url(self, path: str) -> str:
-        return https_url(
-            self._settings.director_host, self._settings.director_port, path
-        )
+        async def renew_at(director: Director) -> Answer:
+            client = JsonClient(self._reactor, creator, persistent=False)
+            try:
+                return await client.call(
+                    "POST", director.url("/v1/agent/renew"), csr, REQUEST_TIMEOUT
+                )
+            finally:
+                await client.close()
+
+        return await self._directors.call(renew_at)
 
 
 def _explain_expiry(state: CertificateState) -> None:

@@ -13,6 +13,7 @@ from dcvix import __version__
 from dcvix.agent.api import AgentAPI
 from dcvix.agent.config import AgentConfig
 from dcvix.agent.dcv import DcvCli
+from dcvix.agent.directors import Directors, parse_directors
 from dcvix.agent.enrolment import AgentEnrolment, EnrolmentSettings
 from dcvix.agent.identity import (
     AgentFiles,
@@ -118,6 +119,11 @@ def build_agent(
         ServerFiles(files.certificate, files.key, client_cas=files.ca),
         listener_options(files, key, guid, hostname, reactor),
     )
+    directors = Directors(
+        parse_directors(settings.director_host, settings.director_port),
+        reactor,
+        settings.director_failback,
+    )
     enrolment = AgentEnrolment(
         files,
         key,
@@ -132,6 +138,7 @@ def build_agent(
         ),
         reactor,
         on_certificate=tls.reload,
+        directors=directors,
     )
     enrolment.setServiceParent(root)
     sighup = SighupService(reactor)
@@ -161,8 +168,7 @@ def build_agent(
             files,
             key,
             reporter,
-            settings.director_host,
-            settings.director_port,
+            directors,
             reactor,
             lambda: enrolment.enrolled,
         )

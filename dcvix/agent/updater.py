@@ -15,11 +15,12 @@ from typing import Any
 from cryptography import x509
 from twisted.logger import Logger
 
+from dcvix.agent.directors import Director, Directors
 from dcvix.agent.identity import AgentFiles, SignerKey, load_cas
 from dcvix.agent.report import Reporter
 from dcvix.common.pki import load_certificates
 from dcvix.common.tls import director_client_tls
-from dcvix.common.webclient import JsonClient, https_url
+from dcvix.common.webclient import Answer, JsonClient
 
 log = Logger()
 
@@ -32,7 +33,7 @@ class Updater:
     Args:
         files, key: the agent's identity (read at each send: it may be renewed).
         reporter: builds the body.
-        director_host, director_port: where to send it.
+        directors: where to send it (the first that answers).
         reactor: network and clock.
         enrolled: whether the agent holds a certificate now.
     """
@@ -42,15 +43,14 @@ class Updater:
         files: AgentFiles,
         key: SignerKey,
         reporter: Reporter,
-        director_host: str,
-        director_port: int,
+        directors: Directors,
         reactor: Any,
         enrolled: Callable[[], bool],
     ) -> None:
         self._files = files
         self._key = key
         self._reporter = reporter
-        self._url = https_url(director_host, director_port, "/v1/agent/update")
+        self._directors = directors
         self._reactor = reactor
         self._enrolled = enrolled
         self._client: JsonClient | None = None
@@ -73,8 +73,13 @@ class Updater:
         certificate = load_certificates(self._files.certificate.read_bytes())[0]
         report = await self._reporter.build()
         client = self._client_for(certificate)
+
+        async def post_to(director: Director) -> Answer:
+            url = director.url("/v1/agent/update")
+            return await client.call("POST", url, report, UPDATE_TIMEOUT)
+
         try:
-            answer = await client.call("POST", self._url, report, UPDATE_TIMEOUT)
+            answer = await self._directors.call(post_to)
         except Exception as error:
             self._report_failure(str(error) or type(error).__name__)
             return

@@ -1,0 +1,181 @@
+"""Which director the agent calls, when ``director_host`` names several.
+
+Directors sharing one PostgreSQL database each answer every route for the whole
+fleet, so an agent may register, renew and report through any of them. It keeps
+to the first of its list that answers; when a call there fails (no connection,
+a timeout, a TLS failure or a 5xx answer), the same call goes to the next at
+once, and that one is kept. Away from the first director, the agent tries it
+again after :data:`FAILBACK_SECONDS` (the list's order is the operator's
+preference, e.g. the director of the same site first). A 4xx answer is the
+director's decision, not a failure: it is returned as it is.
+
+A single host, as Go agents have it, behaves as before: one director, no
+failover.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import TypeVar
+
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from dcvix.common.validate import split_host_port
+from dcvix.common.webclient import Answer, https_url
+
+log = Logger()
+
+# How long the agent stays away from its first director after it failed.
+FAILBACK_SECONDS = 300.0
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Director:
+    """One director's address."""
+
+    host: str
+    port: int
+
+    def url(self, path: str) -> str:
+        """``https://host:port/path`` on this director."""
+        return https_url(self.host, self.port, path)
+
+    def __str__(self) -> str:
+        return (
+            f"[{self.host}]:{self.port}"
+            if ":" in self.host
+            else f"{self.host}:{self.port}"
+        )
+
+
+def parse_directors(text: str, default_port: int) -> list[Director]:
+    """``dir1, dir2:8445, [fd00::1]:8445`` as directors, in order.
+
+    A bare IPv6 address has no port (``::1``); entries without a port use
+    ``default_port`` (``director_port``).
+
+    A director named twice is kept once.
+
+    Raises:
+        ValueError: an empty list, or an entry that is not ``host[:port]``.
+    """
+    found: list[Director] = []
+    for item in text.split(","):
+        entry = item.strip()
+        if not entry:
+            continue
+        host, port = split_host_port(entry)
+        director = Director(host, port if port is not None else default_port)
+        if director not in found:
+            found.append(director)
+    if not found:
+        raise ValueError("no director host given")
+    return found
+
+
+def format_directors(text: str) -> str:
+    """A ``director_host`` value checked, and written in one way (``a, b:1``)."""
+    entries = []
+    for item in text.split(","):
+        entry = item.strip()
+        if entry:
+            host, port = split_host_port(entry)
+            shown = f"[{host}]" if ":" in host and port is not None else host
+            entries.append(shown if port is None else f"{shown}:{port}")
+    if not entries:
+        raise ValueError("no director host given")
+    return ", ".join(entries)
+
+
+class Directors:
+    """The agent's directors and the one it uses now.
+
+    Args:
+        directors: in order of preference (at least one).
+        clock: when to go back to the first.
+        failback: seconds away from the first before trying it again.
+    """
+
+    def __init__(
+        self,
+        directors: Sequence[Director],
+        clock: IReactorTime,
+        failback: float = FAILBACK_SECONDS,
+    ) -> None:
+        if not directors:
+            raise ValueError("no director")
+        self._directors = list(directors)
+        self._clock = clock
+        self._failback = failback
+        self._index = 0
+        self._left_first = 0.0
+        self._answering: Director | None = None
+
+    @property
+    def current(self) -> Director:
+        """The director calls go to first now."""
+        return self._directors[self._start()]
+
+    def _start(self) -> int:
+        """Where calls start: back to the first once ``failback`` has passed."""
+        if self._index and self._clock.seconds() - self._left_first >= self._failback:
+            self._index = 0
+            log.info(
+                "trying the first director, {director}, again",
+                director=str(self._directors[0]),
+            )
+        return self._index
+
+    def _failed(self, director: Director, reason: str) -> None:
+        """``director`` failed a call: calls go to the next one.
+
+        A warning when it was answering until now, else (all of them down,
+        tried again every update) a debug line.
+        """
+        index = self._directors.index(director)
+        following = self._directors[(index + 1) % len(self._directors)]
+        if index == 0:
+            self._left_first = self._clock.seconds()
+        self._index = self._directors.index(following)
+        emit = log.warn if director == self._answering else log.debug
+        self._answering = None
+        emit(
+            "director {director} failed ({reason}); trying {following}",
+            director=str(director),
+            reason=reason[:300],
+            following=str(following),
+        )
+
+    def _answered(self, director: Director, outcome: T) -> T:
+        if director != self._answering and len(self._directors) > 1:
+            log.info("using director {director}", director=str(director))
+        self._answering = director
+        return outcome
+
+    async def call(self, attempt: Callable[[Director], Awaitable[T]]) -> T:
+        """``attempt`` on the current director, then on the next while it fails.
+
+        Each director is tried at most once. A failure is an exception or an
+        :class:`Answer` of status 500 or more. When all fail, the last one's
+        outcome is returned or raised, as it is.
+        """
+        start = self._start()
+        order = self._directors[start:] + self._directors[:start]
+        for director in order[:-1]:
+            try:
+                outcome = await attempt(director)
+            except Exception as error:
+                self._failed(director, str(error) or type(error).__name__)
+                continue
+            if isinstance(outcome, Answer) and outcome.status >= 500:
+                self._failed(director, f"{outcome.status} {outcome.error}")
+                continue
+            return self._answered(director, outcome)
+        outcome = await attempt(order[-1])
+        if isinstance(outcome, Answer) and outcome.status >= 500:
+            return outcome
+        return self._answered(order[-1], outcome)
