@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, NoReturn
 
 from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -135,7 +136,8 @@ class Enrolment:
         self._mismatch_audits = RateLimiter(1, KEY_MISMATCH_AUDIT_SECONDS, clock)
         self._claim_changes = RateLimiter(1, CLAIM_CHANGE_SECONDS, clock)
         # Certificates found ours (signature, GUID), with their identity.
-        self._verified: dict[x509.Certificate, PeerIdentity] = {}
+        # DER -> (identity, not valid before, not valid after)
+        self._verified: dict[bytes, tuple[PeerIdentity, dt.datetime, dt.datetime]] = {}
 
     def _now(self) -> dt.datetime:
         return now_utc(self._clock)
@@ -402,21 +404,25 @@ class Enrolment:
         The TLS handshake verified the chain against our CA on every
         connection; here the signature, the GUID and the key of each distinct
         certificate (equal DER) are checked once and remembered, while the
-        validity period is checked on every call.
+        validity period is checked on every call. Remembered by DER, not as
+        the certificate object: that one keeps its parsed names, some ten
+        objects the garbage collector walks in every full pass (per agent).
         """
         if peer is None:
             raise Unauthorized("client certificate required")
-        identity = self._verified.get(peer)
-        if identity is None:
+        der = peer.public_bytes(Encoding.DER)
+        found = self._verified.get(der)
+        if found is None:
             guid = guid_of(peer)
             if guid is None or not self._authority.issued(peer):
                 raise Unauthorized("invalid client certificate")
             identity = PeerIdentity(guid, public_key_fingerprint(peer.public_key()))
+            found = (identity, peer.not_valid_before_utc, peer.not_valid_after_utc)
             if len(self._verified) >= VERIFIED_LIMIT:
                 self._verified.clear()
-            self._verified[peer] = identity
-        now = self._now()
-        if not peer.not_valid_before_utc <= now < peer.not_valid_after_utc:
+            self._verified[der] = found
+        identity, not_before, not_after = found
+        if not not_before <= self._now() < not_after:
             raise Unauthorized("client certificate expired")
         return identity
 

@@ -112,7 +112,7 @@ def _dumps(value: Any) -> bytes:
 _SEEN_KEY = b'"last-seen": '
 
 
-def _between(items: list[bytes]) -> list[bytes]:
+def _between(items: Sequence[bytes]) -> list[bytes]:
     """``items`` with ``b", "`` between each two, for one join."""
     out = [b", "] * (2 * len(items) - 1) if items else []
     out[::2] = items
@@ -146,15 +146,19 @@ class _Rendered:
         head = _server_head(state)
         self.head = _dumps(head)[:-1]
         self.seen = _SEEN_KEY + _dumps(head["last-seen"])
-        self.sessions: list[bytes]
-        self.order: list[tuple[str, str]]
+        # Tuples of text: the garbage collector stops tracking them, where it
+        # walks every list in each full pass (three per server, at 10,000).
+        self.sessions: tuple[bytes, ...]
+        self.order: tuple[tuple[str, str], ...]
         if last is not None and last.state.sessions is state.sessions:
-            self.sessions = [j.replace(last.seen, self.seen, 1) for j in last.sessions]
+            self.sessions = tuple(
+                j.replace(last.seen, self.seen, 1) for j in last.sessions
+            )
             self.order = last.order
         else:
             made = [session_json(state, s) for s in state.sessions]
-            self.sessions = [_dumps(j) for j in made]
-            self.order = [(j["user"], j["uid"]) for j in made]
+            self.sessions = tuple(_dumps(j) for j in made)
+            self.order = tuple((j["user"], j["uid"]) for j in made)
         self.tail_key: tuple[bool, str, tuple[str, ...]] | None = None
         self.tail = b""
         if last is not None and _tail_fields(last.state) == _tail_fields(state):
