@@ -28,6 +28,8 @@ from twisted.web.server import Site
 from dcvix.common.files import ensure_private_dir
 from dcvix.common.jobs import PeriodicJob
 from dcvix.common.logging import make_observer, open_log_file, stdout
+from dcvix.common.networks import AddressList
+from dcvix.common.proxied import ProxiedFactory
 
 log = Logger()
 
@@ -159,9 +161,16 @@ def tls_listener(
     port: int,
     creator: IOpenSSLServerConnectionCreator,
     site: Site,
+    proxies: AddressList | None = None,
 ) -> IService:
-    """A TLS listener on ``host:port``; ``""`` or ``::`` listen on IPv6 and IPv4."""
-    factory = TLSMemoryBIOFactory(creator, False, site)
+    """A TLS listener on ``host:port``; ``""`` or ``::`` listen on IPv6 and IPv4.
+
+    Connections from ``proxies`` start with a PROXY header (see
+    :mod:`dcvix.common.proxied`).
+    """
+    factory: Any = TLSMemoryBIOFactory(creator, False, site)
+    if proxies:
+        factory = ProxiedFactory(factory, proxies)
     if host in ("", "::") or ":" in host:
         endpoint: Any = TCP6ServerEndpoint(reactor, port, interface=host or "::")
     else:

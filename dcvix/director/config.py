@@ -98,6 +98,12 @@ class DirectorSection:
     max_body_bytes: int = setting(
         integer(1024), 1048576, "Request body cap in bytes (register: 16 KiB)."
     )
+    proxy_addresses: tuple[str, ...] = setting(
+        NETWORK_LIST,
+        (),
+        "TCP balancers (addresses or networks) whose connections start with a "
+        "PROXY header (v1 or v2) naming the client; empty: none.",
+    )
     request_timeout: float = request_timeout_setting()
     keepalive_timeout: float = keepalive_timeout_setting()
     connection_token_ttl: float = setting(

@@ -25,6 +25,7 @@ from dcvix.common.daemon import (
 )
 from dcvix.common.http import DcvixSite
 from dcvix.common.jobs import PeriodicJob
+from dcvix.common.networks import AddressList
 from dcvix.common.threads import ThreadPoolService
 from dcvix.common.tls import DIRECTOR_NAME, ReloadingServerTLS, ServerFiles
 from dcvix.director.agent_admin import AgentAdmin
@@ -358,7 +359,12 @@ def build_director(
         request_timeout=settings.request_timeout,
     )
     tls_listener(
-        reactor, settings.director_host, settings.director_port, tls, site
+        reactor,
+        settings.director_host,
+        settings.director_port,
+        tls,
+        site,
+        AddressList(settings.proxy_addresses),
     ).setServiceParent(root)
     log.info(
         "dcvix-director {version} listening on {host}:{port}, data in {data}",
