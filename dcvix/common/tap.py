@@ -57,10 +57,6 @@ class DaemonOptions(usage.Options):
         self["notes"] = (*found.notes, *source.warnings)
 
 
-# Objects made (net of those freed) before a first-generation collection.
-GC_FIRST_GENERATION = 50_000
-
-
 def make_daemon(
     options: DaemonOptions,
     build: Callable[[Any, Any, Any], IService],
@@ -84,9 +80,7 @@ def make_daemon(
     # The collector's full passes stop the reactor while they walk every
     # object: 0.2 to 0.5 s with a 10,000-agent fleet in memory (bench/scale.py).
     # What is built now (modules, configuration, the services) lives as long
-    # as the process: out of those passes. A larger first generation lets the
-    # objects of one request die before a collection promotes them, so fewer
-    # reach the last generation and fewer full passes are due.
+    # as the process: out of those passes. (A larger first generation was
+    # tried: its collections then took 0.1 s each, and full passes as long.)
     gc.freeze()
-    gc.set_threshold(GC_FIRST_GENERATION, 10, 10)
     return service
