@@ -71,7 +71,7 @@ from dcvix.director.portal import Portal
 from dcvix.director.registry import StoreError
 from dcvix.director.registry.sqlite import Runner, SqliteRegistry, pool_runner
 from dcvix.director.resolver import SessionResolver
-from dcvix.director.runtime import MemoryRuntimeStore
+from dcvix.director.runtime import MemoryRuntimeStore, ServerState
 from dcvix.director.sessions import SessionControl
 from dcvix.director.throttle import LoginThrottle
 from dcvix.director.tokens import TokenService, load_token_key
@@ -328,7 +328,15 @@ def build_director(
     renderer = FleetRenderer()
 
     async def warm_listings() -> None:
-        renderer.warm(await runtime.servers())
+        agent_states = await registry.states()
+        pools = policy.current.pools_by_host
+
+        def tail(state: ServerState) -> tuple[bool, str, tuple[str, ...]]:
+            # Just reported, so online; as SessionControl.servers lists it.
+            agent_state = agent_states.get(state.guid, "unknown")
+            return True, agent_state, pools.get(state.hostname, ())
+
+        renderer.warm(await runtime.servers(), tail)
 
     PeriodicJob(
         "listing-warm", LISTING_WARM_SECONDS, warm_listings, reactor, 0

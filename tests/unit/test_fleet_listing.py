@@ -192,6 +192,22 @@ def test_new_reports_are_rendered_ahead_of_the_next_listing() -> None:
     assert listed_sessions(renderer, later) == expected_sessions(later)
 
 
+def test_the_last_keys_a_listing_will_likely_show_are_rendered_ahead() -> None:
+    renderer = FleetRenderer()
+    states = [server(f"ws-{n}", [session(n)]) for n in range(3)]
+    likely = (True, "registered", ("pool-a",))
+    assert renderer.warm(states, lambda _state: likely) == 3
+    ready = {h: (e.tail_key, e.tail) for h, e in renderer._cache.items()}
+    assert {key for key, _tail in ready.values()} == {likely}
+    # A listing showing them so reuses them, and answers as the dicts would;
+    # one shown otherwise (gone offline) gets its own.
+    rows: list[Row] = [(s, *likely) for s in states]
+    rows[2] = (states[2], False, "registered", ("pool-a",))
+    assert listed_servers(renderer, rows) == expected_servers(rows)
+    assert renderer._cache["ws-0"].tail is ready["ws-0"][1]
+    assert renderer._cache["ws-2"].tail_key == (False, "registered", ("pool-a",))
+
+
 SESSIONS = st.builds(
     session,
     st.integers(0, 5),

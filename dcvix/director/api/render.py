@@ -7,7 +7,7 @@ old director's output keep working; our own keys follow.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from dcvix.common.gotime import format_time
@@ -164,14 +164,20 @@ class _Rendered:
         if last is not None and _tail_fields(last.state) == _tail_fields(state):
             self.tail, self.tail_key = last.tail, last.tail_key
 
-    def add_server(
-        self, out: list[bytes], online: bool, agent_state: str, pools: Sequence[str]
+    def prepare_tail(
+        self, online: bool, agent_state: str, pools: Sequence[str]
     ) -> None:
-        """Append the pieces of ``json.dumps(server_json(...))`` to ``out``."""
+        """Have the keys after ``sessions`` for these values ready."""
         key = (online, agent_state, tuple(pools))
         if key != self.tail_key:
             tail = _server_tail(self.state, online, agent_state, pools)
             self.tail, self.tail_key = _dumps(tail)[1:], key
+
+    def add_server(
+        self, out: list[bytes], online: bool, agent_state: str, pools: Sequence[str]
+    ) -> None:
+        """Append the pieces of ``json.dumps(server_json(...))`` to ``out``."""
+        self.prepare_tail(online, agent_state, pools)
         out += (self.head, b', "sessions": [')
         if online:
             out += _between(self.sessions)
@@ -207,9 +213,17 @@ class FleetRenderer:
     def __init__(self) -> None:
         self._cache: dict[str, _Rendered] = {}
 
-    def warm(self, states: Iterable[ServerState], limit: int = WARM_LIMIT) -> int:
+    def warm(
+        self,
+        states: Iterable[ServerState],
+        tail: Callable[[ServerState], tuple[bool, str, Sequence[str]]] | None = None,
+        limit: int = WARM_LIMIT,
+    ) -> int:
         """Render up to ``limit`` reports not rendered yet; how many it did.
 
+        ``tail`` gives what a listing would likely show with a report (online,
+        agent state, pools), to render its last keys ahead too: the first
+        listing after a start otherwise renders them for every server.
         ``limit`` bounds the time one call holds the reactor (30 µs a report
         whose sessions its agent reported unchanged, 130 µs one with 3 new
         sessions).
@@ -220,7 +234,9 @@ class FleetRenderer:
                 break
             last = self._cache.get(state.hostname)
             if last is None or last.state is not state:
-                self._cache[state.hostname] = _Rendered(state, last)
+                entry = self._cache[state.hostname] = _Rendered(state, last)
+                if tail is not None:
+                    entry.prepare_tail(*tail(state))
                 done += 1
         return done
 
