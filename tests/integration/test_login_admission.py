@@ -8,6 +8,10 @@ director keeps serving other routes meanwhile.
 from __future__ import annotations
 
 import concurrent.futures
+import json
+import socket
+import ssl
+import time
 from pathlib import Path
 from typing import Any
 
@@ -77,3 +81,71 @@ def test_slow_logins_are_bounded_queued_and_refused_beyond(
     runs = (folder / "concurrency").read_text().split()
     assert len(runs) == 5
     assert max(int(n) for n in runs) <= 2
+
+
+# As SLOW_CHECK, and notes whom it ran for.
+NAMED_CHECK = """#!/bin/sh
+dir={folder}
+IFS= read -r user
+touch "$dir/running.$$"
+while [ ! -e "$dir/release" ]; do sleep 0.05; done
+rm -f "$dir/running.$$"
+echo "$user" >> "$dir/ran"
+exit 1
+"""
+
+
+def hung_up_login(port: int, ca_file: Path, user: str) -> None:
+    """A login sent whole, then the connection closed without reading."""
+    context = ssl.create_default_context(cafile=str(ca_file))
+    body = json.dumps({"userID": user, "password": "guess"}).encode()
+    with (
+        socket.create_connection(("127.0.0.1", port), 30) as raw,
+        context.wrap_socket(raw, server_hostname="127.0.0.1") as link,
+    ):
+        link.sendall(
+            b"POST /v1/user/login HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Content-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+        )
+
+
+def test_a_login_whose_client_left_leaves_the_queue(
+    fleet: Fleet, tmp_path: Path
+) -> None:
+    folder = tmp_path / "auth"
+    folder.mkdir()
+    script = folder / "named-check"
+    script.write_text(NAMED_CHECK.format(folder=folder))
+    script.chmod(0o755)
+    director = fleet.director(
+        start=False,
+        auth_type="external",
+        auth_concurrency="1",
+        auth_queue="2",
+        login_max_failures="100",
+    )
+    director.extra["external_auth"] = {"external_command": str(script)}
+    fleet.start(director)
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
+        first = pool.submit(login, director.port, "first")
+        wait_for("the first login running", lambda: list(folder.glob("running.*")))
+        for user in ("left-1", "left-2"):
+            hung_up_login(director.port, director.ca_file, user)
+        # Until the director notices they left, they hold the queue (503 at
+        # once); then a login waits for the back end instead of being refused.
+        deadline = time.monotonic() + 60
+        while True:
+            waiting = pool.submit(login, director.port, "waiting")
+            try:
+                refused = waiting.result(timeout=2)
+            except concurrent.futures.TimeoutError:
+                break  # queued, not refused
+            assert refused[0] == 503, refused
+            assert time.monotonic() < deadline, "the queue never emptied"
+        (folder / "release").touch()
+        assert first.result(timeout=60)[0] == 401
+        assert waiting.result(timeout=60)[0] == 401
+    # The back end never ran for the logins whose clients had left.
+    assert (folder / "ran").read_text().split() == ["first", "waiting"]

@@ -99,9 +99,16 @@ class _Routes(Resource):
                 return
             answer(answer_failure(request, failure))
 
+        def unanswered(failure: Failure) -> None:
+            log.failure("could not write an answer", failure)
+            cast(Request, request).loseConnection()
+
         done: Deferred[bytes | None] = ensureDeferred(handler(request))
+        # A client that leaves cancels its request, as with Klein: a login
+        # queued for the back ends then leaves the admission queue.
+        cast(Request, request).notifyFinish().addErrback(lambda _: done.cancel())
         done.addCallbacks(answer, failed)
-        done.addErrback(lambda f: log.failure("could not write an answer", f))
+        done.addErrback(unanswered)
         return NOT_DONE_YET
 
 
