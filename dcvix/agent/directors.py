@@ -91,6 +91,14 @@ def format_directors(text: str) -> str:
     return ", ".join(entries)
 
 
+class Refused(Exception):
+    """The director said no, or its answer cannot be trusted.
+
+    From one director of several: logged as a warning each time (another CA
+    than the pinned one is an attack or a mistake), and the next is tried.
+    """
+
+
 class Directors:
     """The agent's directors and the one it uses now.
 
@@ -117,32 +125,36 @@ class Directors:
 
     @property
     def current(self) -> Director:
-        """The director calls go to first now."""
-        return self._directors[self._start()]
+        """The director calls go to first now (until a failback is due)."""
+        return self._directors[self._index]
 
-    def _start(self) -> int:
-        """Where calls start: back to the first once ``failback`` has passed."""
-        if self._index and self._clock.seconds() - self._left_first >= self._failback:
-            self._index = 0
-            log.info(
-                "trying the first director, {director}, again",
-                director=str(self._directors[0]),
-            )
-        return self._index
+    def _order(self) -> list[Director]:
+        """The directors in the order the next call tries them.
 
-    def _failed(self, director: Director, reason: str) -> None:
-        """``director`` failed a call: calls go to the next one.
-
-        A warning when it was answering until now, else (all of them down,
-        tried again every update) a debug line.
+        From the one in use, round the list. Once ``failback`` has passed
+        away from the first, the first, then straight back to the one in use:
+        a first still down costs one attempt, not one per director before it.
         """
-        index = self._directors.index(director)
-        following = self._directors[(index + 1) % len(self._directors)]
-        if index == 0:
+        rotated = self._directors[self._index :] + self._directors[: self._index]
+        if self._index and self._clock.seconds() - self._left_first >= self._failback:
+            first = self._directors[0]
+            log.info("trying the first director, {director}, again", director=first)
+            return [first, *(d for d in rotated if d != first)]
+        return rotated
+
+    def _failed(
+        self, director: Director, following: Director, reason: str, loud: bool
+    ) -> None:
+        """``director`` failed a call, which goes on to ``following``.
+
+        A warning when it was answering until now or ``loud``; else (all of
+        them down, tried again every update) a debug line.
+        """
+        if director == self._directors[0]:
             self._left_first = self._clock.seconds()
-        self._index = self._directors.index(following)
-        emit = log.warn if director == self._answering else log.debug
-        self._answering = None
+        emit = log.warn if loud or director == self._answering else log.debug
+        if director == self._answering:
+            self._answering = None
         emit(
             "director {director} failed ({reason}); trying {following}",
             director=str(director),
@@ -150,32 +162,47 @@ class Directors:
             following=str(following),
         )
 
-    def _answered(self, director: Director, outcome: T) -> T:
+    def _settle(self, director: Director, answered: bool) -> None:
+        """Calls go on to ``director``, which ``answered`` (or failed last)."""
+        self._index = self._directors.index(director)
+        if not answered:
+            self._answering = None
+            return
         if director != self._answering and len(self._directors) > 1:
             log.info("using director {director}", director=str(director))
         self._answering = director
-        return outcome
 
-    async def call(self, attempt: Callable[[Director], Awaitable[T]]) -> T:
-        """``attempt`` on the current director, then on the next while it fails.
+    async def call(
+        self,
+        attempt: Callable[[Director], Awaitable[T]],
+        answer: Callable[[T], Answer] | None = None,
+    ) -> T:
+        """``attempt`` on the director in use, then on the next while it fails.
 
         Each director is tried at most once. A failure is an exception or an
-        :class:`Answer` of status 500 or more. When all fail, the last one's
-        outcome is returned or raised, as it is.
+        answer (the outcome itself, or ``answer(outcome)``) of status 500 or
+        more. When all fail, the last one's outcome is returned or raised.
         """
-        start = self._start()
-        order = self._directors[start:] + self._directors[:start]
-        for director in order[:-1]:
+        order = self._order()
+        for position, director in enumerate(order):
+            last = position == len(order) - 1
             try:
                 outcome = await attempt(director)
             except Exception as error:
-                self._failed(director, str(error) or type(error).__name__)
+                if last:
+                    self._settle(director, answered=False)
+                    raise
+                reason = str(error) or type(error).__name__
+                loud = isinstance(error, Refused)
+                self._failed(director, order[position + 1], reason, loud)
                 continue
-            if isinstance(outcome, Answer) and outcome.status >= 500:
-                self._failed(director, f"{outcome.status} {outcome.error}")
+            found = answer(outcome) if answer is not None else outcome
+            failed = isinstance(found, Answer) and found.status >= 500
+            if failed and not last:
+                assert isinstance(found, Answer)
+                reason = f"{found.status} {found.error}"
+                self._failed(director, order[position + 1], reason, False)
                 continue
-            return self._answered(director, outcome)
-        outcome = await attempt(order[-1])
-        if isinstance(outcome, Answer) and outcome.status >= 500:
+            self._settle(director, answered=not failed)
             return outcome
-        return self._answered(order[-1], outcome)
+        raise AssertionError("unreachable: the last director returns or raises")

@@ -31,7 +31,7 @@ from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 
-from dcvix.agent.directors import Director, Directors, parse_directors
+from dcvix.agent.directors import Director, Directors, Refused, parse_directors
 from dcvix.agent.identity import (
     AgentFiles,
     CertificateState,
@@ -82,10 +82,6 @@ class EnrolmentSettings:
     renew_interval: float
     ca_fingerprint: str = ""
     registration_token: str = ""
-
-
-class Refused(Exception):
-    """The director said no, or its answer cannot be trusted."""
 
 
 def renewal_due_at(certificate: x509.Certificate, renew_interval: float) -> dt.datetime:
@@ -278,7 +274,7 @@ class AgentEnrolment(MultiService):
         )
 
     async def _post_register(self) -> tuple[Answer, list[x509.Certificate]]:
-        return await self._directors.call(self._register_at)
+        return await self._directors.call(self._register_at, lambda found: found[0])
 
     async def _register_at(
         self, director: Director

@@ -6,23 +6,40 @@ path is in tests/integration/test_agent_failover.py.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from twisted.internet.defer import ensureDeferred
 from twisted.internet.task import Clock
+from twisted.internet.testing import EventLoggingObserver
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 
 from dcvix.agent.directors import (
     FAILBACK_SECONDS,
     Director,
     Directors,
+    Refused,
     format_directors,
     parse_directors,
 )
 from dcvix.common.webclient import Answer
 
 A, B, C = Director("dir1", 8445), Director("dir2", 9000), Director("fd00::1", 8445)
+
+
+@contextlib.contextmanager
+def capture_log() -> Iterator[EventLoggingObserver]:
+    """The log events emitted inside the block."""
+    events = EventLoggingObserver()
+    globalLogPublisher.addObserver(events)
+    try:
+        yield events
+    finally:
+        globalLogPublisher.removeObserver(events)
 
 
 def test_a_go_style_single_host_is_one_director_on_director_port() -> None:
@@ -166,3 +183,58 @@ def test_a_single_director_is_tried_once() -> None:
     fleet.busy = {A}
     assert call(directors, fleet).status == 503
     assert fleet.tried == [A]
+
+
+def test_an_answer_inside_the_outcome_fails_over_on_5xx_too() -> None:
+    # Registration returns (answer, CAs): its 503 must move on like an update's.
+    fleet, directors = Fleet(), Directors([A, B], Clock())
+    fleet.busy = {A}
+
+    async def register(director: Director) -> tuple[Answer, str]:
+        return await fleet.attempt(director), "cas"
+
+    found: list[tuple[Answer, str]] = []
+    ensureDeferred(directors.call(register, lambda outcome: outcome[0])).addCallback(
+        found.append
+    )
+    assert found[0][0].status == 200
+    assert fleet.tried == [A, B]
+    assert directors.current == B
+
+
+def test_a_distrusted_director_is_a_warning_even_when_another_answers() -> None:
+    fleet, directors = Fleet(), Directors([A, B], Clock())
+
+    async def pinned(director: Director) -> Answer:
+        if director == A:
+            raise Refused("the director's CA has fingerprint aa, not bb")
+        return await fleet.attempt(director)
+
+    with capture_log() as events:
+        ensureDeferred(directors.call(pinned))
+    warned = [e for e in events if e["log_level"] == LogLevel.warn]
+    assert len(warned) == 1
+    assert "not bb" in formatEvent(warned[0])
+
+
+def test_failback_tries_the_first_then_goes_straight_back() -> None:
+    clock = Clock()
+    fleet, directors = Fleet(), Directors([A, B, C], clock)
+    fleet.down = {A, B}
+    call(directors, fleet)
+    assert fleet.tried == [A, B, C]
+    clock.advance(FAILBACK_SECONDS)
+    call(directors, fleet)
+    assert fleet.tried == [A, C]  # B, still down, is not tried on the way
+    assert directors.current == C
+
+
+def test_a_lost_director_warns_once_then_stays_quiet_while_all_are_down() -> None:
+    fleet, directors = Fleet(), Directors([A, B], Clock())
+    call(directors, fleet)  # A answers
+    fleet.down = {A, B}
+    with capture_log() as events:
+        for _ in range(5):
+            ensureDeferred(directors.call(fleet.attempt)).addErrback(lambda _f: None)
+    warned = [e for e in events if e["log_level"] == LogLevel.warn]
+    assert len(warned) == 1
