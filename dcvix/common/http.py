@@ -20,6 +20,7 @@
 from __future__ import annotations
 
 import io
+import ipaddress
 import json
 import math
 import re
@@ -578,9 +579,24 @@ def _loggable(data: bytes) -> str:
 
 
 def client_address(request: IRequest) -> str:
-    """The peer's IP address; an IPv4-mapped IPv6 address as plain IPv4."""
-    host = str(getattr(request.getClientAddress(), "host", ""))
-    return host.removeprefix("::ffff:") if "." in host else host
+    """The peer's IP address in one spelling; an IPv4-mapped one as plain IPv4.
+
+    One spelling, as throttles and logs key on it: a PROXY v2 header gives
+    IPv6 addresses written out (``0:0:0:0:0:ffff:cb00:7107``).
+    """
+    return canonical_ip(str(getattr(request.getClientAddress(), "host", "")))
+
+
+def canonical_ip(host: str) -> str:
+    """``host`` as :mod:`ipaddress` writes it, IPv4-mapped as IPv4; else as is."""
+    if ":" not in host:
+        return host  # IPv4 (or nothing): already in its one spelling
+    try:
+        address = ipaddress.IPv6Address(host)
+    except ValueError:
+        return host
+    mapped = address.ipv4_mapped
+    return str(mapped) if mapped is not None else str(address)
 
 
 def peer_certificate(request: IRequest) -> x509.Certificate | None:
