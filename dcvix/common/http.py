@@ -208,8 +208,13 @@ class _PiecesWriter:
                 self.done.callback(None)
 
     def stopProducing(self) -> None:
-        """The connection is gone: nothing more to write."""
+        """The connection is gone: nothing more to write.
+
+        Unregistered first: the request may be finished as ``done`` fires,
+        and Twisted logs a producer still registered then as an error.
+        """
         self._pieces = iter(())
+        self._request.unregisterProducer()
         if not self.done.called:
             self.done.callback(None)
 

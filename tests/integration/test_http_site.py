@@ -26,6 +26,8 @@ from twisted.internet import threads
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.ssl import CertificateOptions
 from twisted.internet.task import deferLater
+from twisted.internet.testing import EventLoggingObserver
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.web.iweb import IRequest
 from twisted.web.server import Site
@@ -37,6 +39,8 @@ from dcvix.common.http import (
     json_pieces_response,
     json_response,
 )
+from dcvix.director.api.authz import Gate, Role, authorized
+from dcvix.director.api.root import DirectorRoot
 from dcvix.testing import director_harness
 
 MiB = 1024 * 1024
@@ -905,16 +909,38 @@ def leave_mid_answer(port: int, path: str) -> int:
         return len(sock.recv(4096))
 
 
+class DirectPieces:
+    """The pieces route on the director's root: an exact path, without Klein."""
+
+    @authorized("GET", "/pieces", role=Role.PUBLIC)
+    def pieces(self, request: IRequest) -> Any:
+        count = int(request.args[b"count"][0])
+        return json_pieces_response(request, piece_list(count))
+
+
 @pytest_twisted.ensureDeferred
+@pytest.mark.parametrize("route", ["klein", "direct"])
 async def test_a_client_leaving_a_streamed_answer_leaves_nothing_behind(
-    serve: Callable[..., int],
+    serve: Callable[..., int], route: str
 ) -> None:
-    site = DcvixSite(ProbeAPI().app.resource())
+    if route == "klein":
+        site, path = DcvixSite(ProbeAPI().app.resource()), "/pieces/{}"
+    else:
+        root = DirectorRoot(MiB, Gate(None, None, None), [DirectPieces()])  # type: ignore[arg-type]
+        site, path = DcvixSite(root.resource()), "/pieces?count={}"
     port = serve(site)
-    assert await threads.deferToThread(leave_mid_answer, port, "/pieces/20000") > 0
-    # The server notices, stops writing and still answers the next client.
-    answer, body = await threads.deferToThread(read_whole, port, "/pieces/10")
+    errors = EventLoggingObserver()
+    globalLogPublisher.addObserver(errors)
+    try:
+        left = await threads.deferToThread(leave_mid_answer, port, path.format(20000))
+        # The server notices, stops writing and still answers the next client.
+        answer, body = await threads.deferToThread(read_whole, port, path.format(10))
+    finally:
+        globalLogPublisher.removeObserver(errors)
+    assert left > 0
     assert answer.status == 200 and json.loads(body)[0].startswith("0000")
+    # Without a word: no "Producer was not unregistered" or other failure.
+    assert [formatEvent(e) for e in errors if "log_failure" in e] == []
 
 
 @pytest_twisted.ensureDeferred
