@@ -1116,8 +1116,10 @@ def test_silent_and_unreachable_agents(fleet: Fleet) -> None:
             504,
             {"error": "the agent did not answer in time"},
         )
-        assert 29.5 < took < 33.0, took
-        assert MAX_AGE <= offline_after < MAX_AGE + 2.5, offline_after
+        # It waited for its write timeout (30 s), not less; the upper bounds
+        # leave a loaded machine room (the call itself is bounded above).
+        assert 29.5 < took < 45.0, took
+        assert MAX_AGE <= offline_after < MAX_AGE + 6.0, offline_after
         answer = call(director, "POST", "/v1/sessions", create, token)
         assert (answer.status, answer.body) == (
             409,
