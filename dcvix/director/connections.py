@@ -160,8 +160,7 @@ class ConnectionTokens:
             self._refuse(address, session_id, "token is for another session")
             return None
         state = await self._runtime.server(claims.server)
-        now = now_utc(self._clock)
-        if state is None or not is_online(state, now, self._max_age):
+        if state is None or not is_online(state, self._clock.seconds(), self._max_age):
             self._refuse(address, session_id, "its server is not online")
             return None
         if not any(

@@ -15,7 +15,6 @@ from typing import Protocol
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from dcvix.common.clock import now_utc
 from dcvix.common.ratelimit import LogBudget
 from dcvix.director.runtime import RuntimeStore, ServerState, is_online
 
@@ -60,7 +59,7 @@ class SessionResolver:
         ``client``: the DCV client's address as the Gateway reports it, which
         picks among the tokens issued for an id held by several servers.
         """
-        now = now_utc(self._clock)
+        now = self._clock.seconds()
         holders = [
             state
             for state in await self._runtime.servers()

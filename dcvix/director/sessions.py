@@ -37,13 +37,7 @@ from dcvix.director.agent_client import AgentAddress, AgentClient
 from dcvix.director.policy import valid_id
 from dcvix.director.registry import AgentRegistry
 from dcvix.director.requests import ConfigRequest, CreateSessionRequest
-from dcvix.director.runtime import (
-    RuntimeStore,
-    ServerState,
-    Session,
-    is_online,
-    online_at,
-)
+from dcvix.director.runtime import RuntimeStore, ServerState, Session, is_online
 
 log = Logger()
 
@@ -125,7 +119,7 @@ class SessionControl:
 
     def online(self, state: ServerState) -> bool:
         """Whether a server is online now."""
-        return is_online(state, now_utc(self._clock), self._max_age)
+        return is_online(state, self._clock.seconds(), self._max_age)
 
     async def reported_server(self, hostname: str) -> ServerState | None:
         """The last report of one server by registered hostname, or None."""
@@ -140,7 +134,7 @@ class SessionControl:
         now = self._clock.seconds()  # once: a listing may hold 10,000 servers
         return [
             ServerView(
-                s, online_at(s, now, self._max_age), states.get(s.guid, "unknown")
+                s, is_online(s, now, self._max_age), states.get(s.guid, "unknown")
             )
             for s in listed
         ]
@@ -149,7 +143,7 @@ class SessionControl:
         """The servers online now, in the order first seen."""
         now = self._clock.seconds()
         return [
-            s for s in await self._runtime.servers() if online_at(s, now, self._max_age)
+            s for s in await self._runtime.servers() if is_online(s, now, self._max_age)
         ]
 
     async def live_sessions(self) -> list[tuple[ServerState, Session]]:

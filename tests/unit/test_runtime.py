@@ -675,9 +675,9 @@ def test_online_within_max_of_max_age_and_three_intervals(
     max_age: float, interval: int, window: int
 ) -> None:
     state = parse(payload(update_interval=interval))
-    assert is_online(state, NOW, max_age)
-    assert is_online(state, later(window), max_age)
-    assert not is_online(state, later(window + 1), max_age)
+    assert is_online(state, NOW.timestamp(), max_age)
+    assert is_online(state, later(window).timestamp(), max_age)
+    assert not is_online(state, later(window + 1).timestamp(), max_age)
 
 
 # ---------------------------------------------------------- MemoryRuntimeStore
@@ -750,7 +750,7 @@ async def test_offline_servers_lose_their_sessions_but_stay_listed(
     await store.put(parse(payload(sessions=[]), guid=GUID3, hostname="ws03"))
 
     for state in await store.servers():
-        if not is_online(state, later(91), 90):
+        if not is_online(state, later(91).timestamp(), 90):
             await store.drop_sessions(state.hostname)
 
     assert {s.hostname: ids(s) for s in await store.servers()} == {
