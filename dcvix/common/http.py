@@ -20,7 +20,6 @@
 from __future__ import annotations
 
 import io
-import ipaddress
 import json
 import math
 import re
@@ -53,6 +52,7 @@ from zope.interface import implementer
 from dcvix.common.config import POSITIVE_DURATION, setting
 from dcvix.common.errors import ApiError, BadRequest
 from dcvix.common.logging import escape_control
+from dcvix.common.networks import parse_address
 
 log = Logger()
 access_log = Logger(namespace="dcvix.access")
@@ -593,15 +593,13 @@ def client_address(request: IRequest) -> str:
 
 
 def canonical_ip(host: str) -> str:
-    """``host`` as :mod:`ipaddress` writes it, IPv4-mapped as IPv4; else as is."""
+    """``host`` as :func:`~dcvix.common.networks.parse_address` reads it; else as is."""
     if ":" not in host:
         return host  # IPv4 (or nothing): already in its one spelling
     try:
-        address = ipaddress.IPv6Address(host)
+        return str(parse_address(host))
     except ValueError:
         return host
-    mapped = address.ipv4_mapped
-    return str(mapped) if mapped is not None else str(address)
 
 
 def peer_certificate(request: IRequest) -> x509.Certificate | None:

@@ -43,8 +43,8 @@ class ProxiedFactory:
 
     def buildProtocol(self, addr: IAddress) -> IProtocol | None:
         """A connection from a trusted balancer first reads its header."""
-        host = str(getattr(addr, "host", ""))
-        if self._proxies and host.removeprefix("::ffff:") in self._proxies:
+        # AddressList reads an IPv4-mapped peer (a listener on ::) as IPv4.
+        if str(getattr(addr, "host", "")) in self._proxies:
             protocol: IProtocol | None = self._proxied.buildProtocol(addr)
             return protocol
         built: IProtocol | None = self._wrapped.buildProtocol(addr)
