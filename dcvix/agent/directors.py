@@ -15,6 +15,7 @@ failover.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
@@ -33,6 +34,13 @@ FAILBACK_SECONDS = 300.0
 T = TypeVar("T")
 
 
+def _shown(host: str, port: int | None) -> str:
+    """``host[:port]``, an IPv6 host in brackets when a port follows."""
+    if port is None:
+        return host
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 @dataclass(frozen=True)
 class Director:
     """One director's address."""
@@ -45,50 +53,39 @@ class Director:
         return https_url(self.host, self.port, path)
 
     def __str__(self) -> str:
-        return (
-            f"[{self.host}]:{self.port}"
-            if ":" in self.host
-            else f"{self.host}:{self.port}"
-        )
+        return _shown(self.host, self.port)
 
 
-def parse_directors(text: str, default_port: int) -> list[Director]:
-    """``dir1, dir2:8445, [fd00::1]:8445`` as directors, in order.
+def _entries(text: str) -> list[tuple[str, int | None]]:
+    """The ``host[:port]`` entries of a comma-separated list, in order.
 
-    A bare IPv6 address has no port (``::1``); entries without a port use
-    ``default_port`` (``director_port``).
-
-    A director named twice is kept once.
+    A bare IPv6 address has no port (``::1``).
 
     Raises:
         ValueError: an empty list, or an entry that is not ``host[:port]``.
     """
-    found: list[Director] = []
-    for item in text.split(","):
-        entry = item.strip()
-        if not entry:
-            continue
-        host, port = split_host_port(entry)
-        director = Director(host, port if port is not None else default_port)
-        if director not in found:
-            found.append(director)
+    found = [split_host_port(item.strip()) for item in text.split(",") if item.strip()]
     if not found:
         raise ValueError("no director host given")
     return found
 
 
+def parse_directors(text: str, default_port: int) -> list[Director]:
+    """``dir1, dir2:8445, [fd00::1]:8445`` as directors, in order.
+
+    Entries without a port use ``default_port`` (``director_port``); a
+    director named twice is kept once.
+
+    Raises:
+        ValueError: as :func:`_entries`.
+    """
+    found = [Director(h, default_port if p is None else p) for h, p in _entries(text)]
+    return list(dict.fromkeys(found))
+
+
 def format_directors(text: str) -> str:
     """A ``director_host`` value checked, and written in one way (``a, b:1``)."""
-    entries = []
-    for item in text.split(","):
-        entry = item.strip()
-        if entry:
-            host, port = split_host_port(entry)
-            shown = f"[{host}]" if ":" in host and port is not None else host
-            entries.append(shown if port is None else f"{shown}:{port}")
-    if not entries:
-        raise ValueError("no director host given")
-    return ", ".join(entries)
+    return ", ".join(_shown(host, port) for host, port in _entries(text))
 
 
 class Refused(Exception):
@@ -184,25 +181,32 @@ class Directors:
         more. When all fail, the last one's outcome is returned or raised.
         """
         order = self._order()
-        for position, director in enumerate(order):
-            last = position == len(order) - 1
+        for director, following in itertools.pairwise(order):
             try:
                 outcome = await attempt(director)
             except Exception as error:
-                if last:
-                    self._settle(director, answered=False)
-                    raise
                 reason = str(error) or type(error).__name__
-                loud = isinstance(error, Refused)
-                self._failed(director, order[position + 1], reason, loud)
+                self._failed(director, following, reason, isinstance(error, Refused))
                 continue
-            found = answer(outcome) if answer is not None else outcome
-            failed = isinstance(found, Answer) and found.status >= 500
-            if failed and not last:
-                assert isinstance(found, Answer)
-                reason = f"{found.status} {found.error}"
-                self._failed(director, order[position + 1], reason, False)
+            failure = _server_error(answer(outcome) if answer else outcome)
+            if failure is not None:
+                self._failed(director, following, failure, False)
                 continue
-            self._settle(director, answered=not failed)
+            self._settle(director, answered=True)
             return outcome
-        raise AssertionError("unreachable: the last director returns or raises")
+        last = order[-1]
+        try:
+            outcome = await attempt(last)
+        except Exception:
+            self._settle(last, answered=False)
+            raise
+        failure = _server_error(answer(outcome) if answer else outcome)
+        self._settle(last, answered=failure is None)
+        return outcome
+
+
+def _server_error(found: object) -> str | None:
+    """Why an answer counts as its director failing (5xx), else None."""
+    if isinstance(found, Answer) and found.status >= 500:
+        return f"{found.status} {found.error}"
+    return None
