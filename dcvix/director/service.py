@@ -71,7 +71,7 @@ from dcvix.director.portal import Portal
 from dcvix.director.registry import StoreError
 from dcvix.director.registry.sqlite import Runner, SqliteRegistry, pool_runner
 from dcvix.director.resolver import SessionResolver
-from dcvix.director.runtime import MemoryRuntimeStore, ServerState
+from dcvix.director.runtime import MemoryRuntimeStore
 from dcvix.director.sessions import SessionControl
 from dcvix.director.throttle import LoginThrottle
 from dcvix.director.tokens import TokenService, load_token_key
@@ -325,21 +325,9 @@ def build_director(
     PeriodicJob(
         "update-summary", SUMMARY_SECONDS, tally.summarize, reactor, SUMMARY_SECONDS
     ).setServiceParent(root)
-    renderer = FleetRenderer()
-
-    async def warm_listings() -> None:
-        agent_states = await registry.states()
-        pools = policy.current.pools_by_host
-
-        def tail(state: ServerState) -> tuple[bool, str, tuple[str, ...]]:
-            # Just reported, so online; as SessionControl.servers lists it.
-            agent_state = agent_states.get(state.guid, "unknown")
-            return True, agent_state, pools.get(state.hostname, ())
-
-        renderer.warm(await runtime.servers(), tail)
-
+    fleet = SessionRoutes(control, audit, policy, FleetRenderer())
     PeriodicJob(
-        "listing-warm", LISTING_WARM_SECONDS, warm_listings, reactor, 0
+        "listing-warm", LISTING_WARM_SECONDS, fleet.warm, reactor, 0
     ).setServiceParent(root)
     api = DirectorRoot(
         settings.max_body_bytes,
@@ -348,7 +336,7 @@ def build_director(
             AgentRoutes(enrolment, runtime, settings.agent_port, reactor, tally),
             AuthRoutes(logins, login_otp_field(config)),
             AdminRoutes(admin, authority.pem),
-            SessionRoutes(control, audit, policy, renderer),
+            fleet,
             DcvRoutes(
                 connections,
                 SessionResolver(runtime, connections, keeper.max_age, reactor),

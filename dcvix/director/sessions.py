@@ -125,17 +125,22 @@ class SessionControl:
         """The last report of one server by registered hostname, or None."""
         return await self._runtime.server(hostname)
 
+    async def reports(self) -> tuple[list[ServerState], Callable[[str], str]]:
+        """Every server's latest report (as first seen), and its agent's state.
+
+        The state by GUID, as listings show it: ``unknown`` for an agent the
+        registry no longer holds.
+        """
+        states = await self._registry.states()
+        return await self._runtime.servers(), lambda guid: states.get(guid, "unknown")
+
     async def servers(self) -> list[ServerView]:
         """Every server that reported since start, hostname descending."""
-        states = await self._registry.states()
-        listed = sorted(
-            await self._runtime.servers(), key=lambda s: s.hostname, reverse=True
-        )
+        reported, agent_state = await self.reports()
+        listed = sorted(reported, key=lambda s: s.hostname, reverse=True)
         now = self._clock.seconds()  # once: a listing may hold 10,000 servers
         return [
-            ServerView(
-                s, is_online(s, now, self._max_age), states.get(s.guid, "unknown")
-            )
+            ServerView(s, is_online(s, now, self._max_age), agent_state(s.guid))
             for s in listed
         ]
 

@@ -206,8 +206,10 @@ class FleetRenderer:
     of them, after a start or when listings are 30 s apart): :meth:`warm`, run
     twice a second, renders new reports ahead. That costs little, as each agent
     reports once per ``update_interval`` and only a server's latest report is
-    rendered (some 0.5 % of a core at 10,000 agents every 30 s); only a
-    listing asked before a burst of reports is caught up renders the rest.
+    rendered: at 10,000 agents every 30 s, 333 reports a second at 26 µs, plus
+    a pass over every server twice a second (2 ms) to find them, some 1.3 %
+    of a core. Only a listing asked before a burst of reports is caught up
+    renders the rest.
     """
 
     def __init__(self) -> None:

@@ -39,6 +39,19 @@ class SessionRoutes:
         self._policy = policy
         self._render = renderer
 
+    async def warm(self) -> None:
+        """Render new reports ahead of the next listing (a periodic job).
+
+        As a listing will likely show them: online (just reported), with their
+        agent's state and their pools.
+        """
+        reported, agent_state = await self._control.reports()
+        pools = self._policy.current.pools_by_host
+        self._render.warm(
+            reported,
+            lambda s: (True, agent_state(s.guid), pools.get(s.hostname, ())),
+        )
+
     @authorized("GET", "/v1/servers", role=Role.ADMIN)
     async def servers(self, request: IRequest, caller: Claims) -> bytes | None:
         """Every reporting server with its sessions (Go's keys, then ours).
