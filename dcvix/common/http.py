@@ -188,7 +188,7 @@ class _PiecesWriter:
         self._request = request
         self._pieces = iter(pieces)
         # Fires with None once all is written (or the client left): the route's
-        # answer, after which Klein finishes the request (if it is still there).
+        # answer, after which the request is finished (if it is still there).
         self.done: Deferred[bytes | None] = Deferred()
 
     def resumeProducing(self) -> None:

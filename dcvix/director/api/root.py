@@ -80,8 +80,16 @@ class _Routes(Resource):
         handler = self._direct.get((request.method, request.path))
         if handler is None:
             return self._klein.render(request)
+        done: Deferred[bytes | None] = ensureDeferred(handler(request))
         gone: list[Failure] = []
-        cast(Request, request).notifyFinish().addErrback(gone.append)
+
+        def left(reason: Failure) -> None:
+            # Cancelled, as with Klein: a login queued for the back ends then
+            # leaves the admission queue.
+            gone.append(reason)
+            done.cancel()
+
+        cast(Request, request).notifyFinish().addErrback(left)
 
         def answer(body: bytes | None) -> None:
             # A streamed answer may end as the connection is lost, before
@@ -103,10 +111,6 @@ class _Routes(Resource):
             log.failure("could not write an answer", failure)
             cast(Request, request).loseConnection()
 
-        done: Deferred[bytes | None] = ensureDeferred(handler(request))
-        # A client that leaves cancels its request, as with Klein: a login
-        # queued for the back ends then leaves the admission queue.
-        cast(Request, request).notifyFinish().addErrback(lambda _: done.cancel())
         done.addCallbacks(answer, failed)
         done.addErrback(unanswered)
         return NOT_DONE_YET
