@@ -38,6 +38,7 @@ from typing import Any
 
 import psutil
 import pytest
+from director_calls import admin_director
 from fake_dcv import FakeDcv
 from sessions_world import (
     DCV_TIMEOUT,
@@ -57,13 +58,6 @@ from fleet import Agent, Director, Fleet, https, wait_for
 
 ADMIN, ADMIN_PASSWORD = "alice", "Wonder-land.42"
 MAX_AGE = 3.0
-AUTH_SCRIPT = """#!/bin/sh
-IFS= read -r user
-IFS= read -r password
-IFS= read -r otp
-[ "$user:$password" = '{user}:{password}' ] && exit 0
-exit 1
-"""
 COOKIE = re.compile(r"dcvix_session=(v4\.local\.[A-Za-z0-9_-]+);")
 # 2026-07-01T08:12:44.101203Z, as DCV would print it.
 CREATED = dt.datetime(2026, 7, 1, 8, 12, 44, 101203, tzinfo=dt.UTC).timestamp()
@@ -205,18 +199,7 @@ def director_files(director: Director, folder: Path) -> Path:
 
 def new_director(fleet: Fleet) -> Director:
     """A director that logs ``alice`` in (admin) through an external script."""
-    auth = fleet.folder / "auth"
-    auth.mkdir()
-    script = auth / "check-password"
-    script.write_text(AUTH_SCRIPT.format(user=ADMIN, password=ADMIN_PASSWORD))
-    script.chmod(0o755)
-    policy = fleet.folder / "policydb"
-    policy.mkdir()
-    (policy / "users.json").write_text(json.dumps([{"id": ADMIN, "admin": True}]))
-    director = fleet.director(
-        start=False, auth_type="external", policydb_folder=str(policy)
-    )
-    director.extra["external_auth"] = {"external_command": str(script)}
+    director = admin_director(fleet, ADMIN, ADMIN_PASSWORD)
     director.extra["housekeeper"] = {
         "max_age": f"{MAX_AGE:g}s",
         "housekeeper_frequency": "1s",
