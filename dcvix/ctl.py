@@ -31,7 +31,6 @@ from dcvix.common.errors import ApiError
 from dcvix.director.agent_admin import AgentAdmin, forget_nothing
 from dcvix.director.audit import Audit
 from dcvix.director.config import DirectorConfig
-from dcvix.director.datadir import DirectorFiles
 from dcvix.director.hostnames import own_host_names
 from dcvix.director.policy import PolicyError, load_policy
 from dcvix.director.registry import (
@@ -43,7 +42,9 @@ from dcvix.director.registry import (
     StoreError,
     StoreFull,
 )
-from dcvix.director.registry.sqlite import SqliteRegistry, inline_runner
+from dcvix.director.registry.engine import inline_runner
+from dcvix.director.registry.sql import SqlRegistry
+from dcvix.director.registry.stores import director_files, is_postgres, open_registry
 
 T = TypeVar("T")
 
@@ -63,11 +64,11 @@ def _load(conf: str | None) -> DirectorConfig:
     raise ConfigError("no config file found: pass --conf FILE")
 
 
-def _open(config: DirectorConfig) -> SqliteRegistry:
-    path = DirectorFiles(Path(config.director.data_dir)).agents_db
-    if not path.exists():
+def _open(config: DirectorConfig) -> SqlRegistry:
+    path = director_files(config).agents_db
+    if not is_postgres(config.store) and not path.exists():
         raise ConfigError(f"{path} does not exist: has the director been started?")
-    return SqliteRegistry(path, inline_runner)
+    return open_registry(config, inline_runner)
 
 
 def _wall_clock() -> Clock:

@@ -27,7 +27,7 @@ from cryptography import x509
 from daemons import DaemonProcess, free_port
 from dcvix.common.pki import load_certificates, load_private_key
 from dcvix.director.registry import AgentRecord
-from dcvix.director.registry.sqlite import get_txn, list_txn
+from dcvix.director.registry.sql import get_txn, list_txn
 from dcvix.director.registry.sqlite_schema import connect
 
 DCVIXCTL = str(Path(sys.executable).parent / "dcvixctl")

@@ -52,13 +52,16 @@ def parse_time(value: Any) -> dt.datetime | None:
     return _parse(value, stored=False)
 
 
-def parse_stored_time(text: str | None) -> dt.datetime | None:
-    """A timestamp column: ours, or Go's as its SQLite driver wrote it.
+def parse_stored_time(text: str | dt.datetime | None) -> dt.datetime | None:
+    """A timestamp column: ours, Go's as its SQLite driver wrote it, or PostgreSQL's.
 
     Go's are ``2025-03-01 10:20:30.123456789+01:00``, or ``time.String()``
     text with a zone name after the offset; no offset means UTC. Junk is None,
-    never an error: one odd row must not stop the director.
+    never an error: one odd row must not stop the director. A PostgreSQL
+    ``timestamptz`` arrives as a datetime, given back in UTC.
     """
+    if isinstance(text, dt.datetime):
+        return text.astimezone(dt.UTC)
     if not text:
         return None
     try:

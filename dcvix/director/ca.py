@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -304,20 +304,33 @@ def _read_key(path: Path) -> CertificateIssuerPrivateKeyTypes:
 
 
 def load_or_create_authority(
-    files: DirectorFiles, now: dt.datetime
+    files: DirectorFiles,
+    now: dt.datetime,
+    shared_agents: Callable[[], int] | None = None,
 ) -> CertificateAuthority:
     """The CA of ``data_dir``: adopted, or made on a fresh install.
+
+    With a SQLite store, ``agents.db`` counts as a file of the install (CONTRACT
+    §3). With a shared (PostgreSQL) store, ``shared_agents`` counts the agents
+    it holds: a CA is made only when the files are absent and the store holds
+    none, for a director joining others must use their CA.
 
     Raises:
         StartupError: some files of an existing install are missing, a key is
             readable by others, or the files do not load or match.
     """
-    wanted = {
-        "ca.key": files.ca_key,
-        "ca.pem": files.ca_pem,
-        "agents.db": files.agents_db,
-    }
+    wanted = {"ca.key": files.ca_key, "ca.pem": files.ca_pem}
+    if shared_agents is None:
+        wanted["agents.db"] = files.agents_db
     present = [name for name, path in wanted.items() if path.exists()]
+    held = shared_agents() if shared_agents is not None and not present else 0
+    if held:
+        raise StartupError(
+            f"{files.data_dir} has no CA, but the store already holds {held} "
+            "agents enrolled with another director's CA: refusing to make a new "
+            "one. Copy ca.key, ca.pem and token.key from a director of this "
+            "store (see the README), or use an empty database."
+        )
     if not present:
         authority = new_authority(now)
         atomic_write(files.ca_key, private_key_pem(authority.key), 0o600)
@@ -325,7 +338,8 @@ def load_or_create_authority(
         # Made now, with its tables, so that a start that fails later (say, on
         # server.key) is not taken for a partial loss, nor for an emptied file.
         try:
-            create_database(files.agents_db)
+            if shared_agents is None:
+                create_database(files.agents_db)
         except StoreError as error:
             raise StartupError(str(error)) from None
         log.warn(
@@ -352,6 +366,8 @@ def load_or_create_authority(
         key.public_key()
     ):
         raise StartupError(f"{files.ca_key} does not belong to {files.ca_pem}")
+    if shared_agents is not None:
+        return CertificateAuthority(key, certificate, pem)
     try:
         check_database(files.agents_db)
     except StoreError as error:

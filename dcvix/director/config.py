@@ -42,6 +42,29 @@ def _parse_ldap_url(text: str) -> str:
 LDAP_URL: Kind[str] = Kind("ldap/ldaps/ldapi URL", _parse_ldap_url)
 
 
+def _parse_store_url(text: str) -> str:
+    parts = urlsplit(text)
+    if parts.scheme == "sqlite":
+        if parts.netloc or not parts.path.startswith("/") or parts.path == "/":
+            raise ValueError(
+                f"{text!r}: a SQLite store is sqlite:/// and an absolute file path"
+            )
+        return text
+    if parts.scheme in ("postgresql", "postgres"):
+        if not parts.hostname or len(parts.path) < 2:
+            raise ValueError(f"{text!r}: give postgresql://user@host[:port]/database")
+        if parts.password is not None:
+            raise ValueError(
+                "the store URL must not hold a password: use [store] password_file"
+            )
+        _ = parts.port  # a bad port raises ValueError with its own message
+        return text
+    raise ValueError(f"{text!r} is not a sqlite:/// or postgresql:// URL")
+
+
+STORE_URL: Kind[str] = Kind("sqlite:/// or postgresql:// URL", _parse_store_url)
+
+
 @dataclass(frozen=True)
 class DirectorSection:
     """``[director]``."""
@@ -239,6 +262,31 @@ class HousekeeperSection:
 
 
 @dataclass(frozen=True)
+class StoreSection:
+    """``[store]``."""
+
+    url: str = setting(
+        STORE_URL,
+        "",
+        "Where agents, revoked tokens and the audit trail are kept: "
+        "sqlite:///path or postgresql://user@host:port/database; "
+        "empty: data_dir/agents.db.",
+    )
+    password: str = setting(SECRET, "", "Password of the PostgreSQL user.", secret=True)
+    password_file: str = setting(
+        PATH,
+        "",
+        "File whose first line is that password (instead of password; not "
+        "readable by others).",
+    )
+    connections: int = setting(
+        integer(1, 64),
+        4,
+        "PostgreSQL connections, and database threads, of this director.",
+    )
+
+
+@dataclass(frozen=True)
 class DirectorLogSection(LogSection):
     """``[log]`` of the director."""
 
@@ -261,4 +309,5 @@ class DirectorConfig:
     external_auth: ExternalSection = field(default_factory=ExternalSection)
     gateway: GatewaySection = field(default_factory=GatewaySection)
     housekeeper: HousekeeperSection = field(default_factory=HousekeeperSection)
+    store: StoreSection = field(default_factory=StoreSection)
     log: DirectorLogSection = field(default_factory=DirectorLogSection)

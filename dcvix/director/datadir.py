@@ -8,9 +8,13 @@ from pathlib import Path
 
 @dataclass(frozen=True)
 class DirectorFiles:
-    """The PKI files of a director ``data_dir``."""
+    """The PKI files of a director ``data_dir``, and its SQLite store.
+
+    ``database`` is ``[store] url``'s file when it names one.
+    """
 
     data_dir: Path
+    database: Path | None = None
 
     @property
     def ca_key(self) -> Path:
@@ -34,8 +38,8 @@ class DirectorFiles:
 
     @property
     def agents_db(self) -> Path:
-        """The agent registry."""
-        return self.data_dir / "agents.db"
+        """The agent registry (of a SQLite store)."""
+        return self.database or self.data_dir / "agents.db"
 
     @property
     def token_key(self) -> Path:

@@ -61,7 +61,6 @@ from dcvix.director.ca import (
 )
 from dcvix.director.config import DirectorConfig
 from dcvix.director.connections import ConnectionTokens
-from dcvix.director.datadir import DirectorFiles
 from dcvix.director.enrolment import Enrolment, EnrolmentPolicy
 from dcvix.director.hostnames import own_host_names
 from dcvix.director.housekeeper import Housekeeper
@@ -69,7 +68,15 @@ from dcvix.director.login import LoginService
 from dcvix.director.policy import PolicyError, PolicyHolder, ensure_policy_files
 from dcvix.director.portal import Portal
 from dcvix.director.registry import StoreError
-from dcvix.director.registry.sqlite import Runner, SqliteRegistry, pool_runner
+from dcvix.director.registry.engine import Runner, pool_runner
+from dcvix.director.registry.postgres import PostgresEngine
+from dcvix.director.registry.sql import SqlRegistry, states_txn
+from dcvix.director.registry.stores import (
+    database_threads,
+    director_files,
+    is_postgres,
+    open_registry,
+)
 from dcvix.director.resolver import SessionResolver
 from dcvix.director.runtime import MemoryRuntimeStore
 from dcvix.director.sessions import SessionControl
@@ -111,11 +118,25 @@ def _is_ip(name: str) -> bool:
     return True
 
 
-class _StoreCloser(Service):
-    """Closes the database once everything that uses it has stopped."""
+class _Store(Service):
+    """Follows other processes' changes once running; closes the store last.
 
-    def __init__(self, registry: SqliteRegistry) -> None:
+    Added before the database pool, so it stops after the pool has: no call
+    is running when the connections close.
+    """
+
+    def __init__(
+        self, registry: SqlRegistry, reactor: Any, pool: ThreadPoolService
+    ) -> None:
         self._registry = registry
+        self._reactor = reactor
+        self._pool = pool
+
+    def startService(self) -> None:
+        super().startService()
+        engine = self._registry.engine
+        if isinstance(engine, PostgresEngine):
+            self._reactor.callWhenRunning(engine.listen, self._reactor, self._pool)
 
     def stopService(self) -> None:
         super().stopService()
@@ -182,6 +203,21 @@ def login_otp_field(config: DirectorConfig) -> str:
     return "optional" if kind == "radius" else "none"
 
 
+def _open_store(config: DirectorConfig, runner: Runner) -> SqlRegistry:
+    try:
+        return open_registry(config, runner)
+    except StoreError as error:
+        raise StartupError(str(error)) from None
+
+
+def _count_agents(registry: SqlRegistry) -> int:
+    """Agents in the store, read at start (before the reactor runs)."""
+    try:
+        return len(registry.engine.call(states_txn))
+    except StoreError as error:
+        raise StartupError(str(error)) from None
+
+
 def build_director(
     config: DirectorConfig,
     reactor: Any,
@@ -198,9 +234,21 @@ def build_director(
     settings = config.director
     root = DaemonService("dcvix-director", observer)
     data_dir = private_dir(Path(settings.data_dir), "data_dir")
-    files = DirectorFiles(data_dir)
+    files = director_files(config)
     now = now_utc(reactor)
-    authority = load_or_create_authority(files, now)
+    database = ThreadPoolService("db", database_threads(config.store), reactor)
+    # A shared store is opened first: whether it holds agents decides whether
+    # a CA may be made. agents.db is opened after: the CA's absence decides
+    # whether it may be created.
+    shared = (
+        _open_store(config, deps.db_runner(database))
+        if is_postgres(config.store)
+        else None
+    )
+    authority = load_or_create_authority(
+        files, now, None if shared is None else lambda: _count_agents(shared)
+    )
+    registry = shared or _open_store(config, deps.db_runner(database))
     own_names = deps.host_names()
     own_lower = frozenset(n.lower() for n in own_names)
     extra_dns = [n for n in settings.server_names if not _is_ip(n)]
@@ -216,12 +264,7 @@ def build_director(
         "CA fingerprint (SHA-256): {fingerprint}", fingerprint=authority.fingerprint
     )
 
-    database = ThreadPoolService("db", 1, reactor)
-    try:
-        registry = SqliteRegistry(files.agents_db, deps.db_runner(database))
-    except StoreError as error:
-        raise StartupError(str(error)) from None
-    _StoreCloser(registry).setServiceParent(root)
+    _Store(registry, reactor, database).setServiceParent(root)
     database.setServiceParent(root)
     audit = Audit(registry, reactor)
     enrolment = Enrolment(

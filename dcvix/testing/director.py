@@ -44,7 +44,8 @@ from dcvix.director.enrolment import Enrolment, EnrolmentPolicy
 from dcvix.director.login import LoginService
 from dcvix.director.policy import PolicyHolder
 from dcvix.director.portal import Portal
-from dcvix.director.registry.sqlite import SqliteRegistry, inline_runner
+from dcvix.director.registry.engine import inline_runner
+from dcvix.director.registry.sqlite import SqliteRegistry
 from dcvix.director.resolver import SessionResolver
 from dcvix.director.runtime import MemoryRuntimeStore
 from dcvix.director.sessions import SessionControl

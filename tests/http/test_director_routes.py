@@ -24,7 +24,7 @@ from werkzeug.routing import Rule
 
 from dcvix.common.http import json_response
 from dcvix.director.api.authz import Gate, Gateways, Role, RouteSpec, authorized
-from dcvix.director.api.root import DirectorRoot
+from dcvix.director.api.root import STORE_DOWN, DirectorRoot
 from dcvix.director.api.web import web_root
 from dcvix.director.openapi import director_document
 from dcvix.testing import DirectorHarness, director_harness
@@ -246,6 +246,22 @@ def test_an_admin_login_reaches_the_admin_routes(
             "certificate": director.authority.pem.decode(),
             "fingerprint": director.authority.fingerprint,
         },
+    )
+
+
+def test_a_database_that_fails_is_503_on_both_paths(
+    director: DirectorHarness, stub: StubTreq
+) -> None:
+    """No database: a clear 503 (to come back later), never a 500."""
+    alice = login_cookie(stub, "alice", "alice-pw", admin=True)
+    director.registry.engine._connection.close()  # type: ignore[attr-defined]
+
+    expected = (503, {"error": STORE_DOWN})
+    assert call(stub, "GET", "/v1/admin/agents", cookie=alice).outcome == expected
+    # Klein's path (a parameter) answers alike.
+    assert (
+        call(stub, "POST", f"/v1/admin/agents/{GUID}/approve", b"{}", alice).outcome
+        == expected
     )
 
 

@@ -28,7 +28,7 @@ from browser import (
 from playwright.sync_api import Expect
 
 from dcvix.common.pki import certificate_fingerprint, public_key_fingerprint
-from dcvix.director.registry.sqlite_schema import to_db_time
+from dcvix.director.registry.engine import to_db_time
 from fleet import Agent, Fleet, private_key_file
 
 TIMEOUT = 20_000  # ms, for every wait on the page

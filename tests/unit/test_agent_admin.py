@@ -8,7 +8,6 @@ from twisted.logger's global publisher, the audit rows from the registry.
 from __future__ import annotations
 
 import datetime as dt
-import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,8 +22,9 @@ from dcvix.ctl import wait as resolve
 from dcvix.director.agent_admin import AgentAdmin, Outcome, forget_nothing
 from dcvix.director.audit import Audit
 from dcvix.director.registry import AgentRecord
-from dcvix.director.registry.sqlite import SqliteRegistry, inline_runner
-from dcvix.director.registry.sqlite_schema import connect
+from dcvix.director.registry.engine import inline_runner
+from dcvix.director.registry.sqlite import SqliteRegistry
+from dcvix.director.registry.sqlite_schema import SqliteConnection, connect
 
 NOW = dt.datetime(2025, 3, 1, 12, 0, 0, tzinfo=dt.UTC)
 LATER = NOW + dt.timedelta(minutes=1)
@@ -57,7 +57,7 @@ class World:
     admin: AgentAdmin
     registry: SqliteRegistry
     clock: Clock
-    db: sqlite3.Connection
+    db: SqliteConnection
     forgotten: list[tuple[str, bool]]
     lines: list[str] = field(default_factory=list)
     setup_rows: int = 0

@@ -20,7 +20,8 @@ from twisted.logger import (
 from dcvix.ctl import wait as resolve
 from dcvix.director.audit import Audit
 from dcvix.director.registry import AuditEntry
-from dcvix.director.registry.sqlite import SqliteRegistry, inline_runner
+from dcvix.director.registry.engine import inline_runner
+from dcvix.director.registry.sqlite import SqliteRegistry
 
 NOW = dt.datetime(2025, 3, 1, 12, 0, 0, tzinfo=dt.UTC)
 

@@ -20,7 +20,8 @@ from twisted.logger import ILogObserver, LogEvent, formatEvent, globalLogPublish
 
 from dcvix.ctl import wait as resolve
 from dcvix.director.connections import REFUSALS_LOGGED, ConnectionTokens
-from dcvix.director.registry.sqlite import SqliteRegistry, inline_runner
+from dcvix.director.registry.engine import inline_runner
+from dcvix.director.registry.sqlite import SqliteRegistry
 from dcvix.director.resolver import SessionResolver
 from dcvix.director.runtime import MemoryRuntimeStore, ServerState, Session
 from dcvix.director.tokens import CONNECTION, LOGIN, USER, TokenService, token_hash

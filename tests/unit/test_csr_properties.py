@@ -40,8 +40,9 @@ from dcvix.director.enrolment import (
     PeerIdentity,
     PendingApproval,
 )
-from dcvix.director.registry import sqlite
-from dcvix.director.registry.sqlite import SqliteRegistry, inline_runner
+from dcvix.director.registry import sql as sqlite
+from dcvix.director.registry.engine import inline_runner
+from dcvix.director.registry.sqlite import SqliteRegistry
 from dcvix.director.registry.sqlite_schema import connect
 from dcvix.director.requests import RegisterRequest, RenewRequest
 

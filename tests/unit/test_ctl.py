@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from dcvix import ctl
-from dcvix.director.registry import sqlite as engine
-from dcvix.director.registry.sqlite_schema import connect
+from dcvix.director.registry import sql as engine
+from dcvix.director.registry.sqlite_schema import SqliteConnection, connect
 
 A = "11111111-1111-4111-8111-111111111111"
 B = "22222222-2222-4222-8222-222222222222"
@@ -58,7 +58,7 @@ def conf(tmp_path: Path, data_dir: Path) -> Path:
 
 
 @pytest.fixture
-def db(data_dir: Path) -> Iterator[sqlite3.Connection]:
+def db(data_dir: Path) -> Iterator[SqliteConnection]:
     connection = connect(data_dir / "agents.db")
     yield connection
     connection.close()
@@ -69,7 +69,7 @@ def run(conf: Path, *args: str) -> int:
 
 
 def add(
-    db: sqlite3.Connection,
+    db: SqliteConnection,
     guid: str,
     hostname: str,
     state: str,
@@ -99,12 +99,12 @@ def go_db(path: Path, rows: list[tuple[str, str]]) -> None:
     connection.close()
 
 
-def state_of(db: sqlite3.Connection, guid: str) -> str | None:
+def state_of(db: SqliteConnection, guid: str) -> str | None:
     record = engine.get_txn(db, guid)
     return None if record is None else record.state
 
 
-def audit(db: sqlite3.Connection) -> list[tuple[str, str, str]]:
+def audit(db: SqliteConnection) -> list[tuple[str, str, str]]:
     """The audit lines dcvixctl wrote (not the set-up's), oldest first."""
     return [
         (entry.actor, entry.action, entry.target)
@@ -125,7 +125,7 @@ def cells(out: str) -> list[list[str]]:
 
 
 def test_list_prints_a_table(
-    conf: Path, db: sqlite3.Connection, capsys: pytest.CaptureFixture[str]
+    conf: Path, db: SqliteConnection, capsys: pytest.CaptureFixture[str]
 ) -> None:
     add(db, A, "ws1", "registered")
     add(db, B, "ws2", "pending", KEY_B, T0 + dt.timedelta(hours=1))
@@ -146,7 +146,7 @@ def test_list_prints_a_table(
 
 
 def test_list_one_state(
-    conf: Path, db: sqlite3.Connection, capsys: pytest.CaptureFixture[str]
+    conf: Path, db: SqliteConnection, capsys: pytest.CaptureFixture[str]
 ) -> None:
     add(db, A, "ws1", "registered")
     add(db, B, "ws2", "pending")
@@ -227,7 +227,7 @@ def test_an_adopted_agents_claim_is_listed_and_approved(
 
 
 def test_list_empty(
-    conf: Path, db: sqlite3.Connection, capsys: pytest.CaptureFixture[str]
+    conf: Path, db: SqliteConnection, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert run(conf, "agents", "list") == 0
     assert capsys.readouterr().out == "no agents\n"
@@ -238,7 +238,7 @@ def test_list_empty(
 
 
 def test_list_refuses_an_unknown_state(
-    conf: Path, db: sqlite3.Connection, capsys: pytest.CaptureFixture[str]
+    conf: Path, db: SqliteConnection, capsys: pytest.CaptureFixture[str]
 ) -> None:
     with pytest.raises(SystemExit) as raised:
         run(conf, "agents", "list", "--state", "approved")
@@ -251,7 +251,7 @@ def test_list_refuses_an_unknown_state(
 
 
 def test_approve_several(
-    conf: Path, db: sqlite3.Connection, capsys: pytest.CaptureFixture[str]
+    conf: Path, db: SqliteConnection, capsys: pytest.CaptureFixture[str]
 ) -> None:
     add(db, A, "ws1", "pending")
     add(db, B, "ws2", "pending", KEY_B)
@@ -266,7 +266,7 @@ def test_approve_several(
 
 
 def test_approve_what_was_listed_only(
-    conf: Path, db: sqlite3.Connection, capsys: pytest.CaptureFixture[str]
+    conf: Path, db: SqliteConnection, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """--hostname/--fingerprint: refused if the pending agent changed since."""
     add(db, A, "ws-finance", "pending")
@@ -284,7 +284,7 @@ def test_approve_what_was_listed_only(
 
 
 def test_approve_hostname_conflict_is_refused(
-    conf: Path, db: sqlite3.Connection, capsys: pytest.CaptureFixture[str]
+    conf: Path, db: SqliteConnection, capsys: pytest.CaptureFixture[str]
 ) -> None:
     add(db, A, "ws1", "registered")
     add(db, B, "ws1", "pending", KEY_B)
@@ -302,7 +302,7 @@ def test_approve_hostname_conflict_is_refused(
 
 
 def test_approve_replace_revokes_the_old_agent(
-    conf: Path, db: sqlite3.Connection, capsys: pytest.CaptureFixture[str]
+    conf: Path, db: SqliteConnection, capsys: pytest.CaptureFixture[str]
 ) -> None:
     add(db, A, "ws1", "registered")
     add(db, B, "ws1", "pending", KEY_B)
@@ -317,7 +317,7 @@ def test_approve_replace_revokes_the_old_agent(
 
 
 def test_approve_this_machine_warns(
-    conf: Path, db: sqlite3.Connection, capsys: pytest.CaptureFixture[str]
+    conf: Path, db: SqliteConnection, capsys: pytest.CaptureFixture[str]
 ) -> None:
     hostname = socket.gethostname()
     add(db, A, hostname, "pending")
@@ -334,7 +334,7 @@ def test_approve_this_machine_warns(
 
 def test_approve_this_machines_fqdn_warns(
     conf: Path,
-    db: sqlite3.Connection,
+    db: SqliteConnection,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
@@ -353,7 +353,7 @@ def test_approve_this_machines_fqdn_warns(
 
 
 def test_approve_other_host_does_not_warn(
-    conf: Path, db: sqlite3.Connection, capsys: pytest.CaptureFixture[str]
+    conf: Path, db: SqliteConnection, capsys: pytest.CaptureFixture[str]
 ) -> None:
     hostname = "not-" + socket.gethostname()
     add(db, A, hostname, "pending")
@@ -364,7 +364,7 @@ def test_approve_other_host_does_not_warn(
 
 
 def test_approve_goes_on_after_a_failure(
-    conf: Path, db: sqlite3.Connection, capsys: pytest.CaptureFixture[str]
+    conf: Path, db: SqliteConnection, capsys: pytest.CaptureFixture[str]
 ) -> None:
     add(db, A, "ws1", "pending")
 
@@ -380,7 +380,7 @@ def test_approve_goes_on_after_a_failure(
 
 
 def test_deny_revoke_reactivate_delete(
-    conf: Path, db: sqlite3.Connection, capsys: pytest.CaptureFixture[str]
+    conf: Path, db: SqliteConnection, capsys: pytest.CaptureFixture[str]
 ) -> None:
     add(db, A, "ws1", "pending")
     add(db, B, "ws2", "registered", KEY_B)
@@ -411,7 +411,7 @@ def test_deny_revoke_reactivate_delete(
 
 
 def test_wrong_state_is_exit_1(
-    conf: Path, db: sqlite3.Connection, capsys: pytest.CaptureFixture[str]
+    conf: Path, db: SqliteConnection, capsys: pytest.CaptureFixture[str]
 ) -> None:
     add(db, A, "ws1", "pending")
 
@@ -426,7 +426,7 @@ def test_wrong_state_is_exit_1(
 @pytest.mark.parametrize("verb", ["approve", "deny", "revoke", "reactivate", "delete"])
 def test_unknown_guid_is_exit_1(
     conf: Path,
-    db: sqlite3.Connection,
+    db: SqliteConnection,
     capsys: pytest.CaptureFixture[str],
     verb: str,
 ) -> None:
@@ -439,7 +439,7 @@ def test_unknown_guid_is_exit_1(
 
 def test_sudo_user_is_recorded(
     conf: Path,
-    db: sqlite3.Connection,
+    db: SqliteConnection,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:

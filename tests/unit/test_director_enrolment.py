@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
-import sqlite3
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,9 +37,11 @@ from dcvix.director import ca
 from dcvix.director.agent_admin import AgentAdmin, forget_nothing
 from dcvix.director.audit import Audit
 from dcvix.director.enrolment import Enrolment, EnrolmentPolicy, PendingApproval
-from dcvix.director.registry import AgentRecord, AuditEntry, Pinning, sqlite
-from dcvix.director.registry.sqlite import SqliteRegistry, inline_runner
-from dcvix.director.registry.sqlite_schema import connect
+from dcvix.director.registry import AgentRecord, AuditEntry, Pinning
+from dcvix.director.registry import sql as sqlite
+from dcvix.director.registry.engine import inline_runner
+from dcvix.director.registry.sqlite import SqliteRegistry
+from dcvix.director.registry.sqlite_schema import SqliteConnection, connect
 from dcvix.director.requests import RegisterRequest, RenewRequest
 
 NOW = dt.datetime(2025, 3, 1, 12, 0, 0, tzinfo=dt.UTC)
@@ -102,7 +103,7 @@ class World:
     authority: ca.CertificateAuthority
     clock: Clock
     admin: AgentAdmin
-    db: sqlite3.Connection
+    db: SqliteConnection
 
     def register(self, request: RegisterRequest, address: str = ADDRESS) -> Any:
         return resolve(self.enrolment.register(request, address))
@@ -1107,7 +1108,7 @@ def test_renew_never_promotes_a_pending_agent(world: World) -> None:
     ids=["revoked", "unknown"],
 )
 def test_renew_revoked_or_unknown_is_401(
-    world: World, change: Callable[[sqlite3.Connection], object], message: str
+    world: World, change: Callable[[SqliteConnection], object], message: str
 ) -> None:
     key, certificate = registered_agent(world)
     change(world.db)

@@ -18,8 +18,9 @@ from dcvix.common.threads import ThreadPoolService
 from dcvix.director.auth import Authenticator
 from dcvix.director.config import DirectorConfig
 from dcvix.director.registry import PENDING
-from dcvix.director.registry.sqlite import Runner, get_txn, inline_runner
-from dcvix.director.registry.sqlite_schema import connect, to_db_time
+from dcvix.director.registry.engine import Runner, inline_runner, to_db_time
+from dcvix.director.registry.sql import get_txn
+from dcvix.director.registry.sqlite_schema import connect
 from dcvix.director.service import Dependencies, build_director, login_otp_field
 from dcvix.testing import PasswordAuthenticator
 
@@ -74,7 +75,7 @@ def test_the_tree_a_fresh_install_and_the_listener(
 ) -> None:
     root = build_director(_config(tmp_path), reactor, None, deps)
     assert [type(s).__name__ for s in root] == [
-        "_StoreCloser",
+        "_Store",
         "ThreadPoolService",
         "ThreadPoolService",
         "AgentClient",

@@ -30,8 +30,9 @@ from dcvix.director.api.render import (
     server_json,
     session_json,
 )
-from dcvix.director.registry import sqlite as engine
-from dcvix.director.registry.sqlite import SqliteRegistry, inline_runner
+from dcvix.director.registry import sql as engine
+from dcvix.director.registry.engine import inline_runner
+from dcvix.director.registry.sqlite import SqliteRegistry
 from dcvix.director.runtime import HostStats, ServerState, Session
 
 NOW = dt.datetime(2026, 12, 7, 12, 0, 0, 123400, tzinfo=dt.UTC)
@@ -295,10 +296,8 @@ def test_states_do_not_keep_what_a_concurrent_commit_made_stale(
     """A commit landing while the states are read: they are not kept."""
     racing = [True]
 
-    def runner(
-        function: Callable[..., R], connection: sqlite3.Connection, *args: Any
-    ) -> Deferred[R]:
-        done = inline_runner(function, connection, *args)
+    def runner(call: Callable[..., R], function: Any, *args: Any) -> Deferred[R]:
+        done = inline_runner(call, function, *args)
         if function is engine.states_txn and racing and racing.pop():
             with sqlite3.connect(tmp_path / "agents.db") as raw:  # after the read
                 raw.execute("UPDATE agents SET state = 'revoked' WHERE guid = ?", (A,))

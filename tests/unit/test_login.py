@@ -38,7 +38,8 @@ from dcvix.director.auth.admission import AdmissionBound, BoundedAuthenticator
 from dcvix.director.login import LoginService
 from dcvix.director.policy import PolicyHolder
 from dcvix.director.registry import AuditEntry
-from dcvix.director.registry.sqlite import SqliteRegistry, inline_runner
+from dcvix.director.registry.engine import inline_runner
+from dcvix.director.registry.sqlite import SqliteRegistry
 from dcvix.director.requests import LoginRequest
 from dcvix.director.throttle import LoginThrottle
 from dcvix.director.tokens import CONNECTION, Claims, TokenService

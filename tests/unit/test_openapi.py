@@ -29,7 +29,7 @@ from dcvix.director import openapi as director_openapi
 from dcvix.director import schemas
 from dcvix.director.api.authz import Role, RouteSpec
 from dcvix.director.config import DirectorConfig
-from dcvix.director.registry.sqlite import inline_runner
+from dcvix.director.registry.engine import inline_runner
 from dcvix.director.service import Dependencies, build_director
 from dcvix.testing import PasswordAuthenticator, director_harness
 

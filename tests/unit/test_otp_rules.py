@@ -27,7 +27,7 @@ from dcvix.director.auth.otp import (
     with_second_factor,
 )
 from dcvix.director.config import DirectorConfig, LdapSection
-from dcvix.director.registry.sqlite import inline_runner
+from dcvix.director.registry.engine import inline_runner
 from dcvix.director.service import Dependencies, _authenticator, build_director
 from dcvix.testing import PasswordAuthenticator
 

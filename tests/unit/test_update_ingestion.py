@@ -30,7 +30,8 @@ from dcvix.director.api.agents import UpdateTally
 from dcvix.director.audit import Audit
 from dcvix.director.enrolment import Enrolment, EnrolmentPolicy
 from dcvix.director.registry import AgentRecord
-from dcvix.director.registry.sqlite import SqliteRegistry, inline_runner
+from dcvix.director.registry.engine import inline_runner
+from dcvix.director.registry.sqlite import SqliteRegistry
 from dcvix.director.runtime import parse_session
 
 NOW = dt.datetime(2026, 3, 1, 12, 0, 0, tzinfo=dt.UTC)

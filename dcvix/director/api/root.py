@@ -8,6 +8,7 @@ from typing import Any, cast
 
 from klein import Klein
 from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
@@ -20,8 +21,9 @@ from dcvix.common.http import (
     install_error_handlers,
     json_response,
 )
+from dcvix.common.ratelimit import LogBudget
 from dcvix.director.api.authz import Gate, Role, RouteSpec, authorized, routes_of
-from dcvix.director.registry import StoreFull
+from dcvix.director.registry import StoreError, StoreFull
 
 log = Logger()
 
@@ -46,10 +48,42 @@ def store_full(request: IRequest, failure: Failure) -> bytes:
     return error_response(request, 507, STORE_FULL)
 
 
+STORE_DOWN = "service unavailable: the director cannot reach its database"
+# While the database is down every request fails alike: a few lines a minute
+# say so, with how many were left out.
+_store_down_lines: LogBudget | None = None
+
+
+def store_unavailable(request: IRequest, failure: Failure) -> bytes:
+    """503 and a line naming the database, not a 500 with a traceback.
+
+    The transaction was rolled back, so nothing changed; the engine connects
+    again by itself, and the same call works once the database answers.
+    """
+    global _store_down_lines  # noqa: PLW0603 - one budget for the process
+    if _store_down_lines is None:
+        from twisted.internet import reactor  # noqa: PLC0415 - the running one
+
+        _store_down_lines = LogBudget(5, 60.0, cast(IReactorTime, reactor))
+    skipped = _store_down_lines.take()
+    if skipped is not None:
+        log.error(
+            "{method} {path} answered 503: {error}{more}",
+            method=request.method.decode("ascii", "replace"),
+            path=request.path.decode("ascii", "replace"),
+            error=str(failure.value),
+            more=f" ({skipped} more left out)" if skipped else "",
+        )
+    request.setHeader(b"Retry-After", b"5")
+    return error_response(request, 503, STORE_DOWN)
+
+
 def answer_failure(request: IRequest, failure: Failure) -> bytes:
-    """A route's failure as JSON: a full disk is 507, the rest as usual."""
+    """A route's failure as JSON: full disk 507, no database 503, the rest as usual."""
     if failure.check(StoreFull):
         return store_full(request, failure)
+    if failure.check(StoreError):
+        return store_unavailable(request, failure)
     return failure_answer(request, failure)
 
 

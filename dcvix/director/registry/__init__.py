@@ -2,9 +2,10 @@
 
 Everything outside an engine sees only these types and protocols: agents
 (:class:`AgentRegistry`), the audit trail (:class:`AuditTrail`) and logged-out
-tokens (:class:`RevokedTokens`). The SQLite engine (:mod:`.sqlite`) is the
-embedded default; a PostgreSQL engine will implement the same protocols, so no
-caller names a transaction or a SQL statement.
+tokens (:class:`RevokedTokens`). One implementation (:mod:`.sql`) runs on two
+engines: SQLite (:mod:`.sqlite`, the embedded default) and PostgreSQL
+(:mod:`.postgres`, for several directors); no caller names a transaction or a
+SQL statement, and :func:`.stores.open_registry` picks the engine.
 
 Every mutating method that an admin or the enrolment rules call writes its
 audit row in the same transaction as the change, so the trail never misses a
@@ -33,6 +34,10 @@ class StoreFull(StoreError):
     The store works again as soon as space is freed, without a restart; a
     caller answers "try later" rather than "internal error".
     """
+
+
+class UniqueViolation(StoreError):
+    """A write broke a unique constraint; its transaction was rolled back."""
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""``agents.db``'s schema and its migrations, and how the engine writes time.
+"""``agents.db``: its schema and migrations, and its connection as statements see it.
 
 Version 0 is Go dcvix's table (or an empty file); each migration moves the
 database one version up inside one transaction, and a database newer than this
@@ -7,24 +7,16 @@ code is refused rather than misread.
 
 from __future__ import annotations
 
-import datetime as dt
 import os
 import sqlite3
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from dcvix.common.files import fsync_directory
-from dcvix.director.registry import REGISTERED, StoreError
-
-DB_TIMEOUT = 10.0
-
-
-def to_db_time(moment: dt.datetime | None) -> str | None:
-    """One format for everything we write: UTC, microseconds, explicit offset."""
-    if moment is None:
-        return None
-    return moment.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S.%f+00:00")
+from dcvix.director.registry import REGISTERED, StoreError, UniqueViolation
+from dcvix.director.registry.engine import DB_TIMEOUT
 
 
 class transaction:
@@ -33,9 +25,8 @@ class transaction:
     def __init__(self, connection: sqlite3.Connection) -> None:
         self._connection = connection
 
-    def __enter__(self) -> sqlite3.Connection:
+    def __enter__(self) -> None:
         self._connection.execute("BEGIN IMMEDIATE")
-        return self._connection
 
     def __exit__(self, kind: object, value: object, traceback: object) -> None:
         if kind is not None:
@@ -56,6 +47,39 @@ class transaction:
         """
         if self._connection.in_transaction:
             self._connection.execute("ROLLBACK")
+
+
+class SqliteConnection:
+    """A ``sqlite3`` connection as :class:`~.engine.Connection`.
+
+    Statements are SQLite's own (``?`` placeholders); a broken unique
+    constraint is :class:`~dcvix.director.registry.UniqueViolation`, as on
+    every engine.
+    """
+
+    def __init__(self, connection: sqlite3.Connection) -> None:
+        self.raw = connection
+
+    def execute(self, query: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
+        """Run one statement."""
+        try:
+            return self.raw.execute(query, params)
+        except sqlite3.IntegrityError as error:
+            if "UNIQUE" in str(error):
+                raise UniqueViolation(f"agents.db: {error}") from None
+            raise
+
+    def executemany(self, query: str, rows: Sequence[Sequence[Any]]) -> None:
+        """Run one statement per row."""
+        self.raw.executemany(query, rows)
+
+    def transaction(self) -> transaction:
+        """``BEGIN IMMEDIATE``: one writer at a time, readers never wait (WAL)."""
+        return transaction(self.raw)
+
+    def close(self) -> None:
+        """Close the connection."""
+        self.raw.close()
 
 
 _GO_COLUMNS = """
@@ -138,7 +162,7 @@ MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_to_1, _to_2)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
-def connect(path: Path) -> sqlite3.Connection:
+def connect(path: Path) -> SqliteConnection:
     """Open ``agents.db`` (0600, WAL), creating or upgrading its tables.
 
     Raises:
@@ -162,7 +186,7 @@ def connect(path: Path) -> sqlite3.Connection:
     except StoreError as error:
         connection.close()
         raise StoreError(f"{path}: {error}") from None
-    return connection
+    return SqliteConnection(connection)
 
 
 def migrate(connection: sqlite3.Connection) -> None:

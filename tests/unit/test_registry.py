@@ -1,4 +1,9 @@
-"""The SQLite registry: schema, migrations, Go adoption, claims, actions, engine."""
+"""The registry on both engines: statements, claims, actions, runners; SQLite's
+schema, migrations and Go adoption.
+
+Tests taking ``db`` or ``registry`` run once on SQLite and once on PostgreSQL
+(a throwaway cluster, see tests/postgres.py).
+"""
 
 from __future__ import annotations
 
@@ -6,11 +11,14 @@ import datetime as dt
 import sqlite3
 import stat
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 import pytest_twisted
+from postgres import Postgres, PostgresStore, postgres_fixture  # noqa: F401
 from twisted.internet import reactor
 from twisted.internet.interfaces import IReactorFromThreads
 
@@ -24,10 +32,24 @@ from dcvix.director.registry import (
     Pinning,
     StoreError,
     StoreFull,
+    UniqueViolation,
 )
-from dcvix.director.registry import sqlite as engine
-from dcvix.director.registry.sqlite import SqliteRegistry, inline_runner, pool_runner
-from dcvix.director.registry.sqlite_schema import SCHEMA_VERSION, connect, to_db_time
+from dcvix.director.registry import sql as engine
+from dcvix.director.registry.engine import (
+    Connection,
+    Runner,
+    inline_runner,
+    pool_runner,
+    to_db_time,
+)
+from dcvix.director.registry.postgres import PostgresConnection
+from dcvix.director.registry.sql import SqlRegistry
+from dcvix.director.registry.sqlite import SqliteRegistry
+from dcvix.director.registry.sqlite_schema import (
+    SCHEMA_VERSION,
+    SqliteConnection,
+    connect,
+)
 
 UTC = dt.UTC
 NOW = dt.datetime(2025, 3, 2, 8, 0, 0, tzinfo=UTC)
@@ -71,15 +93,15 @@ OUR_COLUMNS = [
 ]
 
 
-def columns(connection: sqlite3.Connection, table: str) -> list[str]:
+def columns(connection: SqliteConnection | sqlite3.Connection, table: str) -> list[str]:
     return [row[1] for row in connection.execute(f"PRAGMA table_info({table})")]
 
 
-def user_version(connection: sqlite3.Connection) -> int:
+def user_version(connection: SqliteConnection | sqlite3.Connection) -> int:
     return int(connection.execute("PRAGMA user_version").fetchone()[0])
 
 
-def audit(connection: sqlite3.Connection) -> list[tuple[str, str, str, str]]:
+def audit(connection: Connection) -> list[tuple[str, str, str, str]]:
     """The audit lines, oldest first, without their time."""
     return [
         (entry.actor, entry.action, entry.target, entry.detail)
@@ -87,47 +109,89 @@ def audit(connection: sqlite3.Connection) -> list[tuple[str, str, str, str]]:
     ]
 
 
-def state_of(connection: sqlite3.Connection, guid: str) -> str | None:
+def state_of(connection: Connection, guid: str) -> str | None:
     record = engine.get_txn(connection, guid)
     return None if record is None else record.state
 
 
-def get(connection: sqlite3.Connection, guid: str) -> AgentRecord:
+def get(connection: Connection, guid: str) -> AgentRecord:
     record = engine.get_txn(connection, guid)
     assert record is not None
     return record
 
 
-def flags(connection: sqlite3.Connection) -> dict[str, int]:
+def flags(connection: Connection) -> dict[str, int]:
     """``adopted_duplicate`` of every row, by GUID."""
     rows = connection.execute("SELECT guid, adopted_duplicate FROM agents")
-    return dict(rows.fetchall())
+    return dict(rows)
+
+
+@pytest.fixture(scope="module")
+def pg_store(postgres: Postgres) -> PostgresStore:
+    return PostgresStore(postgres)
+
+
+@dataclass(frozen=True)
+class Store:
+    """One engine's store under test, empty: its connections and registries."""
+
+    engine: str
+    connection: Callable[[], Connection]
+    registry: Callable[[Runner], SqlRegistry]
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
+    if request.param == "sqlite":
+        path = tmp_path / "agents.db"
+        return Store(
+            "sqlite", lambda: connect(path), lambda run: SqliteRegistry(path, run)
+        )
+    pg: PostgresStore = request.getfixturevalue("pg_store")
+    pg.empty()
+    return Store(
+        "postgresql",
+        pg.connection,
+        lambda run: SqlRegistry(pg.engine(), run),
+    )
 
 
 @pytest.fixture
-def db(tmp_path: Path) -> Iterator[sqlite3.Connection]:
+def db(store: Store) -> Iterator[Connection]:
+    """A connection to an empty store, of each engine."""
+    connection = store.connection()
+    yield connection
+    connection.close()
+
+
+@pytest.fixture
+def sqlite_db(tmp_path: Path) -> Iterator[SqliteConnection]:
     connection = connect(tmp_path / "agents.db")
     yield connection
     connection.close()
 
 
-def pending(
-    connection: sqlite3.Connection, guid: str, hostname: str, key: str = KEY_A
-) -> None:
+def in_transaction(connection: Connection) -> bool:
+    if isinstance(connection, SqliteConnection):
+        return connection.raw.in_transaction
+    assert isinstance(connection, PostgresConnection)
+    status = connection.raw.info.transaction_status
+    return status != psycopg.pq.TransactionStatus.IDLE
+
+
+def pending(connection: Connection, guid: str, hostname: str, key: str = KEY_A) -> None:
     assert engine.create_pending_txn(connection, guid, hostname, key, "10.0.0.9", NOW)
 
 
 def registered(
-    connection: sqlite3.Connection, guid: str, hostname: str, key: str = KEY_A
+    connection: Connection, guid: str, hostname: str, key: str = KEY_A
 ) -> None:
     assert engine.create_registered_txn(
         connection, guid, hostname, key, "10.0.0.9", NOW, SETUP
     )
 
 
-def adopted(
-    connection: sqlite3.Connection, guid: str, hostname: str, claim: str = ""
-) -> None:
+def adopted(connection: Connection, guid: str, hostname: str, claim: str = "") -> None:
     """A registered Go row without a pinned key (optionally with a claim)."""
     connection.execute(
         "INSERT INTO agents (guid, hostname, state, claimed_key, claimed_at) "
@@ -560,7 +624,7 @@ def test_connect_twice_keeps_rows(tmp_path: Path) -> None:
     second.close()
 
 
-def test_duplicate_hostname_rules(db: sqlite3.Connection) -> None:
+def test_duplicate_hostname_rules(db: Connection) -> None:
     # Registered: another registered agent has the name (any case).
     registered(db, A, "WS1.example.org")
     db.execute(
@@ -594,7 +658,7 @@ def test_duplicate_hostname_rules(db: sqlite3.Connection) -> None:
     }
 
 
-def test_hostname_holders(db: sqlite3.Connection) -> None:
+def test_hostname_holders(db: Connection) -> None:
     registered(db, B, "WS1")
     db.execute(
         "INSERT INTO agents (guid, hostname, state, adopted_duplicate) "
@@ -613,11 +677,12 @@ def test_hostname_holders(db: sqlite3.Connection) -> None:
     assert engine.hostname_holders_txn(db, "ws3") == []
 
 
-def test_hostname_holders_uses_an_index(db: sqlite3.Connection) -> None:
+def test_hostname_holders_uses_an_index(sqlite_db: SqliteConnection) -> None:
+    db = sqlite_db
     statements: list[str] = []
-    db.set_trace_callback(statements.append)
+    db.raw.set_trace_callback(statements.append)
     engine.hostname_holders_txn(db, "ws1", A)
-    db.set_trace_callback(None)
+    db.raw.set_trace_callback(None)
     [query] = [s for s in statements if s.lstrip().upper().startswith("SELECT")]
 
     plan = " | ".join(row[3] for row in db.execute(f"EXPLAIN QUERY PLAN {query}"))
@@ -630,19 +695,19 @@ def test_hostname_holders_uses_an_index(db: sqlite3.Connection) -> None:
 
 
 def test_the_unique_index_refuses_a_second_registered_hostname(
-    db: sqlite3.Connection,
+    db: Connection,
 ) -> None:
     registered(db, A, "ws1.example.org")
     pending(db, B, "WS1.Example.ORG", KEY_B)
 
-    with pytest.raises(sqlite3.IntegrityError):
+    with pytest.raises(UniqueViolation):
         db.execute("UPDATE agents SET state = 'registered' WHERE guid = ?", (B,))
 
     assert (state_of(db, A), state_of(db, B)) == ("registered", "pending")
 
 
 def test_two_agents_cannot_both_be_registered_under_one_hostname(
-    db: sqlite3.Connection,
+    db: Connection,
 ) -> None:
     assert engine.create_registered_txn(db, A, "ws1", KEY_A, "", NOW, "auto")
     # The second lost the race for ws1: nothing is inserted, it may wait as pending.
@@ -675,7 +740,7 @@ def test_create_registered_is_refused_while_only_a_flagged_row_holds_the_name(
 
 
 def test_reactivate_refused_when_the_hostname_was_taken(
-    db: sqlite3.Connection,
+    db: Connection,
 ) -> None:
     registered(db, A, "ws1")
     engine.revoke_txn(db, A, "os:alice", NOW)
@@ -693,7 +758,7 @@ def test_reactivate_refused_when_the_hostname_was_taken(
 # ------------------------------------------------------------- row functions
 
 
-def test_create_pending_and_registered(db: sqlite3.Connection) -> None:
+def test_create_pending_and_registered(db: Connection) -> None:
     pending(db, A, "ws1")
     registered(db, B, "ws2", KEY_B)
 
@@ -726,7 +791,7 @@ def test_create_pending_and_registered(db: sqlite3.Connection) -> None:
     assert engine.audit_list_txn(db)[0].time == NOW
 
 
-def test_record_issue_and_to_pending(db: sqlite3.Connection) -> None:
+def test_record_issue_and_to_pending(db: Connection) -> None:
     registered(db, A, "ws1")
     expires = NOW + dt.timedelta(days=14)
 
@@ -756,7 +821,7 @@ def test_record_issue_and_to_pending(db: sqlite3.Connection) -> None:
 
 @pytest.mark.parametrize("state", ["revoked", "denied"])
 def test_to_pending_leaves_revoked_and_denied_alone(
-    db: sqlite3.Connection, state: str
+    db: SqliteConnection, state: str
 ) -> None:
     # A register that read "registered" just before dcvixctl revoked the agent
     # must not bring it back as pending.
@@ -779,7 +844,7 @@ def test_to_pending_leaves_revoked_and_denied_alone(
 # -------------------------------------------------------------------- claims
 
 
-def test_claim_only_for_an_unpinned_registered_agent(db: sqlite3.Connection) -> None:
+def test_claim_only_for_an_unpinned_registered_agent(db: Connection) -> None:
     pending(db, B, "ws2", "")
     db.execute(
         "INSERT INTO agents (guid, hostname, state, key_fingerprint) "
@@ -801,7 +866,7 @@ def test_claim_only_for_an_unpinned_registered_agent(db: sqlite3.Connection) -> 
     assert audit(db) == []
 
 
-def test_claim_records_and_replaces_a_claim(db: sqlite3.Connection) -> None:
+def test_claim_records_and_replaces_a_claim(db: Connection) -> None:
     adopted(db, A, "ws1")
 
     first = engine.claim_txn(db, A, KEY_A, "10.0.0.7", NOW)
@@ -850,7 +915,7 @@ def test_claim_records_and_replaces_a_claim(db: sqlite3.Connection) -> None:
     ids=["no-claim", "same-claim", "other-claim"],
 )
 def test_pin_fills_an_empty_pin_and_drops_the_claim(
-    db: sqlite3.Connection, claim: str, dropped: str, detail: str
+    db: SqliteConnection, claim: str, dropped: str, detail: str
 ) -> None:
     adopted(db, A, "ws1", claim)
 
@@ -869,7 +934,7 @@ def test_pin_fills_an_empty_pin_and_drops_the_claim(
 
 
 def test_pin_leaves_pinned_pending_and_unknown_agents_alone(
-    db: sqlite3.Connection,
+    db: Connection,
 ) -> None:
     db.execute(
         "INSERT INTO agents (guid, hostname, state, key_fingerprint) "
@@ -892,7 +957,7 @@ def test_pin_leaves_pinned_pending_and_unknown_agents_alone(
     assert audit(db) == []
 
 
-def test_approve_turns_a_claim_into_the_pin(db: sqlite3.Connection) -> None:
+def test_approve_turns_a_claim_into_the_pin(db: Connection) -> None:
     adopted(db, A, "ws1", KEY_B)
     before = get(db, A)
     with pytest.raises(Conflict, match=f"has a claim for key {KEY_B}: approve it"):
@@ -924,7 +989,7 @@ def test_approve_turns_a_claim_into_the_pin(db: sqlite3.Connection) -> None:
     ids=["pinned-with-claim", "unpinned-without-claim"],
 )
 def test_approve_refuses_a_registered_agent_without_a_claim_to_approve(
-    db: sqlite3.Connection, key: str, claim: str
+    db: SqliteConnection, key: str, claim: str
 ) -> None:
     db.execute(
         "INSERT INTO agents (guid, hostname, state, key_fingerprint, claimed_key) "
@@ -944,7 +1009,7 @@ def test_approve_refuses_a_registered_agent_without_a_claim_to_approve(
 # ------------------------------------------------------------- admin actions
 
 
-def test_approve_pending(db: sqlite3.Connection) -> None:
+def test_approve_pending(db: Connection) -> None:
     pending(db, A, "ws1")
 
     result = engine.approve_txn(db, A, "os:alice", LATER)
@@ -966,7 +1031,7 @@ def test_approve_pending(db: sqlite3.Connection) -> None:
 
 
 def test_approve_with_hostname_conflict_is_409_and_changes_nothing(
-    db: sqlite3.Connection,
+    db: Connection,
 ) -> None:
     registered(db, A, "ws1.example.org")
     pending(db, B, "WS1.example.org", KEY_B)
@@ -984,7 +1049,7 @@ def test_approve_with_hostname_conflict_is_409_and_changes_nothing(
     assert audit(db) == before
 
 
-def test_approve_with_replace_revokes_the_holder(db: sqlite3.Connection) -> None:
+def test_approve_with_replace_revokes_the_holder(db: Connection) -> None:
     registered(db, A, "ws1")
     pending(db, B, "ws1", KEY_B)
 
@@ -998,7 +1063,7 @@ def test_approve_with_replace_revokes_the_holder(db: sqlite3.Connection) -> None
     ]
 
 
-def test_pending_duplicates_are_allowed(db: sqlite3.Connection) -> None:
+def test_pending_duplicates_are_allowed(db: Connection) -> None:
     pending(db, A, "ws1")
     pending(db, B, "ws1", KEY_B)
 
@@ -1007,7 +1072,7 @@ def test_pending_duplicates_are_allowed(db: sqlite3.Connection) -> None:
     assert (state_of(db, A), state_of(db, B)) == ("registered", "pending")
 
 
-def test_deny_revoke_reactivate_delete(db: sqlite3.Connection) -> None:
+def test_deny_revoke_reactivate_delete(db: Connection) -> None:
     pending(db, A, "ws1")
     registered(db, B, "ws2", KEY_B)
 
@@ -1063,7 +1128,7 @@ def test_deny_revoke_reactivate_delete(db: sqlite3.Connection) -> None:
     ],
 )
 def test_wrong_state_is_a_conflict(
-    db: sqlite3.Connection, action: Callable[..., Any], state: str, message: str
+    db: SqliteConnection, action: Callable[..., Any], state: str, message: str
 ) -> None:
     db.execute(
         "INSERT INTO agents (guid, hostname, state, key_fingerprint) "
@@ -1090,7 +1155,7 @@ def test_wrong_state_is_a_conflict(
     ],
 )
 def test_unknown_agent_is_not_found(
-    db: sqlite3.Connection, action: Callable[..., Any]
+    db: SqliteConnection, action: Callable[..., Any]
 ) -> None:
     with pytest.raises(NotFound) as raised:
         action(db, A, "os:alice", LATER)
@@ -1100,7 +1165,7 @@ def test_unknown_agent_is_not_found(
     assert audit(db) == []
 
 
-def test_purge_pending(db: sqlite3.Connection) -> None:
+def test_purge_pending(db: Connection) -> None:
     old = NOW - dt.timedelta(days=8)
     assert engine.create_pending_txn(db, A, "ws1", KEY_A, "", old)
     assert engine.create_pending_txn(db, B, "ws2", KEY_B, "", NOW)
@@ -1134,7 +1199,7 @@ def test_purge_pending_reads_go_local_times(tmp_path: Path) -> None:
     connection.close()
 
 
-def test_a_failed_action_rolls_back(db: sqlite3.Connection) -> None:
+def test_a_failed_action_rolls_back(db: Connection) -> None:
     registered(db, A, "ws1")
     registered(db, B, "ws2", KEY_B)
     pending(db, C, "ws1", KEY_A)
@@ -1143,7 +1208,7 @@ def test_a_failed_action_rolls_back(db: sqlite3.Connection) -> None:
     with pytest.raises(Conflict):
         engine.approve_txn(db, D, "os:alice", LATER)
 
-    assert db.in_transaction is False
+    assert in_transaction(db) is False
     engine.approve_txn(db, C, "os:alice", LATER, replace_holders=True)
     assert [(r.guid, r.state) for r in engine.list_txn(db)] == [
         (A, "revoked"),
@@ -1153,7 +1218,7 @@ def test_a_failed_action_rolls_back(db: sqlite3.Connection) -> None:
     ]
 
 
-def test_revoked_tokens(db: sqlite3.Connection) -> None:
+def test_revoked_tokens(db: Connection) -> None:
     engine.revoke_token_txn(db, "old", NOW)
     engine.revoke_token_txn(db, "new", LATER)
     engine.revoke_token_txn(db, "new", LATER)
@@ -1182,21 +1247,19 @@ def pool() -> Iterator[ThreadPoolService]:
 
 
 @pytest.fixture(params=["inline", "pool"])
-def registry(
-    request: pytest.FixtureRequest, tmp_path: Path
-) -> Iterator[SqliteRegistry]:
+def registry(request: pytest.FixtureRequest, store: Store) -> Iterator[SqlRegistry]:
     if request.param == "inline":
         runner = inline_runner
     else:
         runner = pool_runner(request.getfixturevalue("pool"))
-    agents = SqliteRegistry(tmp_path / "agents.db", runner)
+    agents = store.registry(runner)
     yield agents
     agents.close()
 
 
 @pytest_twisted.ensureDeferred
-async def test_registry_runs_each_method_on_the_file(
-    tmp_path: Path, registry: SqliteRegistry
+async def test_registry_runs_each_method_on_the_store(
+    store: Store, registry: SqlRegistry
 ) -> None:
     created = await registry.create_pending(A, "ws1", KEY_A, "10.0.0.1", NOW)
     again = await registry.create_pending(A, "ws1", KEY_A, "10.0.0.1", NOW)
@@ -1228,12 +1291,11 @@ async def test_registry_runs_each_method_on_the_file(
     assert await registry.list() == []
     assert await registry.count("registered") == 0
 
-    raw = sqlite3.connect(registry.path)
+    raw = store.connection()
     raw.executemany(
         "INSERT INTO agents (guid, hostname, state) VALUES (?, ?, 'registered')",
         [(D, "ws4"), (E, "ws5")],
     )
-    raw.commit()
     raw.close()
     assert await registry.claim(D, KEY_A, "10.0.0.5", NOW) == ""
     assert await registry.hostname_holders("WS4") == [D]
@@ -1258,7 +1320,7 @@ async def test_registry_runs_each_method_on_the_file(
     assert await registry.token_revoked("h1") is False
 
     # What the director wrote, a second connection (dcvixctl) reads.
-    other = connect(tmp_path / "agents.db")
+    other = store.connection()
     assert state_of(other, D) == "registered"
     assert [e.action for e in engine.audit_list_txn(other)][:4] == [
         "login",
@@ -1270,26 +1332,34 @@ async def test_registry_runs_each_method_on_the_file(
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_database_failure_is_a_store_error(registry: SqliteRegistry) -> None:
-    raw = sqlite3.connect(registry.path)
-    raw.execute("DROP TABLE audit")
-    raw.commit()
-    raw.close()
+async def test_a_database_failure_is_a_store_error(
+    store: Store, registry: SqlRegistry
+) -> None:
+    raw = store.connection()
+    raw.execute("ALTER TABLE audit RENAME TO audit_gone")
+    try:
+        with pytest.raises(StoreError) as raised:
+            await registry.latest()
+    finally:
+        raw.execute("ALTER TABLE audit_gone RENAME TO audit")
+        raw.close()
 
-    with pytest.raises(StoreError) as raised:
-        await registry.latest()
-
-    assert str(raised.value) == "agents.db: no such table: audit"
+    expected = {
+        "sqlite": "agents.db: no such table: audit",
+        "postgresql": f'{registry.engine.label}: relation "audit" does not exist',
+    }[store.engine]
+    assert str(raised.value).startswith(expected)
 
 
 @pytest_twisted.ensureDeferred
 async def test_a_full_disk_is_a_store_full_and_changes_nothing(
-    registry: SqliteRegistry,
+    tmp_path: Path,
 ) -> None:
+    registry = SqliteRegistry(tmp_path / "agents.db", inline_runner)
     await registry.create_pending(A, "ws1", KEY_A, "10.0.0.1", NOW)
     # As on a full disk: the file may not grow (SQLITE_FULL), for this
     # connection only.
-    connection = registry._connection
+    connection = registry.engine._connection.raw  # type: ignore[attr-defined]
     pages = connection.execute("PRAGMA page_count").fetchone()[0]
     connection.execute(f"PRAGMA max_page_count = {pages}")
 
@@ -1307,6 +1377,7 @@ async def test_a_full_disk_is_a_store_full_and_changes_nothing(
     connection.execute(f"PRAGMA max_page_count = {2**30}")
     approved = await registry.approve(A, "os:alice", LATER)
     assert approved.record.state == "registered"
+    registry.close()
 
 
 def test_the_registry_refuses_a_corrupt_file(tmp_path: Path) -> None:
@@ -1320,7 +1391,7 @@ def test_the_registry_refuses_a_corrupt_file(tmp_path: Path) -> None:
 
 
 def test_to_pending_never_undoes_a_change_made_since_the_caller_read(
-    db: sqlite3.Connection,
+    db: Connection,
 ) -> None:
     db.execute(
         "INSERT INTO agents (guid, hostname, state, created_at) "
@@ -1341,7 +1412,7 @@ def test_to_pending_never_undoes_a_change_made_since_the_caller_read(
     assert (get(db, A).state, get(db, A).hostname) == ("pending", "ws2")
 
 
-def test_a_claim_does_not_survive_a_change_of_state(db: sqlite3.Connection) -> None:
+def test_a_claim_does_not_survive_a_change_of_state(db: Connection) -> None:
     adopted(db, A, "ws1", claim=KEY_B)
     engine.revoke_txn(db, A, "os:alice", LATER)
     assert (get(db, A).claimed_key, get(db, A).claimed_at) == ("", None)

@@ -1,0 +1,103 @@
+"""The PostgreSQL schema: the same tables and versions as ``agents.db``'s.
+
+Version numbers are shared with :mod:`.sqlite_schema`: version 2 means the same
+columns, constraints and meanings on both engines, so a store copied from one
+to the other needs no translation. Each migration runs in one transaction
+under an advisory lock, so two directors starting together on an empty
+database migrate it once; a database newer than this code is refused.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from dcvix.director.registry import REGISTERED, StoreError
+
+# Advisory lock keys (one namespace per database; any two distinct numbers).
+MIGRATION_LOCK = 0x64637669_00000001
+WRITE_LOCK = 0x64637669_00000002
+# The channel a trigger notifies on every change of the agents table.
+AGENTS_CHANNEL = "dcvix_agents"
+
+
+def _to_1(connection: Any) -> None:
+    """Agents (Go's columns and ours), the audit trail, revoked tokens."""
+    connection.execute(
+        "CREATE TABLE agents (guid TEXT PRIMARY KEY, hostname TEXT, "
+        "state TEXT NOT NULL DEFAULT 'pending', created_at TIMESTAMPTZ, "
+        "registered_at TIMESTAMPTZ, last_seen_at TIMESTAMPTZ, cert_serial TEXT, "
+        "tags TEXT, key_fingerprint TEXT, cert_expires_at TIMESTAMPTZ, "
+        "address TEXT, state_changed_at TIMESTAMPTZ)"
+    )
+    connection.execute(
+        "CREATE TABLE audit (id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, "
+        "time TIMESTAMPTZ NOT NULL, actor TEXT NOT NULL, action TEXT NOT NULL, "
+        "target TEXT NOT NULL, detail TEXT NOT NULL DEFAULT '')"
+    )
+    connection.execute(
+        "CREATE TABLE revoked_tokens (hash TEXT PRIMARY KEY, "
+        "expires_at TIMESTAMPTZ NOT NULL)"
+    )
+
+
+def _to_2(connection: Any) -> None:
+    """Claims; registered hostnames unique by constraint; change notifications.
+
+    The notification is the trigger's, not the statements': a change made by
+    any process (another director, ``dcvixctl``, an operator's ``psql``)
+    reaches every director's memory of agent records.
+    """
+    for column, kind in (
+        ("claimed_key", "TEXT"),
+        ("claimed_at", "TIMESTAMPTZ"),
+        ("adopted_duplicate", "INTEGER NOT NULL DEFAULT 0"),
+    ):
+        connection.execute(f"ALTER TABLE agents ADD COLUMN {column} {kind}")
+    connection.execute(
+        "CREATE UNIQUE INDEX agents_registered_hostname ON agents (lower(hostname)) "
+        f"WHERE state = '{REGISTERED}' AND adopted_duplicate = 0"
+    )
+    connection.execute("CREATE INDEX agents_hostname ON agents (lower(hostname))")
+    connection.execute("CREATE INDEX agents_state ON agents (state, created_at)")
+    connection.execute(
+        "CREATE FUNCTION dcvix_agents_changed() RETURNS trigger LANGUAGE plpgsql "
+        f"AS $$ BEGIN PERFORM pg_notify('{AGENTS_CHANNEL}', ''); RETURN NULL; END $$"
+    )
+    connection.execute(
+        "CREATE TRIGGER agents_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE "
+        "ON agents FOR EACH STATEMENT EXECUTE FUNCTION dcvix_agents_changed()"
+    )
+
+
+MIGRATIONS: tuple[Callable[[Any], None], ...] = (_to_1, _to_2)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def migrate(connection: Any) -> None:
+    """Bring the schema to :data:`SCHEMA_VERSION` (``connection`` in autocommit).
+
+    Raises:
+        StoreError: the database's schema is newer than this code.
+    """
+    connection.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK,))
+    try:
+        connection.execute(
+            "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)"
+        )
+        row = connection.execute("SELECT max(version) FROM schema_version").fetchone()
+        version = row[0] or 0
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"schema version {version} is newer than this dcvix "
+                f"({SCHEMA_VERSION}): upgrade dcvix"
+            )
+        for number in range(version, SCHEMA_VERSION):
+            with connection.transaction():
+                MIGRATIONS[number](connection)
+                connection.execute("DELETE FROM schema_version")
+                connection.execute(
+                    "INSERT INTO schema_version (version) VALUES (%s)", (number + 1,)
+                )
+    finally:
+        connection.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK,))

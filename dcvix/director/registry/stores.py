@@ -1,0 +1,72 @@
+"""``[store]``: which engine keeps the registry, and how to open it.
+
+The director and ``dcvixctl`` open the store the same way, so both always
+work on the same agents whatever the engine.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+from dcvix.director.config import DirectorConfig, StoreSection
+from dcvix.director.datadir import DirectorFiles
+from dcvix.director.registry import StoreError
+from dcvix.director.registry.engine import Runner
+from dcvix.director.registry.postgres import PostgresEngine
+from dcvix.director.registry.sql import SqlRegistry
+from dcvix.director.registry.sqlite import SqliteRegistry
+
+
+def is_postgres(store: StoreSection) -> bool:
+    """Whether the store is a PostgreSQL database (shared by directors)."""
+    return urlsplit(store.url).scheme in ("postgresql", "postgres")
+
+
+def director_files(config: DirectorConfig) -> DirectorFiles:
+    """``data_dir``'s files, with ``agents.db`` where a ``sqlite:///`` URL puts it."""
+    database = None
+    if urlsplit(config.store.url).scheme == "sqlite":
+        database = Path(unquote(urlsplit(config.store.url).path))
+    return DirectorFiles(Path(config.director.data_dir), database)
+
+
+def database_threads(store: StoreSection) -> int:
+    """Threads of the database pool: one SQLite connection, or N PostgreSQL ones."""
+    return store.connections if is_postgres(store) else 1
+
+
+def store_password(store: StoreSection) -> str:
+    """``password``, or the first line of ``password_file`` (which must be 0600).
+
+    Raises:
+        StoreError: the file cannot be read, or others may read it.
+    """
+    if not store.password_file:
+        return store.password
+    path = Path(store.password_file)
+    try:
+        mode = path.stat().st_mode & 0o777
+        if mode & 0o077:
+            raise StoreError(
+                f"{path} is readable by other users (mode {mode:04o}); "
+                f"it must be 0600: chmod 600 {path}"
+            )
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        raise StoreError(f"[store] password_file {path}: {error}") from None
+    return lines[0] if lines else ""
+
+
+def open_registry(config: DirectorConfig, runner: Runner) -> SqlRegistry:
+    """The registry on the configured store, its schema brought up to date.
+
+    Raises:
+        StoreError: one line: the store cannot be opened or used.
+    """
+    if is_postgres(config.store):
+        engine = PostgresEngine(
+            config.store.url, store_password(config.store), config.store.connections
+        )
+        return SqlRegistry(engine, runner)
+    return SqliteRegistry(director_files(config).agents_db, runner)
