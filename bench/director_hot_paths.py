@@ -22,7 +22,7 @@ from pathlib import Path
 
 from twisted.internet.task import Clock
 
-from dcvix.director.registry.sqlite import create_registered_txn, get_txn
+from dcvix.director.registry.sql import create_registered_txn, get_txn
 from dcvix.director.registry.sqlite_schema import connect
 from dcvix.director.runtime import parse_report
 from dcvix.director.tokens import TokenService

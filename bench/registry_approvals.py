@@ -27,8 +27,9 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorFromThreads
 
 from dcvix.common.threads import ThreadPoolService
-from dcvix.director.registry.sqlite import SqliteRegistry, pool_runner
-from dcvix.director.registry.sqlite_schema import connect, to_db_time
+from dcvix.director.registry.engine import pool_runner, to_db_time
+from dcvix.director.registry.sqlite import SqliteRegistry
+from dcvix.director.registry.sqlite_schema import connect
 
 PENDING = 200
 
