@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,7 @@ from dcvix.common.daemon import (
 from dcvix.common.http import DcvixSite
 from dcvix.common.jobs import PeriodicJob
 from dcvix.common.networks import AddressList
+from dcvix.common.ratelimit import LogBudget
 from dcvix.common.threads import ThreadPoolService
 from dcvix.common.tls import DIRECTOR_NAME, ReloadingServerTLS, ServerFiles
 from dcvix.director.agent_admin import AgentAdmin
@@ -218,6 +219,32 @@ def _count_agents(registry: SqlRegistry) -> int:
         raise StartupError(str(error)) from None
 
 
+def _store_may_fail(
+    name: str, job: Callable[[], Awaitable[object]], reactor: Any
+) -> Callable[[], Awaitable[None]]:
+    """``job``, where a database that is away is one line a minute, no traceback.
+
+    The job runs again at its next time; the requests that need the database
+    answer 503 meanwhile, and the engine reconnects by itself.
+    """
+    lines = LogBudget(1, 60.0, reactor)
+
+    async def run() -> None:
+        try:
+            await job()
+        except StoreError as error:
+            skipped = lines.take()
+            if skipped is not None:
+                log.warn(
+                    "{job} skipped: {error}{more}",
+                    job=name,
+                    error=str(error),
+                    more=f" ({skipped} more skipped)" if skipped else "",
+                )
+
+    return run
+
+
 def build_director(
     config: DirectorConfig,
     reactor: Any,
@@ -341,12 +368,16 @@ def build_director(
         registry, control, throttle, connections, keeper.pending_max_age, reactor
     )
     PeriodicJob(
-        "token-vacuum", TOKEN_VACUUM_SECONDS, housekeeper.vacuum, reactor, 60.0
+        "token-vacuum",
+        TOKEN_VACUUM_SECONDS,
+        _store_may_fail("token-vacuum", housekeeper.vacuum, reactor),
+        reactor,
+        60.0,
     ).setServiceParent(root)
     PeriodicJob(
         "housekeeper",
         keeper.housekeeper_frequency,
-        housekeeper.sweep,
+        _store_may_fail("housekeeper", housekeeper.sweep, reactor),
         reactor,
         keeper.housekeeper_frequency,
     ).setServiceParent(root)
@@ -370,7 +401,11 @@ def build_director(
     ).setServiceParent(root)
     fleet = SessionRoutes(control, audit, policy, FleetRenderer())
     PeriodicJob(
-        "listing-warm", LISTING_WARM_SECONDS, fleet.warm, reactor, 0
+        "listing-warm",
+        LISTING_WARM_SECONDS,
+        _store_may_fail("listing-warm", fleet.warm, reactor),
+        reactor,
+        0,
     ).setServiceParent(root)
     api = DirectorRoot(
         settings.max_body_bytes,

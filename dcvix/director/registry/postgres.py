@@ -17,6 +17,8 @@ every call, so nothing is served from memory that could be stale.
 from __future__ import annotations
 
 import itertools
+import logging
+import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -37,6 +39,10 @@ from dcvix.director.registry.postgres_schema import AGENTS_CHANNEL, WRITE_LOCK, 
 
 log = Logger()
 R = TypeVar("R")
+# The pool's own warnings (each failed reconnection) would reach stderr
+# unthrottled; the listener's lines and the 503 answers' say it already.
+logging.getLogger("psycopg.pool").addHandler(logging.NullHandler())
+logging.getLogger("psycopg.pool").propagate = False
 
 # Seconds between attempts to listen again after the listening connection broke.
 LISTEN_RETRY = 2.0
@@ -215,6 +221,11 @@ class ChangeListener:
         self._reactor = reactor
         self._pool = pool
         self._connection: psycopg.Connection[Any] | None = None
+        # A copy of the connection's socket, ours to close: libpq closes its
+        # own when the server goes, and the reactor must still find and
+        # unregister the descriptor it watched (else a later socket reusing
+        # the number is never watched).
+        self._fd = -1
         self._stopped = False
         self._lost_logged = False
         self.listening = False
@@ -241,6 +252,7 @@ class ChangeListener:
             connection.close()
             return
         self._connection = connection
+        self._fd = os.dup(connection.pgconn.socket)
         assert IReactorFDSet.providedBy(self._reactor)
         self._reactor.addReader(self)
         self.listening = True
@@ -268,11 +280,8 @@ class ChangeListener:
             self._reactor.callLater(LISTEN_RETRY, self.start)
 
     def fileno(self) -> int:
-        """The listening connection's socket (-1 once closed)."""
-        connection = self._connection
-        if connection is None or connection.closed:
-            return -1
-        return int(connection.pgconn.socket)
+        """Our copy of the listening connection's socket (-1 once closed)."""
+        return self._fd
 
     def doRead(self) -> None:
         """Take in what arrived; each notification is a change."""
@@ -296,6 +305,8 @@ class ChangeListener:
         if self._connection is not None:
             assert IReactorFDSet.providedBy(self._reactor)
             self._reactor.removeReader(self)
+            os.close(self._fd)
+            self._fd = -1
             self._connection.close()
             self._connection = None
         if self._stopped:
