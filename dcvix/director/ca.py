@@ -306,28 +306,27 @@ def _read_key(path: Path) -> CertificateIssuerPrivateKeyTypes:
 def load_or_create_authority(
     files: DirectorFiles,
     now: dt.datetime,
-    shared_agents: Callable[[], int] | None = None,
+    shared_claim: Callable[[], str] | None = None,
 ) -> CertificateAuthority:
     """The CA of ``data_dir``: adopted, or made on a fresh install.
 
     With a SQLite store, ``agents.db`` counts as a file of the install (CONTRACT
-    §3). With a shared (PostgreSQL) store, ``shared_agents`` counts the agents
-    it holds: a CA is made only when the files are absent and the store holds
-    none, for a director joining others must use their CA.
+    §3). With a shared (PostgreSQL) store, ``shared_claim`` says why the store
+    is not new ("" when it is): a CA is made only when the files are absent
+    and the store is new, for a director joining others must use their CA.
 
     Raises:
         StartupError: some files of an existing install are missing, a key is
             readable by others, or the files do not load or match.
     """
     wanted = {"ca.key": files.ca_key, "ca.pem": files.ca_pem}
-    if shared_agents is None:
+    if shared_claim is None:
         wanted["agents.db"] = files.agents_db
     present = [name for name, path in wanted.items() if path.exists()]
-    held = shared_agents() if shared_agents is not None and not present else 0
-    if held:
+    claim = shared_claim() if shared_claim is not None and not present else ""
+    if claim:
         raise StartupError(
-            f"{files.data_dir} has no CA, but the store already holds {held} "
-            "agents enrolled with another director's CA: refusing to make a new "
+            f"{files.data_dir} has no CA, but {claim}: refusing to make a new "
             "one. Copy ca.key, ca.pem and token.key from a director of this "
             "store (see the README), or use an empty database."
         )
@@ -338,7 +337,7 @@ def load_or_create_authority(
         # Made now, with its tables, so that a start that fails later (say, on
         # server.key) is not taken for a partial loss, nor for an emptied file.
         try:
-            if shared_agents is None:
+            if shared_claim is None:
                 create_database(files.agents_db)
         except StoreError as error:
             raise StartupError(str(error)) from None
@@ -366,7 +365,7 @@ def load_or_create_authority(
         key.public_key()
     ):
         raise StartupError(f"{files.ca_key} does not belong to {files.ca_pem}")
-    if shared_agents is not None:
+    if shared_claim is not None:
         return CertificateAuthority(key, certificate, pem)
     try:
         check_database(files.agents_db)

@@ -57,21 +57,24 @@ from dcvix.director.auth.pam import PamAuthenticator
 from dcvix.director.auth.radius import RadiusAuthenticator
 from dcvix.director.ca import (
     LOOPBACK,
+    CertificateAuthority,
     ensure_server_certificate,
     load_or_create_authority,
 )
 from dcvix.director.config import DirectorConfig
 from dcvix.director.connections import ConnectionTokens
+from dcvix.director.datadir import DirectorFiles
 from dcvix.director.enrolment import Enrolment, EnrolmentPolicy
 from dcvix.director.hostnames import own_host_names
 from dcvix.director.housekeeper import Housekeeper
+from dcvix.director.identity import check_identity, store_claim
 from dcvix.director.login import LoginService
 from dcvix.director.policy import PolicyError, PolicyHolder, ensure_policy_files
 from dcvix.director.portal import Portal
 from dcvix.director.registry import StoreError
 from dcvix.director.registry.engine import Runner, pool_runner
 from dcvix.director.registry.postgres import PostgresEngine
-from dcvix.director.registry.sql import SqlRegistry, states_txn
+from dcvix.director.registry.sql import SqlRegistry
 from dcvix.director.registry.stores import (
     database_threads,
     director_files,
@@ -211,12 +214,37 @@ def _open_store(config: DirectorConfig, runner: Runner) -> SqlRegistry:
         raise StartupError(str(error)) from None
 
 
-def _count_agents(registry: SqlRegistry) -> int:
-    """Agents in the store, read at start (before the reactor runs)."""
+def _identity(
+    config: DirectorConfig, files: DirectorFiles, now: dt.datetime, runner: Runner
+) -> tuple[SqlRegistry, CertificateAuthority, bytes]:
+    """The store, the CA and the token key, each checked against the others.
+
+    A shared store is opened first, and the CA made (or not) and checked under
+    its start lock (see :mod:`~dcvix.director.identity`). ``agents.db`` is
+    opened after the CA: the CA's absence decides whether it may be created.
+    """
+    data_dir = files.data_dir
+    if not is_postgres(config.store):
+        authority = load_or_create_authority(files, now)
+        token_key = load_token_key(config.director.token_key, data_dir)
+        return _open_store(config, runner), authority, token_key
+    registry = _open_store(config, runner)
+    engine = registry.engine
+    assert isinstance(engine, PostgresEngine)
     try:
-        return len(registry.engine.call(states_txn))
+        with engine.start_lock():
+            authority = load_or_create_authority(
+                files, now, lambda: store_claim(engine)
+            )
+            token_key = load_token_key(config.director.token_key, data_dir)
+            check_identity(engine, authority.fingerprint, token_key)
     except StoreError as error:
+        registry.close()
         raise StartupError(str(error)) from None
+    except StartupError:
+        registry.close()
+        raise
+    return registry, authority, token_key
 
 
 def _store_may_fail(
@@ -264,18 +292,9 @@ def build_director(
     files = director_files(config)
     now = now_utc(reactor)
     database = ThreadPoolService("db", database_threads(config.store), reactor)
-    # A shared store is opened first: whether it holds agents decides whether
-    # a CA may be made. agents.db is opened after: the CA's absence decides
-    # whether it may be created.
-    shared = (
-        _open_store(config, deps.db_runner(database))
-        if is_postgres(config.store)
-        else None
+    registry, authority, token_key = _identity(
+        config, files, now, deps.db_runner(database)
     )
-    authority = load_or_create_authority(
-        files, now, None if shared is None else lambda: _count_agents(shared)
-    )
-    registry = shared or _open_store(config, deps.db_runner(database))
     own_names = deps.host_names()
     own_lower = frozenset(n.lower() for n in own_names)
     extra_dns = [n for n in settings.server_names if not _is_ip(n)]
@@ -314,7 +333,7 @@ def build_director(
 
     # LDAP matches ids in any case, and a Go users.json may spell them otherwise.
     policy = _policy(Path(settings.policydb_folder), settings.auth_type == "ldap")
-    tokens = TokenService(load_token_key(settings.token_key, data_dir), reactor)
+    tokens = TokenService(token_key, reactor)
     # As many threads as back-end calls may run at once: the bound is the limit.
     auth_pool = ThreadPoolService(
         "auth", settings.auth_concurrency, reactor, stop_timeout=AUTH_STOP_SECONDS

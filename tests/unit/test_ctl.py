@@ -13,7 +13,11 @@ import pytest
 
 from dcvix import ctl
 from dcvix.director.registry import sql as engine
-from dcvix.director.registry.sqlite_schema import SqliteConnection, connect
+from dcvix.director.registry.sqlite_schema import (
+    SCHEMA_VERSION,
+    SqliteConnection,
+    connect,
+)
 
 A = "11111111-1111-4111-8111-111111111111"
 B = "22222222-2222-4222-8222-222222222222"
@@ -524,5 +528,6 @@ def test_a_newer_agents_db_is_refused(
     assert run(conf, "agents", "list") == 2
 
     assert capsys.readouterr().err == (
-        f"{path}: schema version 99 is newer than this dcvix (2): upgrade dcvix\n"
+        f"{path}: schema version 99 is newer than this dcvix "
+        f"({SCHEMA_VERSION}): upgrade dcvix\n"
     )

@@ -308,8 +308,8 @@ def test_connect_creates_the_tables_0600(tmp_path: Path) -> None:
         "agents_state",
     ]
     assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert SCHEMA_VERSION == 2
-    assert user_version(connection) == 2
+    assert SCHEMA_VERSION == 3
+    assert user_version(connection) == SCHEMA_VERSION
     connection.close()
 
 
@@ -322,7 +322,7 @@ def test_connect_reads_an_empty_file(tmp_path: Path) -> None:
 
     assert engine.list_txn(connection) == []
     assert columns(connection, "agents") == GO_COLUMNS + OUR_COLUMNS
-    assert user_version(connection) == 2
+    assert user_version(connection) == SCHEMA_VERSION
     connection.close()
 
 
@@ -336,7 +336,8 @@ def test_connect_refuses_a_newer_schema(tmp_path: Path) -> None:
         connect(path)
 
     assert str(raised.value) == (
-        f"{path}: schema version 99 is newer than this dcvix (2): upgrade dcvix"
+        f"{path}: schema version 99 is newer than this dcvix "
+        f"({SCHEMA_VERSION}): upgrade dcvix"
     )
     raw = sqlite3.connect(path)
     assert raw.execute("SELECT name FROM sqlite_master").fetchall() == []
@@ -411,7 +412,7 @@ def test_go_agents_db_is_read_and_extended_in_place(tmp_path: Path) -> None:
     assert [r.guid for r in engine.list_txn(connection)] == [D, C, A, B]
     assert [r.guid for r in engine.list_txn(connection, "pending")] == [C]
     assert engine.count_txn(connection, "registered") == 2
-    assert user_version(connection) == 2
+    assert user_version(connection) == SCHEMA_VERSION
     connection.close()
 
     # The file itself holds the new columns; the Go rows are still there.
@@ -460,7 +461,7 @@ def test_go_registered_duplicates_are_adopted_not_refused(
 
     connection = connect(path)
 
-    assert user_version(connection) == 2
+    assert user_version(connection) == SCHEMA_VERSION
     assert {
         r.guid: (r.state, r.duplicate_hostname) for r in engine.list_txn(connection)
     } == dict.fromkeys(holders, ("registered", True)) | {D: ("registered", False)}
@@ -563,7 +564,7 @@ def test_migration_from_version_1(tmp_path: Path) -> None:
 
     connection = connect(path)
 
-    assert user_version(connection) == 2
+    assert user_version(connection) == SCHEMA_VERSION
     assert columns(connection, "agents") == GO_COLUMNS + OUR_COLUMNS
     assert engine.get_txn(connection, A) == AgentRecord(
         guid=A,
@@ -620,7 +621,7 @@ def test_connect_twice_keeps_rows(tmp_path: Path) -> None:
         KEY_A,
         NOW,
     )
-    assert user_version(second) == 2
+    assert user_version(second) == SCHEMA_VERSION
     second.close()
 
 

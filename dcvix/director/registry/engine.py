@@ -24,6 +24,9 @@ from dcvix.director.registry import StoreError
 
 R = TypeVar("R")
 
+# The same on both engines (schema version 3).
+IDENTITY_TABLE = "CREATE TABLE identity (name TEXT PRIMARY KEY, value TEXT NOT NULL)"
+
 # How long one statement, a lock or a connection may take before the call
 # fails (a request answers 503 rather than waiting for ever).
 DB_TIMEOUT = 10.0

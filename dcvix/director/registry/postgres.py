@@ -35,7 +35,12 @@ from zope.interface import implementer
 from dcvix.common.threads import ThreadPoolService
 from dcvix.director.registry import StoreError, StoreFull, UniqueViolation
 from dcvix.director.registry.engine import DB_TIMEOUT
-from dcvix.director.registry.postgres_schema import AGENTS_CHANNEL, WRITE_LOCK, migrate
+from dcvix.director.registry.postgres_schema import (
+    AGENTS_CHANNEL,
+    IDENTITY_LOCK,
+    WRITE_LOCK,
+    migrate,
+)
 
 log = Logger()
 R = TypeVar("R")
@@ -158,6 +163,26 @@ class PostgresEngine:
     def connect(self) -> psycopg.Connection[Any]:
         """A new connection of its own (autocommit), outside the pool."""
         return psycopg.connect(self._url, **self._kwargs)
+
+    @contextmanager
+    def start_lock(self) -> Iterator[None]:
+        """Held by one starting director at a time (its identity checks).
+
+        A session lock on a connection of its own; the checks themselves run
+        through :meth:`call`. Waits at most the lock timeout.
+
+        Raises:
+            StoreError: the lock could not be taken.
+        """
+        try:
+            connection = self.connect()
+            connection.execute("SELECT pg_advisory_lock(%s)", (IDENTITY_LOCK,))
+        except psycopg.Error as error:
+            raise StoreError(f"{self.label}: {_message(error)}") from None
+        try:
+            yield
+        finally:
+            connection.close()  # ends the session, and with it the lock
 
     def call(self, function: Callable[..., R], *args: Any) -> R:
         """Run one statement function on a pooled connection.

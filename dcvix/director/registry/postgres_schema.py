@@ -13,10 +13,12 @@ from collections.abc import Callable
 from typing import Any
 
 from dcvix.director.registry import REGISTERED, StoreError
+from dcvix.director.registry.engine import IDENTITY_TABLE
 
 # Advisory lock keys (one namespace per database; any two distinct numbers).
 MIGRATION_LOCK = 0x64637669_00000001
 WRITE_LOCK = 0x64637669_00000002
+IDENTITY_LOCK = 0x64637669_00000003
 # The channel a trigger notifies on every change of the agents table.
 AGENTS_CHANNEL = "dcvix_agents"
 
@@ -70,7 +72,12 @@ def _to_2(connection: Any) -> None:
     )
 
 
-MIGRATIONS: tuple[Callable[[Any], None], ...] = (_to_1, _to_2)
+def _to_3(connection: Any) -> None:
+    """What the directors of a store share: CA fingerprint, token key check."""
+    connection.execute(IDENTITY_TABLE)
+
+
+MIGRATIONS: tuple[Callable[[Any], None], ...] = (_to_1, _to_2, _to_3)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -599,6 +599,23 @@ def vacuum_tokens_txn(connection: Connection, now: dt.datetime) -> int:
         return cursor.rowcount
 
 
+# ------------------------------------------------------------------ identity
+
+
+def identity_txn(connection: Connection) -> dict[str, str]:
+    """What the store records of its directors' shared identity, by name."""
+    return dict(connection.execute("SELECT name, value FROM identity"))
+
+
+def record_identity_txn(connection: Connection, values: Mapping[str, str]) -> None:
+    """Record names not recorded yet; a recorded value is never replaced."""
+    with connection.transaction():
+        connection.executemany(
+            "INSERT INTO identity (name, value) VALUES (?, ?) ON CONFLICT DO NOTHING",
+            list(values.items()),
+        )
+
+
 # ------------------------------------------------------------------ registry
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from dcvix.common.files import fsync_directory
 from dcvix.director.registry import REGISTERED, StoreError, UniqueViolation
-from dcvix.director.registry.engine import DB_TIMEOUT
+from dcvix.director.registry.engine import DB_TIMEOUT, IDENTITY_TABLE
 
 
 class transaction:
@@ -158,7 +158,12 @@ def _to_2(connection: sqlite3.Connection) -> None:
     )
 
 
-MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_to_1, _to_2)
+def _to_3(connection: sqlite3.Connection) -> None:
+    """What the directors of a store share: CA fingerprint, token key check."""
+    connection.execute(IDENTITY_TABLE)
+
+
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_to_1, _to_2, _to_3)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
