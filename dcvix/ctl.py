@@ -1,9 +1,10 @@
 """``dcvixctl``: the director's admin command line.
 
 ``dcvixctl --conf FILE agents list [--state S]``, ``agents approve GUID...
-[--replace]``, ``agents deny|revoke|reactivate|delete GUID``, ``policy check``.
-Agent commands work on the director's ``agents.db`` directly, safe while the
-director runs (SQLite locks; the director reads agent state per request). Every
+[--replace]``, ``agents deny|revoke|reactivate|delete GUID``, ``policy check``,
+``store copy --from URL --to URL``. Agent commands work on the director's store
+(``[store] url``: ``agents.db`` or PostgreSQL) directly, safe while the
+director runs (writers take turns; the director follows every commit). Every
 action is audited with the OS user who ran it.
 """
 
@@ -30,7 +31,7 @@ from dcvix.common.config import (
 from dcvix.common.errors import ApiError
 from dcvix.director.agent_admin import AgentAdmin, forget_nothing
 from dcvix.director.audit import Audit
-from dcvix.director.config import DirectorConfig
+from dcvix.director.config import DirectorConfig, StoreSection
 from dcvix.director.hostnames import own_host_names
 from dcvix.director.policy import PolicyError, load_policy
 from dcvix.director.registry import (
@@ -42,9 +43,17 @@ from dcvix.director.registry import (
     StoreError,
     StoreFull,
 )
+from dcvix.director.registry.copy import copy_store
 from dcvix.director.registry.engine import inline_runner
 from dcvix.director.registry.sql import SqlRegistry
-from dcvix.director.registry.stores import director_files, is_postgres, open_registry
+from dcvix.director.registry.stores import (
+    describe_store,
+    director_files,
+    is_postgres,
+    open_engine,
+    open_registry,
+    store_password,
+)
 
 T = TypeVar("T")
 
@@ -218,6 +227,33 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         action = actions.add_parser(name, help=text)
         action.add_argument("guids", nargs="+", metavar="GUID")
+    store = commands.add_parser("store", help="copy a store into another")
+    store_actions = store.add_subparsers(dest="action", required=True)
+    copy = store_actions.add_parser(
+        "copy",
+        help="copy agents, revoked tokens and the audit trail (again: only what "
+        "is missing)",
+    )
+    copy.add_argument(
+        "--from",
+        dest="source",
+        required=True,
+        metavar="URL",
+        help="sqlite:///… or postgresql://…",
+    )
+    copy.add_argument(
+        "--to",
+        dest="target",
+        required=True,
+        metavar="URL",
+        help="sqlite:///… or postgresql://…",
+    )
+    copy.add_argument(
+        "--password-file",
+        default="",
+        metavar="FILE",
+        help="PostgreSQL password (first line; else PGPASSWORD or ~/.pgpass)",
+    )
     policy = commands.add_parser("policy", help="check the policy files")
     policy_actions = policy.add_subparsers(dest="action", required=True)
     policy_actions.add_parser("check", help="validate users.json and pools.json")
@@ -259,7 +295,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
 
+def copy_stores(source: str, target: str, password_file: str) -> int:
+    """``store copy``: 0 and what was copied, 1 when a store failed."""
+    password = store_password(StoreSection(password_file=password_file))
+    opened = []
+    try:
+        opened.append(open_engine(source, password, must_exist=True))
+        opened.append(open_engine(target, password))
+        report = copy_store(*opened)
+    finally:
+        for engine in opened:
+            engine.close()
+    print(f"copied {describe_store(source)} into {describe_store(target)}")
+    for line in report.lines():
+        print(f"  {line}")
+    return 0
+
+
 def _run(options: argparse.Namespace) -> int:
+    if options.command == "store":
+        return copy_stores(options.source, options.target, options.password_file)
     config = _load(options.conf)
     if options.command == "policy":
         return check_policy(config)

@@ -9,13 +9,13 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from dcvix.director.config import DirectorConfig, StoreSection
+from dcvix.director.config import STORE_URL, DirectorConfig, StoreSection
 from dcvix.director.datadir import DirectorFiles
 from dcvix.director.registry import StoreError
-from dcvix.director.registry.engine import Runner
-from dcvix.director.registry.postgres import PostgresEngine
+from dcvix.director.registry.engine import Engine, Runner
+from dcvix.director.registry.postgres import PostgresEngine, describe
 from dcvix.director.registry.sql import SqlRegistry
-from dcvix.director.registry.sqlite import SqliteRegistry
+from dcvix.director.registry.sqlite import SqliteEngine, SqliteRegistry
 
 
 def is_postgres(store: StoreSection) -> bool:
@@ -56,6 +56,33 @@ def store_password(store: StoreSection) -> str:
     except (OSError, UnicodeDecodeError) as error:
         raise StoreError(f"[store] password_file {path}: {error}") from None
     return lines[0] if lines else ""
+
+
+def describe_store(url: str) -> str:
+    """A store's URL for messages (without any password)."""
+    if urlsplit(url).scheme == "sqlite":
+        return url
+    return describe(url)
+
+
+def open_engine(url: str, password: str, must_exist: bool = False) -> Engine:
+    """The engine of a store given by URL (``dcvixctl store copy``).
+
+    Raises:
+        StoreError: the URL is not a store's, ``must_exist`` and the SQLite
+            file does not exist, or the store cannot be opened.
+    """
+    try:
+        url = STORE_URL.parse(url)
+    except ValueError as error:
+        raise StoreError(str(error)) from None
+    parts = urlsplit(url)
+    if parts.scheme != "sqlite":
+        return PostgresEngine(url, password, 1)
+    path = Path(unquote(parts.path))
+    if must_exist and not path.is_file():
+        raise StoreError(f"{path} does not exist")
+    return SqliteEngine(path)
 
 
 def open_registry(config: DirectorConfig, runner: Runner) -> SqlRegistry:
