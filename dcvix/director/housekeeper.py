@@ -9,6 +9,7 @@ from twisted.logger import Logger
 
 from dcvix.common.clock import now_utc
 from dcvix.director.connections import ConnectionTokens
+from dcvix.director.leader import Leadership, SoleDirector
 from dcvix.director.registry import AgentRegistry
 from dcvix.director.sessions import SessionControl
 from dcvix.director.throttle import LoginThrottle
@@ -26,6 +27,9 @@ class Housekeeper:
         connections: connection tokens (forgets expired ones).
         pending_max_age: seconds after which a pending agent is purged.
         clock: the time.
+        leadership: whether this director does the store's share (the
+            purge, the vacuum of revoked tokens); its memory's share is
+            always its own.
     """
 
     def __init__(
@@ -36,6 +40,7 @@ class Housekeeper:
         connections: ConnectionTokens,
         pending_max_age: float,
         clock: IReactorTime,
+        leadership: Leadership | None = None,
     ) -> None:
         self._registry = registry
         self._control = control
@@ -43,11 +48,14 @@ class Housekeeper:
         self._connections = connections
         self._pending_max_age = dt.timedelta(seconds=pending_max_age)
         self._clock = clock
+        self._leadership = leadership or SoleDirector()
 
     async def sweep(self) -> None:
         """Drop the sessions of servers gone quiet; purge stale pending agents."""
         for hostname in await self._control.expire():
             log.info("server {hostname} went quiet: offline", hostname=hostname)
+        if not self._leadership.leads():
+            return
         cutoff = now_utc(self._clock) - self._pending_max_age
         for guid in await self._registry.purge_pending(cutoff):
             log.info("purged agent {guid}: pending too long", guid=guid)
@@ -56,6 +64,8 @@ class Housekeeper:
         """Forget expired logged-out tokens and old login failures."""
         self._throttle.prune()
         self._connections.vacuum()
+        if not self._leadership.leads():
+            return
         dropped = await self._registry.vacuum_tokens(now_utc(self._clock))
         if dropped:
             log.info("forgot {count} expired logged-out tokens", count=dropped)

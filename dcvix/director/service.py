@@ -68,6 +68,7 @@ from dcvix.director.enrolment import Enrolment, EnrolmentPolicy
 from dcvix.director.hostnames import own_host_names
 from dcvix.director.housekeeper import Housekeeper
 from dcvix.director.identity import check_identity, store_claim
+from dcvix.director.leader import LeaderLease, Leadership, SoleDirector
 from dcvix.director.login import LoginService
 from dcvix.director.policy import PolicyError, PolicyHolder, ensure_policy_files
 from dcvix.director.portal import Portal
@@ -212,6 +213,17 @@ def _open_store(config: DirectorConfig, runner: Runner) -> SqlRegistry:
         return open_registry(config, runner)
     except StoreError as error:
         raise StartupError(str(error)) from None
+
+
+def _leadership(
+    registry: SqlRegistry, pool: ThreadPoolService, reactor: Any, root: DaemonService
+) -> Leadership:
+    """Who does the store's periodic work: this director alone, or the leader."""
+    if not isinstance(registry.engine, PostgresEngine):
+        return SoleDirector()
+    lease = LeaderLease(registry.engine, pool, reactor)
+    lease.setServiceParent(root)  # after the pool: it stops first
+    return lease
 
 
 def _identity(
@@ -384,7 +396,13 @@ def build_director(
 
     keeper = config.housekeeper
     housekeeper = Housekeeper(
-        registry, control, throttle, connections, keeper.pending_max_age, reactor
+        registry,
+        control,
+        throttle,
+        connections,
+        keeper.pending_max_age,
+        reactor,
+        _leadership(registry, database, reactor, root),
     )
     PeriodicJob(
         "token-vacuum",

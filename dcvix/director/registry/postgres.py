@@ -55,7 +55,11 @@ _SESSION_OPTIONS = (
     f"-c statement_timeout={int(DB_TIMEOUT * 1000)} "
     f"-c lock_timeout={int(DB_TIMEOUT * 1000)} "
     f"-c idle_in_transaction_session_timeout={int(DB_TIMEOUT * 3000)} "
-    "-c TimeZone=UTC"
+    "-c TimeZone=UTC "
+    # The server notices a director that vanished (no FIN) within ~25 s,
+    # ending its sessions and freeing its locks (see dcvix.director.leader).
+    "-c tcp_keepalives_idle=10 -c tcp_keepalives_interval=5 "
+    "-c tcp_keepalives_count=3"
 )
 
 

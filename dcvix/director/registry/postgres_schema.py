@@ -19,6 +19,7 @@ from dcvix.director.registry.engine import IDENTITY_TABLE
 MIGRATION_LOCK = 0x64637669_00000001
 WRITE_LOCK = 0x64637669_00000002
 IDENTITY_LOCK = 0x64637669_00000003
+LEADER_LOCK = 0x64637669_00000004
 # The channel a trigger notifies on every change of the agents table.
 AGENTS_CHANNEL = "dcvix_agents"
 
