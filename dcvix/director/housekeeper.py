@@ -66,6 +66,7 @@ class Housekeeper:
         self._connections.vacuum()
         if not self._leadership.leads():
             return
+        await self._registry.vacuum_login_failures(self._throttle.horizon())
         dropped = await self._registry.vacuum_tokens(now_utc(self._clock))
         if dropped:
             log.info("forgot {count} expired logged-out tokens", count=dropped)

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import datetime as dt
 
-from twisted.internet.defer import CancelledError
+from twisted.internet.defer import CancelledError, ensureDeferred
 from twisted.logger import Logger
 
 from dcvix.common.errors import BadRequest, Forbidden, TooManyRequests, Unauthorized
 from dcvix.director.audit import Audit
 from dcvix.director.auth import Authenticator, AuthUnavailable
 from dcvix.director.policy import PolicyHolder, valid_id
-from dcvix.director.registry import RevokedTokens
+from dcvix.director.registry import RevokedTokens, SharedFailures
 from dcvix.director.requests import LoginRequest
 from dcvix.director.throttle import LoginThrottle
 from dcvix.director.tokens import ADMIN, USER, Claims, InvalidToken, TokenService
@@ -39,6 +39,7 @@ class LoginService:
         revoked: RevokedTokens,
         throttle: LoginThrottle,
         audit: Audit,
+        shared: SharedFailures | None = None,
     ) -> None:
         self._authenticator = authenticator
         self._tokens = tokens
@@ -46,6 +47,8 @@ class LoginService:
         self._revoked = revoked
         self._throttle = throttle
         self._audit = audit
+        # With several directors on one store: their failures count here too.
+        self._shared = shared
 
     async def login(
         self, body: LoginRequest, address: str, admin: bool
@@ -62,6 +65,12 @@ class LoginService:
             raise BadRequest("invalid userID")
         route = "admin login" if admin else "login"
         backend = self._authenticator.name
+        keys = self._throttle.keys(user, address)
+        if self._shared is not None:
+            failures, locks = await self._shared.login_failures(
+                keys, self._throttle.horizon()
+            )
+            self._throttle.adopt(keys, failures, locks)
         if self._throttle.locked(user, address):
             # Logged, not written to the audit table: a locked account being
             # hammered must not grow agents.db.
@@ -77,23 +86,38 @@ class LoginService:
             result, canonical = await self._check(user, body.password, body.otp, admin)
         except CancelledError:
             # The client hung up; its guess still reached the back end.
-            self._throttle.failed(user, address)
+            at = self._throttle.failed(user, address)
+            if self._shared is not None:
+                ensureDeferred(self._share(user, address, at)).addErrback(
+                    lambda failure: log.failure("login failure not shared", failure)
+                )
             raise
         finally:
             self._throttle.ended(user, address)
         if result != "ok":
-            self._throttle.failed(user, address)
+            await self._share(user, address, self._throttle.failed(user, address))
             await self._audit.record(
                 user, f"{route} failed", address, f"backend={backend} result={result}"
             )
             raise Unauthorized(FAILED)
         self._throttle.succeeded(user, address)
+        if self._shared is not None:
+            await self._shared.clear_login_failures(keys[0])
         token, expires = self._tokens.issue(canonical, ADMIN if admin else USER)
         detail = f"backend={backend} result=ok"
         if canonical != user:
             detail += f" as {canonical}"
         await self._audit.record(user, route, address, detail)
         return token, expires
+
+    async def _share(self, user: str, address: str, at: float) -> None:
+        """Record a failure (and the locks it set) for the other directors."""
+        if self._shared is not None:
+            await self._shared.add_login_failure(
+                self._throttle.keys(user, address),
+                at,
+                self._throttle.locks(user, address),
+            )
 
     async def _check(
         self, user: str, password: str, otp: str, admin: bool

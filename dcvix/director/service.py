@@ -368,6 +368,7 @@ def build_director(
         registry,
         throttle,
         audit,
+        registry if isinstance(registry.engine, PostgresEngine) else None,
     )
 
     runtime = MemoryRuntimeStore()

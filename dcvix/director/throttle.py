@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import unicodedata
 from collections import defaultdict
+from collections.abc import Mapping
 
 from twisted.internet.interfaces import IReactorTime
 
@@ -44,8 +45,47 @@ class LoginThrottle:
         self._locked_until: dict[tuple[str, str], float] = {}
 
     @staticmethod
-    def _keys(user: str, address: str) -> tuple[tuple[str, str], tuple[str, str]]:
+    def keys(user: str, address: str) -> tuple[tuple[str, str], tuple[str, str]]:
+        """The user's key and the address's, as failures are counted under."""
         return ("user", same_user(user)), ("address", address)
+
+    _keys = keys
+
+    def horizon(self) -> float:
+        """Failures before this time no longer count."""
+        return self._clock.seconds() - self._lockout
+
+    def adopt(
+        self,
+        keys: tuple[tuple[str, str], tuple[str, str]],
+        failures: Mapping[tuple[str, str], list[float]],
+        locks: Mapping[tuple[str, str], float],
+    ) -> None:
+        """Take a shared store's count of ``keys`` as this director's.
+
+        The store holds every director's failures and locks, this one's
+        included, and forgets a user's when any director sees them log in:
+        what it says replaces what this director remembers.
+        """
+        horizon = self.horizon()
+        for key in keys:
+            recent = sorted(t for t in failures.get(key, ()) if t > horizon)
+            if recent:
+                self._failures[key] = recent
+            else:
+                self._failures.pop(key, None)
+            if key in locks:
+                self._locked_until[key] = locks[key]
+            else:
+                self._locked_until.pop(key, None)
+
+    def locks(self, user: str, address: str) -> dict[tuple[str, str], float]:
+        """The locks holding for these two keys, until when."""
+        return {
+            key: self._locked_until[key]
+            for key in self._keys(user, address)
+            if self._lock_holds(key)
+        }
 
     def _recent(self, key: tuple[str, str]) -> list[float]:
         horizon = self._clock.seconds() - self._lockout
@@ -99,14 +139,15 @@ class LoginThrottle:
             if self._pending[key] <= 0:
                 del self._pending[key]
 
-    def failed(self, user: str, address: str) -> None:
-        """Count one failure against both."""
+    def failed(self, user: str, address: str) -> float:
+        """Count one failure against both; its time."""
         now = self._clock.seconds()
         for key in self._keys(user, address):
             self._recent(key)
             self._failures[key].append(now)
             if len(self._failures[key]) >= self._max:
                 self._locked_until[key] = now + self._lockout
+        return now
 
     def succeeded(self, user: str, address: str) -> None:
         """Forget the user's failures (not the address's)."""

@@ -184,6 +184,17 @@ def test_two_directors_share_one_database_and_ca(
         assert states(director, token) == {agent.guid: "revoked"}, director.folder
     # One token key: a login on A is good on B.
     assert states(second, tokens[0][1]) == {agent.guid: "revoked"}
+    # A logout on A is refused on B at once.
+    assert call(first, "POST", "/v1/logout", token=tokens[0][1]).status == 200
+    assert call(second, "GET", "/v1/admin/agents", token=tokens[0][1]).status == 401
+    # Five failures spread over both directors lock the account on both.
+    wrong = {"userID": ADMIN, "password": "not-the-password"}
+    for attempt in range(5):
+        director = (first, second)[attempt % 2]
+        assert call(director, "POST", "/v1/admin/login", wrong).status == 401
+    right = {"userID": ADMIN, "password": ADMIN_PASSWORD}
+    for director in (first, second):
+        assert call(director, "POST", "/v1/admin/login", right).status == 429
 
 
 def test_a_new_ca_is_refused_when_the_database_holds_agents(

@@ -130,8 +130,12 @@ def make_world(tmp_path: Path) -> Iterator[Callable[[], World]]:
     clock.advance(NOW.timestamp())
     opened: list[SqliteRegistry] = []
 
-    def make() -> World:
-        """A director; a second call is the same director after a restart."""
+    def make(shared: bool = False) -> World:
+        """A director; a second call is the same director after a restart.
+
+        ``shared``: directors made so count login failures in the store, as
+        directors sharing a PostgreSQL store do.
+        """
         registry = SqliteRegistry(tmp_path / "agents.db", inline_runner)
         opened.append(registry)
         backend = FakeAuthenticator()
@@ -144,6 +148,7 @@ def make_world(tmp_path: Path) -> Iterator[Callable[[], World]]:
             registry,
             LoginThrottle(5, 300, clock),
             Audit(registry, clock),
+            registry if shared else None,
         )
         return World(service, backend, tokens, policy, registry, clock, folder)
 
@@ -153,7 +158,7 @@ def make_world(tmp_path: Path) -> Iterator[Callable[[], World]]:
 
 
 @pytest.fixture
-def world(make_world: Callable[[], World]) -> World:
+def world(make_world: Callable[..., World]) -> World:
     return make_world()
 
 
@@ -598,3 +603,55 @@ def test_a_login_the_client_abandons_still_counts_as_a_failure(world: World) -> 
         attempt.cancel()  # the client hangs up; the guess reached the back end
     world.backend.gate = None
     world.refused(TooManyRequests, LOCKED, lambda: world.login("alice", "alice-pw"))
+
+
+# ------------------------------------------------- directors sharing a store
+
+
+def fail(director: World, address: str = ADDRESS) -> None:
+    director.refused(
+        Unauthorized, FAILED, lambda: director.login("bob", "wrong", address=address)
+    )
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_failures_spread_over_two_directors_lock_the_account_when_shared(
+    make_world: Callable[..., World], shared: bool
+) -> None:
+    first, second = make_world(shared), make_world(shared)
+    for attempt in range(5):
+        fail((first, second)[attempt % 2])
+
+    for director in (first, second):
+        if shared:
+            with pytest.raises(TooManyRequests):
+                director.login("bob", "bob-pw")
+        else:  # each counts its own: 3 and 2 failures, under the limit of 5
+            assert director.login("bob", "bob-pw")
+
+
+def test_a_login_on_one_director_clears_the_users_failures_on_the_other(
+    make_world: Callable[..., World],
+) -> None:
+    first, second = make_world(True), make_world(True)
+    for _ in range(4):
+        fail(first)
+    assert second.login("bob", "bob-pw")
+
+    # From elsewhere (the address's own count is not cleared by a success):
+    for _ in range(4):
+        fail(first, "10.9.9.9")
+    assert first.login("bob", "bob-pw")  # the user's 4 failures since the success
+
+
+def test_a_lock_set_on_one_director_holds_on_the_other_until_it_ends(
+    make_world: Callable[..., World],
+) -> None:
+    first, second = make_world(True), make_world(True)
+    for _ in range(5):
+        fail(first)
+    second.refused(TooManyRequests, LOCKED, lambda: second.login("bob", "bob-pw"))
+
+    first.clock.advance(301)
+
+    assert second.login("bob", "bob-pw")

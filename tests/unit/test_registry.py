@@ -298,6 +298,9 @@ def test_connect_creates_the_tables_0600(tmp_path: Path) -> None:
         "detail",
     ]
     assert columns(connection, "revoked_tokens") == ["hash", "expires_at"]
+    assert columns(connection, "identity") == ["name", "value"]
+    assert columns(connection, "login_failures") == ["kind", "name", "at"]
+    assert columns(connection, "login_locks") == ["kind", "name", "until"]
     indexes = connection.execute(
         "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'agents' "
         "AND sql IS NOT NULL ORDER BY name"
@@ -308,7 +311,7 @@ def test_connect_creates_the_tables_0600(tmp_path: Path) -> None:
         "agents_state",
     ]
     assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert SCHEMA_VERSION == 3
+    assert SCHEMA_VERSION == 4
     assert user_version(connection) == SCHEMA_VERSION
     connection.close()
 
@@ -1217,6 +1220,29 @@ def test_a_failed_action_rolls_back(db: Connection) -> None:
         (C, "registered"),
         (D, "pending"),
     ]
+
+
+def test_login_failures_and_locks(db: Connection) -> None:
+    alice, address = ("user", "alice"), ("address", "10.0.0.1")
+    bob = ("user", "bob")
+    engine.add_login_failure_txn(db, (alice, address), 100.0, {})
+    engine.add_login_failure_txn(db, (bob, address), 101.5, {address: 160.0})
+    engine.add_login_failure_txn(db, (alice, address), 102.0, {address: 150.0})
+
+    failures, locks = engine.login_failures_txn(db, (alice, address), 100.0)
+
+    assert {k: sorted(v) for k, v in failures.items()} == {
+        alice: [102.0],
+        address: [101.5, 102.0],
+    }
+    assert locks == {address: 160.0}  # a shorter lock never shortens one
+    engine.clear_login_failures_txn(db, alice)
+    assert engine.login_failures_txn(db, (alice, bob), 0.0) == ({bob: [101.5]}, {})
+    assert engine.vacuum_login_failures_txn(db, 155.0) == 4  # 4 failures, no lock
+    assert engine.login_failures_txn(db, (alice, address), 0.0) == (
+        {},
+        {address: 160.0},
+    )
 
 
 def test_revoked_tokens(db: Connection) -> None:

@@ -152,7 +152,37 @@ class RevokedTokens(Protocol):
         """Forget entries past their expiry; how many."""
 
 
-class AgentRegistry(AuditTrail, RevokedTokens, Protocol):
+LoginKey = tuple[str, str]
+
+
+class SharedFailures(Protocol):
+    """Login failures and locks every director of a store counts (PostgreSQL).
+
+    Keys are the throttle's: ``("user", name)`` and ``("address", address)``;
+    times are seconds since the epoch.
+    """
+
+    async def login_failures(
+        self, keys: tuple[LoginKey, LoginKey], since: float
+    ) -> tuple[dict[LoginKey, list[float]], dict[LoginKey, float]]:
+        """Failures after ``since``, and the locks, of both keys."""
+
+    async def add_login_failure(
+        self,
+        keys: tuple[LoginKey, LoginKey],
+        at: float,
+        locks: Mapping[LoginKey, float],
+    ) -> None:
+        """Count one failure against both keys; record the locks it set."""
+
+    async def clear_login_failures(self, key: LoginKey) -> None:
+        """Forget one key's failures and lock."""
+
+    async def vacuum_login_failures(self, before: float) -> int:
+        """Forget failures and locks older than ``before``; how many."""
+
+
+class AgentRegistry(AuditTrail, RevokedTokens, SharedFailures, Protocol):
     """The agents, with the state changes of CONTRACT §3 as named methods.
 
     Admin transitions raise :class:`~dcvix.common.errors.NotFound` for an

@@ -26,6 +26,15 @@ R = TypeVar("R")
 
 # The same on both engines (schema version 3).
 IDENTITY_TABLE = "CREATE TABLE identity (name TEXT PRIMARY KEY, value TEXT NOT NULL)"
+# Version 4: login failures and locks that every director of a store sees
+# (times are the reactor's seconds since the epoch).
+LOGIN_TABLES = (
+    "CREATE TABLE login_failures (kind TEXT NOT NULL, name TEXT NOT NULL, "
+    "at DOUBLE PRECISION NOT NULL)",
+    "CREATE INDEX login_failures_key ON login_failures (kind, name, at)",
+    "CREATE TABLE login_locks (kind TEXT NOT NULL, name TEXT NOT NULL, "
+    "until DOUBLE PRECISION NOT NULL, PRIMARY KEY (kind, name))",
+)
 
 # How long one statement, a lock or a connection may take before the call
 # fails (a request answers 503 rather than waiting for ever).

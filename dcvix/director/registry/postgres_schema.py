@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from dcvix.director.registry import REGISTERED, StoreError
-from dcvix.director.registry.engine import IDENTITY_TABLE
+from dcvix.director.registry.engine import IDENTITY_TABLE, LOGIN_TABLES
 
 # Advisory lock keys (one namespace per database; any two distinct numbers).
 MIGRATION_LOCK = 0x64637669_00000001
@@ -78,7 +78,13 @@ def _to_3(connection: Any) -> None:
     connection.execute(IDENTITY_TABLE)
 
 
-MIGRATIONS: tuple[Callable[[Any], None], ...] = (_to_1, _to_2, _to_3)
+def _to_4(connection: Any) -> None:
+    """Login failures and locks shared by the directors of a store."""
+    for statement in LOGIN_TABLES:
+        connection.execute(statement)
+
+
+MIGRATIONS: tuple[Callable[[Any], None], ...] = (_to_1, _to_2, _to_3, _to_4)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -599,6 +599,71 @@ def vacuum_tokens_txn(connection: Connection, now: dt.datetime) -> int:
         return cursor.rowcount
 
 
+# ------------------------------------------------------------ login failures
+
+Key = tuple[str, str]
+_KEY_MATCH = "((kind = ? AND name = ?) OR (kind = ? AND name = ?))"
+
+
+def login_failures_txn(
+    connection: Connection, keys: tuple[Key, Key], since: float
+) -> tuple[dict[Key, list[float]], dict[Key, float]]:
+    """Failures after ``since`` and locks of two keys, from every director."""
+    params = (*keys[0], *keys[1])
+    failures: dict[Key, list[float]] = {}
+    for kind, name, at in connection.execute(
+        f"SELECT kind, name, at FROM login_failures WHERE {_KEY_MATCH} AND at > ?",  # noqa: S608
+        (*params, since),
+    ):
+        failures.setdefault((kind, name), []).append(float(at))
+    locks = {
+        (kind, name): float(until)
+        for kind, name, until in connection.execute(
+            f"SELECT kind, name, until FROM login_locks WHERE {_KEY_MATCH}",  # noqa: S608
+            params,
+        )
+    }
+    return failures, locks
+
+
+def add_login_failure_txn(
+    connection: Connection, keys: tuple[Key, Key], at: float, locks: Mapping[Key, float]
+) -> None:
+    """One failure against both keys, and the locks it set."""
+    with connection.transaction():
+        connection.executemany(
+            "INSERT INTO login_failures (kind, name, at) VALUES (?, ?, ?)",
+            [(*key, at) for key in keys],
+        )
+        connection.executemany(
+            "INSERT INTO login_locks (kind, name, until) VALUES (?, ?, ?) "
+            "ON CONFLICT (kind, name) DO UPDATE SET until = excluded.until "
+            "WHERE login_locks.until < excluded.until",
+            [(*key, until) for key, until in locks.items()],
+        )
+
+
+def clear_login_failures_txn(connection: Connection, key: Key) -> None:
+    """Forget one key's failures and lock (a user who logged in)."""
+    with connection.transaction():
+        connection.execute(
+            "DELETE FROM login_failures WHERE kind = ? AND name = ?", key
+        )
+        connection.execute("DELETE FROM login_locks WHERE kind = ? AND name = ?", key)
+
+
+def vacuum_login_failures_txn(connection: Connection, before: float) -> int:
+    """Forget failures and locks that ended before ``before``; how many."""
+    with connection.transaction():
+        dropped = connection.execute(
+            "DELETE FROM login_failures WHERE at < ?", (before,)
+        ).rowcount
+        dropped += connection.execute(
+            "DELETE FROM login_locks WHERE until < ?", (before,)
+        ).rowcount
+        return dropped
+
+
 # ------------------------------------------------------------------ identity
 
 
@@ -791,3 +856,19 @@ class SqlRegistry:
 
     async def vacuum_tokens(self, now: dt.datetime) -> int:  # noqa: D102
         return await self._call(vacuum_tokens_txn, now)
+
+    async def login_failures(  # noqa: D102
+        self, keys: tuple[Key, Key], since: float
+    ) -> tuple[dict[Key, builtins.list[float]], dict[Key, float]]:
+        return await self._call(login_failures_txn, keys, since)
+
+    async def add_login_failure(  # noqa: D102
+        self, keys: tuple[Key, Key], at: float, locks: Mapping[Key, float]
+    ) -> None:
+        await self._call(add_login_failure_txn, keys, at, locks)
+
+    async def clear_login_failures(self, key: Key) -> None:  # noqa: D102
+        await self._call(clear_login_failures_txn, key)
+
+    async def vacuum_login_failures(self, before: float) -> int:  # noqa: D102
+        return await self._call(vacuum_login_failures_txn, before)

@@ -16,7 +16,7 @@ from typing import Any
 
 from dcvix.common.files import fsync_directory
 from dcvix.director.registry import REGISTERED, StoreError, UniqueViolation
-from dcvix.director.registry.engine import DB_TIMEOUT, IDENTITY_TABLE
+from dcvix.director.registry.engine import DB_TIMEOUT, IDENTITY_TABLE, LOGIN_TABLES
 
 
 class transaction:
@@ -163,7 +163,18 @@ def _to_3(connection: sqlite3.Connection) -> None:
     connection.execute(IDENTITY_TABLE)
 
 
-MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_to_1, _to_2, _to_3)
+def _to_4(connection: sqlite3.Connection) -> None:
+    """Login failures and locks shared by the directors of a store."""
+    for statement in LOGIN_TABLES:
+        connection.execute(statement)
+
+
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
+    _to_1,
+    _to_2,
+    _to_3,
+    _to_4,
+)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
