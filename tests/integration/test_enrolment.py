@@ -588,8 +588,11 @@ def test_revoke_then_reactivate(fleet: Fleet) -> None:
     assert reactivated.stdout == f"agent {guid} (ws-1) reactivated\n"
     assert director.listed("registered") == {guid: "ws-1"}
     assert agent.certificate_on_disk().serial_number == held.serial_number
-    # Its next registration poll (every 30 s, no restart) gets a certificate.
+    # Its next registration (no restart) gets a certificate. The agent polls
+    # every 30 s (test_deny_then_delete waits for polls); SIGHUP asks now.
     mark = agent.mark()
+    assert agent.process is not None
+    agent.process.send_signal(signal.SIGHUP)
     agent.wait_log("registered as agent " + guid, since=mark, timeout=40)
     assert agent.pid == pid
     again = agent.certificate_on_disk()
