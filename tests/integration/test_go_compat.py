@@ -17,6 +17,7 @@ import base64
 import datetime as dt
 import hashlib
 import json
+import signal
 import socket
 import sqlite3
 import stat
@@ -578,7 +579,10 @@ def test_our_agent_enrols_with_and_renews_against_a_go_director(
     assert not (files / "agent.crt").exists()
     assert not (files / "ca.pem").exists()
 
-    # The Go agent's rhythm: next poll 30 s later, approved by then.
+    # The Go agent's rhythm: polls until approved (every 30 s; SIGHUP asks
+    # now, which keeps the suite short; test_deny_then_delete waits for polls).
+    assert agent.process is not None
+    agent.process.send_signal(signal.SIGHUP)
     wait_for("agent.crt", (files / "agent.crt").exists, 45.0)
     key = serialization.load_pem_private_key((files / "agent.key").read_bytes(), None)
     assert isinstance(key, ed25519.Ed25519PrivateKey)
