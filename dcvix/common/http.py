@@ -708,7 +708,15 @@ def read_json(request: IRequest) -> Any:
         BadRequest: for an empty body, bad UTF-8 or no JSON value.
     """
     content = request.content
-    raw = content.read() if content is not None else b""
+    return parse_json(content.read() if content is not None else b"")
+
+
+def parse_json(raw: bytes) -> Any:
+    """:func:`read_json` on bytes already read (a body kept to pass on).
+
+    Raises:
+        BadRequest: as :func:`read_json`.
+    """
     if not raw.strip():
         raise BadRequest("request body is empty")
     try:

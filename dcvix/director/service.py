@@ -65,6 +65,7 @@ from dcvix.director.config import DirectorConfig
 from dcvix.director.connections import ConnectionTokens
 from dcvix.director.datadir import DirectorFiles
 from dcvix.director.enrolment import Enrolment, EnrolmentPolicy
+from dcvix.director.exchange import ReportExchange
 from dcvix.director.hostnames import own_host_names
 from dcvix.director.housekeeper import Housekeeper
 from dcvix.director.identity import check_identity, store_claim
@@ -75,6 +76,7 @@ from dcvix.director.portal import Portal
 from dcvix.director.registry import StoreError
 from dcvix.director.registry.engine import Runner, pool_runner
 from dcvix.director.registry.postgres import PostgresEngine
+from dcvix.director.registry.postgres_schema import REPORTS_CHANNEL
 from dcvix.director.registry.sql import SqlRegistry
 from dcvix.director.registry.stores import (
     database_threads,
@@ -213,6 +215,36 @@ def _open_store(config: DirectorConfig, runner: Runner) -> SqlRegistry:
         return open_registry(config, runner)
     except StoreError as error:
         raise StartupError(str(error)) from None
+
+
+def _exchange(
+    registry: SqlRegistry,
+    pool: ThreadPoolService,
+    runtime: MemoryRuntimeStore,
+    agent_port: int,
+    reactor: Any,
+    root: DaemonService,
+) -> ReportExchange | None:
+    """With a shared store, the reports passed between its directors."""
+    engine = registry.engine
+    if not isinstance(engine, PostgresEngine):
+        return None
+    exchange = ReportExchange(engine, pool, runtime, agent_port, reactor)
+    engine.watch(REPORTS_CHANNEL, exchange.changed)
+    exchange.setServiceParent(root)  # after the pool: it stops first
+    return exchange
+
+
+def _forget_both(
+    control: SessionControl, exchange: ReportExchange
+) -> Callable[[str, bool], Awaitable[None]]:
+    """Forget an agent here and in the store's shared reports."""
+
+    async def forget(guid: str, deleted: bool) -> None:
+        await control.forget(guid, deleted)
+        await exchange.forget(guid)
+
+    return forget
 
 
 def _leadership(
@@ -384,7 +416,16 @@ def build_director(
         config.housekeeper.max_age,
         reactor,
     )
-    admin = AgentAdmin(registry, audit, reactor, own_lower, control.forget)
+    exchange = _exchange(
+        registry, database, runtime, settings.agent_port, reactor, root
+    )
+    admin = AgentAdmin(
+        registry,
+        audit,
+        reactor,
+        own_lower,
+        control.forget if exchange is None else _forget_both(control, exchange),
+    )
     connections = ConnectionTokens(
         tokens,
         runtime,
@@ -449,7 +490,9 @@ def build_director(
         settings.max_body_bytes,
         Gate(logins, enrolment, Gateways(config.gateway.gateways_list, reactor)),
         [
-            AgentRoutes(enrolment, runtime, settings.agent_port, reactor, tally),
+            AgentRoutes(
+                enrolment, runtime, settings.agent_port, reactor, tally, exchange
+            ),
             AuthRoutes(logins, login_otp_field(config)),
             AdminRoutes(admin, authority.pem),
             fleet,

@@ -18,6 +18,7 @@ import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from director_calls import ADMIN_SCRIPT, call
 from postgres import Postgres, PostgresStore, postgres_fixture  # noqa: F401
@@ -161,7 +162,7 @@ def test_two_directors_share_one_database_and_ca(
     assert second.ca_file.read_bytes() == first.ca_file.read_bytes()
     assert "new CA" not in second.log_text()
 
-    agent = fleet.agent(first, "ws-shared")
+    agent = fleet.agent(first, "ws-shared", update_interval="2s")
     agent.wait_log("pending approval", timeout=START)
     tokens = [(first, admin_token(first)), (second, admin_token(second))]
     for director, token in tokens:
@@ -174,6 +175,17 @@ def test_two_directors_share_one_database_and_ca(
     assert "/v1/agent/register" not in second.log_since(marks[1])
     for director, token in tokens:
         assert states(director, token) == {agent.guid: "registered"}, director.folder
+
+    # The agent reports to A only; B lists its server from the shared store.
+    def listed_on_b() -> dict[str, Any] | None:
+        answer = call(second, "GET", "/v1/servers", token=tokens[1][1])
+        assert answer.status == 200, answer.body
+        found = [s for s in answer.body if s["hostname"] == "ws-shared" and s["online"]]
+        return found[0] if found else None
+
+    shared = wait_for("B to list the server A heard from", listed_on_b, START)
+    assert shared["agent_state"] == "registered"
+    assert "/v1/agent/update" not in second.log_since(marks[1])
 
     # A change through one director's API is what the other lists next.
     answer = call(

@@ -301,6 +301,15 @@ def test_connect_creates_the_tables_0600(tmp_path: Path) -> None:
     assert columns(connection, "identity") == ["name", "value"]
     assert columns(connection, "login_failures") == ["kind", "name", "at"]
     assert columns(connection, "login_locks") == ["kind", "name", "until"]
+    assert columns(connection, "server_reports") == [
+        "guid",
+        "hostname",
+        "peer",
+        "received_at",
+        "report",
+        "origin",
+        "change",
+    ]
     indexes = connection.execute(
         "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'agents' "
         "AND sql IS NOT NULL ORDER BY name"
@@ -311,7 +320,7 @@ def test_connect_creates_the_tables_0600(tmp_path: Path) -> None:
         "agents_state",
     ]
     assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert SCHEMA_VERSION == 4
+    assert SCHEMA_VERSION == 5
     assert user_version(connection) == SCHEMA_VERSION
     connection.close()
 
@@ -1243,6 +1252,28 @@ def test_login_failures_and_locks(db: Connection) -> None:
         {},
         {address: 160.0},
     )
+
+
+def test_shared_reports_keep_the_newest_of_each_agent_in_commit_order(
+    db: Connection,
+) -> None:
+    first = engine.SharedReport(A, "ws1", "10.0.0.1", 100.0, '{"n": 1}')
+    second = engine.SharedReport(B, "ws2", "10.0.0.2", 101.0, '{"n": 2}')
+    engine.put_reports_txn(db, "director-a", [first, second])
+    newer = engine.SharedReport(A, "ws1", "10.0.0.9", 102.0, '{"n": 3}')
+    engine.put_reports_txn(db, "director-b", [newer])
+
+    everything = engine.reports_since_txn(db, 0)
+
+    assert [(r.guid, r.report, r.origin, r.change) for r in everything] == [
+        (B, '{"n": 2}', "director-a", 2),
+        (A, '{"n": 3}', "director-b", 3),
+    ]
+    assert engine.reports_since_txn(db, 2) == [
+        engine.SharedReport(A, "ws1", "10.0.0.9", 102.0, '{"n": 3}', "director-b", 3)
+    ]
+    engine.forget_report_txn(db, A)
+    assert [r.guid for r in engine.reports_since_txn(db, 0)] == [B]
 
 
 def test_revoked_tokens(db: Connection) -> None:

@@ -6,10 +6,17 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.web.iweb import IRequest
 
 from dcvix.common.clock import now_utc
-from dcvix.common.http import access_log, client_address, json_response, read_json
+from dcvix.common.http import (
+    access_log,
+    client_address,
+    json_response,
+    parse_json,
+    read_json,
+)
 from dcvix.common.jsonfields import decode
 from dcvix.director.api.authz import Role, authorized
 from dcvix.director.enrolment import Enrolment, PeerIdentity
+from dcvix.director.exchange import ReportExchange
 from dcvix.director.registry import AgentRecord
 from dcvix.director.requests import RegisterRequest, RenewRequest
 from dcvix.director.runtime import RuntimeStore, SessionsMemo, parse_report
@@ -59,6 +66,8 @@ class AgentRoutes:
         default_agent_port: the port of agents that do not report theirs.
         clock: the time of each report.
         tally: where stored updates are counted (for the log's summary).
+        exchange: where accepted reports go for the other directors of a
+            shared store (none with one director).
     """
 
     def __init__(
@@ -68,6 +77,7 @@ class AgentRoutes:
         default_agent_port: int,
         clock: IReactorTime,
         tally: UpdateTally | None = None,
+        exchange: ReportExchange | None = None,
     ) -> None:
         self._enrolment = enrolment
         self._runtime = runtime
@@ -75,6 +85,7 @@ class AgentRoutes:
         self._clock = clock
         self.tally = tally if tally is not None else UpdateTally()
         self._sessions = SessionsMemo()
+        self._exchange = exchange
 
     @authorized("POST", "/v1/agent/register", role=Role.PUBLIC)
     async def register(self, request: IRequest) -> bytes:
@@ -106,16 +117,20 @@ class AgentRoutes:
         200 ``{}``; 400 for a body that does not validate (nothing is stored).
         """
         previous = await self._runtime.server(agent.hostname)
+        raw = request.content.read() if request.content is not None else b""
+        peer = client_address(request)
         state = parse_report(
             agent.guid,
             agent.hostname,
-            read_json(request),
-            client_address(request),
+            parse_json(raw),
+            peer,
             now_utc(self._clock),
             self._default_port,
             previous,
             self._sessions,
         )
         await self._runtime.put(state)
+        if self._exchange is not None:
+            self._exchange.share(agent.guid, agent.hostname, peer, state.seen_at, raw)
         self.tally.count(agent.guid)
         return json_response(request, 200, {})

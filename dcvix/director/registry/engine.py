@@ -36,6 +36,15 @@ LOGIN_TABLES = (
     "until DOUBLE PRECISION NOT NULL, PRIMARY KEY (kind, name))",
 )
 
+# Version 5: each agent's last report, for the other directors of a store
+# (``change`` orders them; writers take turns, so it grows in commit order).
+REPORT_TABLES = (
+    "CREATE TABLE server_reports (guid TEXT PRIMARY KEY, hostname TEXT NOT NULL, "
+    "peer TEXT NOT NULL, received_at DOUBLE PRECISION NOT NULL, "
+    "report TEXT NOT NULL, origin TEXT NOT NULL, change BIGINT NOT NULL)",
+    "CREATE INDEX server_reports_change ON server_reports (change)",
+)
+
 # How long one statement, a lock or a connection may take before the call
 # fails (a request answers 503 rather than waiting for ever).
 DB_TIMEOUT = 10.0

@@ -163,6 +163,16 @@ class PostgresEngine:
         self._ticks = itertools.count()
         self._changes = next(self._ticks)
         self._listener: ChangeListener | None = None
+        # Channel -> what to call on each notification (and after reconnecting).
+        self.watchers: dict[str, list[Callable[[], None]]] = {}
+
+    def watch(self, channel: str, callback: Callable[[], None]) -> None:
+        """Call ``callback`` on the reactor for each notification on ``channel``.
+
+        Also after the listener connects (again): it may have missed some.
+        Register before :meth:`listen`.
+        """
+        self.watchers.setdefault(channel, []).append(callback)
 
     def connect(self) -> psycopg.Connection[Any]:
         """A new connection of its own (autocommit), outside the pool."""
@@ -237,7 +247,10 @@ class PostgresEngine:
 
 @implementer(IReadDescriptor)
 class ChangeListener:
-    """``LISTEN dcvix_agents`` on a connection of its own, read by the reactor.
+    """``LISTEN`` on a connection of its own, read by the reactor.
+
+    ``dcvix_agents`` moves the engine's version; other channels call what the
+    engine's watchers registered.
 
     Connecting runs in the database pool; from then on the reactor reads the
     connection's socket and each notification calls the engine's
@@ -270,7 +283,8 @@ class ChangeListener:
     def _open(self) -> psycopg.Connection[Any]:
         connection = self._engine.connect()
         try:
-            connection.execute(f"LISTEN {AGENTS_CHANNEL}")
+            for channel in (AGENTS_CHANNEL, *self._engine.watchers):
+                connection.execute(f"LISTEN {channel}")
         except BaseException:
             connection.close()
             raise
@@ -287,6 +301,9 @@ class ChangeListener:
         self.listening = True
         # Anything committed before LISTEN was missed: forget what is known.
         self._engine.changed()
+        for callbacks in self._engine.watchers.values():
+            for callback in callbacks:
+                callback()
         if self._lost_logged:
             log.info("listening to {database} again", database=self._engine.label)
             self._lost_logged = False
@@ -321,8 +338,12 @@ class ChangeListener:
         except psycopg.Error as error:
             self._drop(_message(error))
             return
-        while pgconn.notifies() is not None:
-            self._engine.changed()
+        while (notice := pgconn.notifies()) is not None:
+            channel = notice.relname.decode("ascii", "replace")
+            if channel == AGENTS_CHANNEL:
+                self._engine.changed()
+            for callback in self._engine.watchers.get(channel, ()):
+                callback()
 
     def connectionLost(self, reason: Failure) -> None:
         """The reactor gave up on the socket."""

@@ -13,7 +13,11 @@ from collections.abc import Callable
 from typing import Any
 
 from dcvix.director.registry import REGISTERED, StoreError
-from dcvix.director.registry.engine import IDENTITY_TABLE, LOGIN_TABLES
+from dcvix.director.registry.engine import (
+    IDENTITY_TABLE,
+    LOGIN_TABLES,
+    REPORT_TABLES,
+)
 
 # Advisory lock keys (one namespace per database; any two distinct numbers).
 MIGRATION_LOCK = 0x64637669_00000001
@@ -22,6 +26,8 @@ IDENTITY_LOCK = 0x64637669_00000003
 LEADER_LOCK = 0x64637669_00000004
 # The channel a trigger notifies on every change of the agents table.
 AGENTS_CHANNEL = "dcvix_agents"
+# The channel a trigger notifies when reports were shared.
+REPORTS_CHANNEL = "dcvix_reports"
 
 
 def _to_1(connection: Any) -> None:
@@ -84,7 +90,27 @@ def _to_4(connection: Any) -> None:
         connection.execute(statement)
 
 
-MIGRATIONS: tuple[Callable[[Any], None], ...] = (_to_1, _to_2, _to_3, _to_4)
+def _to_5(connection: Any) -> None:
+    """Agents' last reports, shared by the directors of a store."""
+    for statement in REPORT_TABLES:
+        connection.execute(statement)
+    connection.execute(
+        "CREATE FUNCTION dcvix_reports_changed() RETURNS trigger LANGUAGE plpgsql "
+        f"AS $$ BEGIN PERFORM pg_notify('{REPORTS_CHANNEL}', ''); RETURN NULL; END $$"
+    )
+    connection.execute(
+        "CREATE TRIGGER server_reports_changed AFTER INSERT OR UPDATE "
+        "ON server_reports FOR EACH STATEMENT EXECUTE FUNCTION dcvix_reports_changed()"
+    )
+
+
+MIGRATIONS: tuple[Callable[[Any], None], ...] = (
+    _to_1,
+    _to_2,
+    _to_3,
+    _to_4,
+    _to_5,
+)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import builtins
 import datetime as dt
-from collections.abc import Callable, Mapping
-from dataclasses import replace
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 from twisted.internet.defer import Deferred
@@ -662,6 +662,60 @@ def vacuum_login_failures_txn(connection: Connection, before: float) -> int:
             "DELETE FROM login_locks WHERE until < ?", (before,)
         ).rowcount
         return dropped
+
+
+# ----------------------------------------------------------- shared reports
+
+
+@dataclass(frozen=True)
+class SharedReport:
+    """An agent's report as the director that received it passes it on."""
+
+    guid: str
+    hostname: str
+    peer: str
+    received_at: float
+    report: str
+    origin: str = ""
+    change: int = 0
+
+
+def put_reports_txn(
+    connection: Connection, origin: str, reports: Sequence[SharedReport]
+) -> None:
+    """Keep each agent's newest report, numbered after every earlier one."""
+    with connection.transaction():
+        row = connection.execute("SELECT max(change) FROM server_reports").fetchone()
+        base = int(row[0] or 0) + 1
+        connection.executemany(
+            "INSERT INTO server_reports (guid, hostname, peer, received_at, report, "
+            "origin, change) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (guid) DO "
+            "UPDATE SET hostname = excluded.hostname, peer = excluded.peer, "
+            "received_at = excluded.received_at, report = excluded.report, "
+            "origin = excluded.origin, change = excluded.change",
+            [
+                (r.guid, r.hostname, r.peer, r.received_at, r.report, origin, base + n)
+                for n, r in enumerate(reports)
+            ],
+        )
+
+
+def reports_since_txn(connection: Connection, after: int) -> list[SharedReport]:
+    """Reports numbered after ``after``, in order."""
+    return [
+        SharedReport(guid, hostname, peer, float(at), report, origin, int(change))
+        for guid, hostname, peer, at, report, origin, change in connection.execute(
+            "SELECT guid, hostname, peer, received_at, report, origin, change "
+            "FROM server_reports WHERE change > ? ORDER BY change",
+            (after,),
+        )
+    ]
+
+
+def forget_report_txn(connection: Connection, guid: str) -> None:
+    """Drop a deleted agent's report."""
+    with connection.transaction():
+        connection.execute("DELETE FROM server_reports WHERE guid = ?", (guid,))
 
 
 # ------------------------------------------------------------------ identity

@@ -16,7 +16,12 @@ from typing import Any
 
 from dcvix.common.files import fsync_directory
 from dcvix.director.registry import REGISTERED, StoreError, UniqueViolation
-from dcvix.director.registry.engine import DB_TIMEOUT, IDENTITY_TABLE, LOGIN_TABLES
+from dcvix.director.registry.engine import (
+    DB_TIMEOUT,
+    IDENTITY_TABLE,
+    LOGIN_TABLES,
+    REPORT_TABLES,
+)
 
 
 class transaction:
@@ -169,11 +174,18 @@ def _to_4(connection: sqlite3.Connection) -> None:
         connection.execute(statement)
 
 
+def _to_5(connection: sqlite3.Connection) -> None:
+    """Agents' last reports, shared by the directors of a store."""
+    for statement in REPORT_TABLES:
+        connection.execute(statement)
+
+
 MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     _to_1,
     _to_2,
     _to_3,
     _to_4,
+    _to_5,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -1,0 +1,215 @@
+"""Agents' reports shared by the directors of one PostgreSQL store.
+
+Each director keeps the fleet in memory (``MemoryRuntimeStore``): listings,
+placement, the DCV verifier and the resolver answer from it. An agent reports
+to one director at a time, so every director passes the reports it accepts on
+through the store, and takes in the others':
+
+- **out**: a report accepted (and kept in memory, as with one director) is
+  queued by agent; queued reports are written together, every
+  :data:`FLUSH_DELAY` at most, in one transaction (the newest report of each
+  agent, numbered in commit order). No round trip per update.
+- **in**: a trigger notifies ``dcvix_reports`` after each write; this director
+  then reads the reports numbered after the last it read, and keeps each one
+  from another director as if it had received it (the same parser, the
+  receiving director's time). It also reads every :data:`PULL_EVERY` seconds,
+  so a missed notification (a listener reconnecting) costs at most that.
+
+A report older than what this director holds for the server (an agent that
+moved from one director to another meanwhile) is left out.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import secrets
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from dcvix.common.errors import ApiError
+from dcvix.common.http import parse_json
+from dcvix.common.ratelimit import LogBudget
+from dcvix.common.threads import ThreadPoolService
+from dcvix.director.registry import StoreError
+from dcvix.director.registry.engine import DB_TIMEOUT, Engine
+from dcvix.director.registry.sql import (
+    SharedReport,
+    forget_report_txn,
+    put_reports_txn,
+    reports_since_txn,
+)
+from dcvix.director.runtime import RuntimeStore, SessionsMemo, parse_report
+
+log = Logger()
+
+FLUSH_DELAY = 0.05
+PULL_EVERY = 1.0
+
+
+class ReportExchange(Service):
+    """Passes this director's reports on, and keeps the other directors'.
+
+    Args:
+        engine: the shared store.
+        pool: the database pool (writes and reads run there).
+        runtime: this director's memory of the fleet.
+        default_agent_port: as for reports received directly.
+        clock: schedules writes and reads.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        pool: ThreadPoolService,
+        runtime: RuntimeStore,
+        default_agent_port: int,
+        clock: IReactorTime,
+    ) -> None:
+        self._engine = engine
+        self._pool = pool
+        self._runtime = runtime
+        self._default_port = default_agent_port
+        self._clock = clock
+        # Tells this director's rows from the others' (new at every start).
+        self.origin = secrets.token_hex(8)
+        self._outbox: dict[str, SharedReport] = {}
+        self._flush_call: IDelayedCall | None = None
+        self._flushing = False
+        self._cursor = 0
+        self._pulling = False
+        self._pull_again = False
+        self._memo = SessionsMemo()
+        self._poll = LoopingCall(self.changed)
+        self._poll.clock = clock
+        self._trouble = LogBudget(1, 60.0, clock)
+        self.taken = 0
+
+    def startService(self) -> None:
+        """Read every report in the store, then keep reading."""
+        super().startService()
+        self._poll.start(PULL_EVERY, now=True)
+
+    def stopService(self) -> Deferred[None] | None:
+        """Stop reading; write what is queued (best effort)."""
+        super().stopService()
+        if self._poll.running:
+            self._poll.stop()
+        if self._flush_call is not None and self._flush_call.active():
+            self._flush_call.cancel()
+        self._flush_call = None
+        return None
+
+    # ---------------------------------------------------------------- out
+
+    def share(self, guid: str, hostname: str, peer: str, at: float, raw: bytes) -> None:
+        """Queue a report this director accepted, for the others."""
+        self._outbox[guid] = SharedReport(guid, hostname, peer, at, raw.decode("utf-8"))
+        if self._flush_call is None and not self._flushing and self.running:
+            self._flush_call = self._clock.callLater(FLUSH_DELAY, self._flush)
+
+    def _flush(self) -> None:
+        self._flush_call = None
+        if not self._outbox:
+            return
+        batch = list(self._outbox.values())
+        self._outbox = {}
+        self._flushing = True
+        self._pool.run(
+            DB_TIMEOUT * 2, self._engine.call, put_reports_txn, self.origin, batch
+        ).addCallbacks(self._flushed, self._flush_failed, errbackArgs=(batch,))
+
+    def _flushed(self, _: object) -> None:
+        self._flushing = False
+        if self._outbox and self.running:
+            self._flush_call = self._clock.callLater(FLUSH_DELAY, self._flush)
+
+    def _flush_failed(self, failure: Failure, batch: list[SharedReport]) -> None:
+        self._flushing = False
+        # Put back what no newer report replaced; try again in a second.
+        for report in batch:
+            self._outbox.setdefault(report.guid, report)
+        self._complain("reports not shared", failure)
+        if self.running:
+            self._flush_call = self._clock.callLater(PULL_EVERY, self._flush)
+
+    def forget(self, guid: str) -> Deferred[None]:
+        """Drop a deleted agent's report from the store."""
+        self._outbox.pop(guid, None)
+        return self._pool.run(
+            DB_TIMEOUT * 2, self._engine.call, forget_report_txn, guid
+        )
+
+    # ----------------------------------------------------------------- in
+
+    def changed(self) -> None:
+        """Reports were shared (a notification, or the periodic read)."""
+        if self._pulling:
+            self._pull_again = True
+            return
+        self._pulling = True
+        self._pool.run(
+            DB_TIMEOUT * 2, self._engine.call, reports_since_txn, self._cursor
+        ).addCallbacks(self._take, self._pull_failed).addBoth(self._pulled)
+
+    async def _keep(self, report: SharedReport) -> None:
+        previous = await self._runtime.server(report.hostname)
+        received = dt.datetime.fromtimestamp(report.received_at, dt.UTC)
+        if previous is not None and previous.last_seen > received:
+            return  # this director has a newer one (the agent moved)
+        state = parse_report(
+            report.guid,
+            report.hostname,
+            parse_json(report.report.encode("utf-8")),
+            report.peer,
+            received,
+            self._default_port,
+            previous,
+            self._memo,
+        )
+        await self._runtime.put(state)
+        self.taken += 1
+
+    def _take(self, reports: list[SharedReport]) -> Deferred[None]:
+        async def take() -> None:
+            for report in reports:
+                self._cursor = max(self._cursor, report.change)
+                if report.origin == self.origin:
+                    continue
+                try:
+                    await self._keep(report)
+                except ApiError as error:  # it passed another director's checks
+                    log.warn(
+                        "shared report of agent {guid} left out: {error}",
+                        guid=report.guid,
+                        error=error.message,
+                    )
+
+        return Deferred.fromCoroutine(take())
+
+    def _pull_failed(self, failure: Failure) -> None:
+        self._complain("shared reports not read", failure)
+
+    def _pulled(self, _: object) -> None:
+        self._pulling = False
+        if self._pull_again and self.running:
+            self._pull_again = False
+            self.changed()
+
+    def _complain(self, what: str, failure: Failure) -> None:
+        skipped = self._trouble.take()
+        if skipped is None:
+            return
+        if failure.check(StoreError):
+            log.warn(
+                "{what}: {error}{more}",
+                what=what,
+                error=str(failure.value),
+                more=f" ({skipped} more)" if skipped else "",
+            )
+        else:
+            log.failure(what, failure)

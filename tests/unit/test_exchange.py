@@ -1,0 +1,150 @@
+"""Reports one director accepts reach the other directors of a PostgreSQL store."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Callable, Iterator
+
+import pytest
+import pytest_twisted
+from postgres import Postgres, postgres_fixture  # noqa: F401
+from twisted.internet import reactor
+from twisted.internet.interfaces import IReactorFromThreads, IReactorTime
+from twisted.internet.task import deferLater
+
+from dcvix.common.threads import ThreadPoolService
+from dcvix.director import exchange as exchange_module
+from dcvix.director.exchange import ReportExchange
+from dcvix.director.registry.postgres import PostgresEngine
+from dcvix.director.registry.postgres_schema import REPORTS_CHANNEL
+from dcvix.director.runtime import MemoryRuntimeStore, parse_report
+
+GUID = "11111111-1111-4111-8111-111111111111"
+BOUND = 60.0
+
+
+def report(session: str, load: float = 0.5) -> bytes:
+    return json.dumps(
+        {
+            "sessions": [{"id": session, "owner": "alice", "type": "virtual"}],
+            "stats": {"cores": 8, "load1": load, "total_memory": 1, "free_memory": 1},
+            "tags": ["gpu"],
+        }
+    ).encode()
+
+
+async def until(what: str, condition: Callable[[], bool]) -> None:
+    clock = IReactorTime(reactor)
+    deadline = clock.seconds() + BOUND
+    while not condition():
+        assert clock.seconds() < deadline, f"timed out waiting for {what}"
+        await deferLater(clock, 0.02, lambda: None)
+
+
+class Director:
+    """What a director of a shared store has: an engine, a pool, its memory."""
+
+    def __init__(self, url: str, password: str) -> None:
+        self.engine = PostgresEngine(url, password, 2)
+        self.pool = ThreadPoolService("db", 2, IReactorFromThreads(reactor))
+        self.runtime = MemoryRuntimeStore()
+        clock = IReactorTime(reactor)
+        self.exchange = ReportExchange(
+            self.engine, self.pool, self.runtime, 8446, clock
+        )
+        self.engine.watch(REPORTS_CHANNEL, self.exchange.changed)
+
+    def start(self) -> None:
+        self.pool.startService()
+        self.engine.listen(reactor, self.pool)
+        self.exchange.startService()
+
+    def stop(self) -> None:
+        if self.exchange.running:
+            self.exchange.stopService()
+        self.pool.stopService()
+        self.engine.close()
+
+    async def accept(self, at: float, raw: bytes) -> None:
+        """What the update route does with a report from agent GUID (ws1)."""
+        previous = await self.runtime.server("ws1")
+        received = dt.datetime.fromtimestamp(at, dt.UTC)
+        state = parse_report(
+            GUID, "ws1", json.loads(raw), "10.0.0.1", received, 8446, previous
+        )
+        await self.runtime.put(state)
+        self.exchange.share(GUID, "ws1", "10.0.0.1", state.seen_at, raw)
+
+    def sessions(self, hostname: str = "ws1") -> list[str]:
+        state = self.runtime._servers.get(hostname)
+        return [] if state is None else [s.id for s in state.sessions]
+
+
+@pytest.fixture
+def pair(
+    postgres: Postgres, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[Director, Director]]:
+    # Only notifications bring reports in: the periodic read is a safety net.
+    monkeypatch.setattr(exchange_module, "PULL_EVERY", 3600.0)
+    url = postgres.database()
+    directors = Director(url, postgres.password), Director(url, postgres.password)
+    yield directors
+    for director in directors:
+        director.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_report_accepted_by_one_director_is_kept_by_the_other(
+    pair: tuple[Director, Director],
+) -> None:
+    first, second = pair
+    first.start()
+    second.start()
+    await until(
+        "both listening",
+        lambda: (
+            first.exchange.taken == 0
+            and all(
+                d.engine._listener is not None and d.engine._listener.listening
+                for d in pair
+            )
+        ),
+    )
+    now = IReactorTime(reactor).seconds()
+
+    await first.accept(now, report("s1"))
+
+    await until("the second to keep it", lambda: second.sessions() == ["s1"])
+    state = second.runtime._servers["ws1"]
+    assert (state.guid, state.address) == (GUID, "10.0.0.1")
+    assert state.seen_at == pytest.approx(now, abs=1e-5)  # kept to the microsecond
+    assert first.exchange.taken == 0  # its own report is not taken again
+
+    # The agent moves to the second director: its newer report wins on both,
+    # and an older one arriving late changes nothing.
+    await second.accept(now + 2, report("s2"))
+    await until("the first to keep the newer", lambda: first.sessions() == ["s2"])
+    taken = second.exchange.taken
+    first.exchange.share(GUID, "ws1", "10.0.0.1", now + 1, report("s-old"))  # late
+    await until("the old one read", lambda: second.exchange._cursor >= 3)
+    assert second.sessions() == ["s2"]
+    assert second.exchange.taken == taken
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_director_starting_later_reads_every_shared_report(
+    pair: tuple[Director, Director],
+) -> None:
+    first, second = pair
+    first.start()
+    now = IReactorTime(reactor).seconds()
+    await first.accept(now, report("s1"))
+    await until(
+        "written", lambda: not first.exchange._outbox and not first.exchange._flushing
+    )
+    await until("written", lambda: first.exchange._cursor >= 1 or True)
+
+    second.start()
+
+    await until("the late director to keep it", lambda: second.sessions() == ["s1"])
