@@ -76,7 +76,7 @@ from dcvix.director.portal import Portal
 from dcvix.director.registry import StoreError
 from dcvix.director.registry.engine import Runner, pool_runner
 from dcvix.director.registry.postgres import PostgresEngine
-from dcvix.director.registry.postgres_schema import REPORTS_CHANNEL
+from dcvix.director.registry.postgres_schema import AGENTS_CHANNEL, REPORTS_CHANNEL
 from dcvix.director.registry.sql import SqlRegistry
 from dcvix.director.registry.stores import (
     database_threads,
@@ -91,6 +91,9 @@ from dcvix.director.throttle import LoginThrottle
 from dcvix.director.tokens import TokenService, load_token_key
 
 log = Logger()
+# With a shared store, how often the fleet is checked against the agents'
+# states besides after each change notified (a safety net).
+FORGET_UNREGISTERED_SECONDS = 60.0
 
 TOKEN_VACUUM_SECONDS = 3600.0
 # How often new reports are rendered ahead of the next fleet listing.
@@ -419,6 +422,20 @@ def build_director(
     exchange = _exchange(
         registry, database, runtime, settings.agent_port, reactor, root
     )
+    if exchange is not None:
+        # Agents revoked or deleted through another director leave here too.
+        unregistered = PeriodicJob(
+            "forget-unregistered",
+            FORGET_UNREGISTERED_SECONDS,
+            _store_may_fail(
+                "forget-unregistered", control.forget_unregistered, reactor
+            ),
+            reactor,
+            FORGET_UNREGISTERED_SECONDS,
+        )
+        unregistered.setServiceParent(root)
+        assert isinstance(registry.engine, PostgresEngine)
+        registry.engine.watch(AGENTS_CHANNEL, unregistered.trigger)
     admin = AgentAdmin(
         registry,
         audit,

@@ -35,7 +35,7 @@ from dcvix.common.validate import (
 from dcvix.common.webclient import Answer
 from dcvix.director.agent_client import AgentAddress, AgentClient
 from dcvix.director.policy import valid_id
-from dcvix.director.registry import AgentRegistry
+from dcvix.director.registry import REGISTERED, AgentRegistry
 from dcvix.director.requests import ConfigRequest, CreateSessionRequest
 from dcvix.director.runtime import RuntimeStore, ServerState, Session, is_online
 
@@ -116,6 +116,18 @@ class SessionControl:
         """
         self._client.forget(guid)
         await self._runtime.forget_guid(guid)
+
+    async def forget_unregistered(self) -> None:
+        """Forget the servers whose agent is no longer registered.
+
+        For the directors of a shared store: an agent revoked, replaced or
+        deleted through another director leaves this one's placement, portal,
+        verifier and resolver as soon as the store says so.
+        """
+        states = await self._registry.states()
+        for state in await self._runtime.servers():
+            if states.get(state.guid) != REGISTERED:
+                await self.forget(state.guid, state.guid not in states)
 
     def online(self, state: ServerState) -> bool:
         """Whether a server is online now."""

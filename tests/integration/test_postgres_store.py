@@ -194,6 +194,14 @@ def test_two_directors_share_one_database_and_ca(
     assert answer.status == 200, answer.body
     for director, token in tokens:
         assert states(director, token) == {agent.guid: "revoked"}, director.folder
+
+    # ... and the revoked server leaves A's fleet too (placement, verifier).
+    def listed_on_a() -> list[str]:
+        answer = call(first, "GET", "/v1/servers", token=tokens[0][1])
+        assert answer.status == 200, answer.body
+        return [s["hostname"] for s in answer.body]
+
+    wait_for("A to forget the revoked server", lambda: listed_on_a() == [], START)
     # One token key: a login on A is good on B.
     assert states(second, tokens[0][1]) == {agent.guid: "revoked"}
     # A logout on A is refused on B at once.
