@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 from dcvix.common.config import (
     BOOLEAN,
@@ -53,7 +53,10 @@ def _parse_store_url(text: str) -> str:
     if parts.scheme in ("postgresql", "postgres"):
         if not parts.hostname or len(parts.path) < 2:
             raise ValueError(f"{text!r}: give postgresql://user@host[:port]/database")
-        if parts.password is not None:
+        secret_keys = {"password", "sslpassword"} & {
+            key.lower() for key, _ in parse_qsl(parts.query)
+        }
+        if parts.password is not None or secret_keys:
             raise ValueError(
                 "the store URL must not hold a password: use [store] password_file"
             )

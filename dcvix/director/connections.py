@@ -18,6 +18,7 @@ which server to pick when two servers hold a session of that id.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from twisted.internet.interfaces import IReactorTime
@@ -96,6 +97,9 @@ class ConnectionTokens:
         # token hash -> expiry, for tokens consumed by a verification
         self._consumed: dict[str, dt.datetime] = {}
         self._refusals = LogBudget(REFUSALS_LOGGED, 60.0, clock)
+        # With a shared store: tells the other directors of each token issued
+        # (session id, server, expiry in epoch seconds, to whom).
+        self.on_issue: Callable[[str, str, float, str], None] | None = None
 
     def issue(
         self, user: str, hostname: str, session_id: str, address: str = ""
@@ -113,10 +117,20 @@ class ConnectionTokens:
             serverId=hostname,
             sessionId=session_id,
         )
-        grants = self._issued.setdefault(session_id, [])
-        grants.append(Grant(hostname, expires, address))
-        del grants[:-GRANTS_KEPT]
+        self._grant(session_id, Grant(hostname, expires, address))
+        if self.on_issue is not None:
+            self.on_issue(session_id, hostname, expires.timestamp(), address)
         return Issued(token, expires, hostname, session_id)
+
+    def _grant(self, session_id: str, grant: Grant) -> None:
+        grants = self._issued.setdefault(session_id, [])
+        grants.append(grant)
+        del grants[:-GRANTS_KEPT]
+
+    def adopt(self, session_id: str, server: str, expires: float, address: str) -> None:
+        """A token another director of the store issued (for the resolver)."""
+        moment = dt.datetime.fromtimestamp(expires, dt.UTC)
+        self._grant(session_id, Grant(server, moment, address))
 
     def server_for(self, session_id: str, client: str = "") -> str | None:
         """Which server a connection to ``session_id`` from ``client`` is for.

@@ -1,4 +1,4 @@
-"""Agents' reports shared by the directors of one PostgreSQL store.
+"""Agents' reports and connection grants shared by the directors of one store.
 
 Each director keeps the fleet in memory (``MemoryRuntimeStore``): listings,
 placement, the DCV verifier and the resolver answer from it. An agent reports
@@ -17,12 +17,17 @@ through the store, and takes in the others':
 
 A report older than what this director holds for the server (an agent that
 moved from one director to another meanwhile) is left out.
+
+Connection grants (which server a connection token of a session id was
+issued for, and to whom: the Gateway resolver's answer) travel the same way,
+so a connection token issued by one director resolves on every other.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import secrets
+from collections.abc import Callable
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
@@ -38,10 +43,11 @@ from dcvix.common.threads import ThreadPoolService
 from dcvix.director.registry import StoreError
 from dcvix.director.registry.engine import DB_TIMEOUT, Engine
 from dcvix.director.registry.sql import (
+    SharedGrant,
     SharedReport,
     forget_report_txn,
-    put_reports_txn,
-    reports_since_txn,
+    put_shared_txn,
+    shared_since_txn,
 )
 from dcvix.director.runtime import RuntimeStore, SessionsMemo, parse_report
 
@@ -78,6 +84,10 @@ class ReportExchange(Service):
         # Tells this director's rows from the others' (new at every start).
         self.origin = secrets.token_hex(8)
         self._outbox: dict[str, SharedReport] = {}
+        self._grants_out: list[SharedGrant] = []
+        # Where grants from other directors go (ConnectionTokens.adopt).
+        self.grants_to: Callable[[SharedGrant], None] = lambda grant: None
+        self._grant_cursor = 0
         self._flush_call: IDelayedCall | None = None
         self._flushing = False
         self._cursor = 0
@@ -109,30 +119,48 @@ class ReportExchange(Service):
     def share(self, guid: str, hostname: str, peer: str, at: float, raw: bytes) -> None:
         """Queue a report this director accepted, for the others."""
         self._outbox[guid] = SharedReport(guid, hostname, peer, at, raw.decode("utf-8"))
+        self._soon()
+
+    def share_grant(
+        self, session_id: str, server: str, expires: float, to: str
+    ) -> None:
+        """Queue a connection token this director issued, for the others."""
+        self._grants_out.append(SharedGrant(session_id, server, expires, to))
+        self._soon()
+
+    def _soon(self) -> None:
         if self._flush_call is None and not self._flushing and self.running:
             self._flush_call = self._clock.callLater(FLUSH_DELAY, self._flush)
 
     def _flush(self) -> None:
         self._flush_call = None
-        if not self._outbox:
+        if not self._outbox and not self._grants_out:
             return
-        batch = list(self._outbox.values())
-        self._outbox = {}
+        batch, grants = list(self._outbox.values()), self._grants_out
+        self._outbox, self._grants_out = {}, []
         self._flushing = True
         self._pool.run(
-            DB_TIMEOUT * 2, self._engine.call, put_reports_txn, self.origin, batch
-        ).addCallbacks(self._flushed, self._flush_failed, errbackArgs=(batch,))
+            DB_TIMEOUT * 2,
+            self._engine.call,
+            put_shared_txn,
+            self.origin,
+            batch,
+            grants,
+        ).addCallbacks(self._flushed, self._flush_failed, errbackArgs=(batch, grants))
 
     def _flushed(self, _: object) -> None:
         self._flushing = False
-        if self._outbox and self.running:
+        if (self._outbox or self._grants_out) and self.running:
             self._flush_call = self._clock.callLater(FLUSH_DELAY, self._flush)
 
-    def _flush_failed(self, failure: Failure, batch: list[SharedReport]) -> None:
+    def _flush_failed(
+        self, failure: Failure, batch: list[SharedReport], grants: list[SharedGrant]
+    ) -> None:
         self._flushing = False
         # Put back what no newer report replaced; try again in a second.
         for report in batch:
             self._outbox.setdefault(report.guid, report)
+        self._grants_out[:0] = grants
         self._complain("reports not shared", failure)
         if self.running:
             self._flush_call = self._clock.callLater(PULL_EVERY, self._flush)
@@ -153,7 +181,11 @@ class ReportExchange(Service):
             return
         self._pulling = True
         self._pool.run(
-            DB_TIMEOUT * 2, self._engine.call, reports_since_txn, self._cursor
+            DB_TIMEOUT * 2,
+            self._engine.call,
+            shared_since_txn,
+            self._cursor,
+            self._grant_cursor,
         ).addCallbacks(self._take, self._pull_failed).addBoth(self._pulled)
 
     async def _keep(self, report: SharedReport) -> None:
@@ -174,7 +206,15 @@ class ReportExchange(Service):
         await self._runtime.put(state)
         self.taken += 1
 
-    def _take(self, reports: list[SharedReport]) -> Deferred[None]:
+    def _take(
+        self, shared: tuple[list[SharedReport], list[SharedGrant]]
+    ) -> Deferred[None]:
+        reports, grants = shared
+        for grant in grants:
+            self._grant_cursor = max(self._grant_cursor, grant.change)
+            if grant.origin != self.origin:
+                self.grants_to(grant)
+
         async def take() -> None:
             for report in reports:
                 self._cursor = max(self._cursor, report.change)

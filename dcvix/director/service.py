@@ -452,6 +452,11 @@ def build_director(
         config.housekeeper.max_age,
         reactor,
     )
+    if exchange is not None:
+        connections.on_issue = exchange.share_grant
+        exchange.grants_to = lambda grant: connections.adopt(
+            grant.session_id, grant.server, grant.expires_at, grant.address
+        )
 
     keeper = config.housekeeper
     housekeeper = Housekeeper(

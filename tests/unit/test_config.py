@@ -926,3 +926,36 @@ def test_written_default_loads(tmp_path: Path) -> None:
     config = load_config(AgentConfig, target)
     assert config == AgentConfig(source=LoadedConfig(target, ()))
     assert oct(os.stat(target).st_mode & 0o777) == "0o600"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "sqlite:///var/lib/dcvix-director/agents.db",
+        "postgresql://dcvix@db.example.org:5432/dcvix",
+        "postgres://dcvix@[2001:db8::5]/dcvix?sslmode=verify-full",
+    ],
+)
+def test_store_urls(url: str) -> None:
+    config = parse_config(DirectorConfig, f"[store]\nurl = {url}\n", None)
+    assert config.store.url == url
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("mysql://u@h/db", "'mysql://u@h/db' is not a sqlite:/// or postgresql:// URL"),
+        ("sqlite://host/x.db", "'sqlite://host/x.db': a SQLite store is sqlite:///"),
+        ("postgresql://u@h/", "give postgresql://user@host[:port]/database"),
+        ("postgresql://u:secret@h/db", "must not hold a password"),
+        ("postgresql://u@h/db?sslmode=require&Password=secret", "must not hold a"),
+        ("postgresql://u@h/db?sslpassword=secret", "must not hold a password"),
+    ],
+)
+def test_bad_store_urls_are_refused_without_echoing_secrets(
+    url: str, problem: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(DirectorConfig, f"[store]\nurl = {url}\n", None)
+    assert problem in str(caught.value)
+    assert "secret" not in str(caught.value)

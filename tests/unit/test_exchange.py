@@ -18,6 +18,7 @@ from dcvix.director import exchange as exchange_module
 from dcvix.director.exchange import ReportExchange
 from dcvix.director.registry.postgres import PostgresEngine
 from dcvix.director.registry.postgres_schema import REPORTS_CHANNEL
+from dcvix.director.registry.sql import SharedGrant, shared_since_txn
 from dcvix.director.runtime import MemoryRuntimeStore, parse_report
 
 GUID = "11111111-1111-4111-8111-111111111111"
@@ -141,10 +142,30 @@ async def test_a_director_starting_later_reads_every_shared_report(
     now = IReactorTime(reactor).seconds()
     await first.accept(now, report("s1"))
     await until(
-        "written", lambda: not first.exchange._outbox and not first.exchange._flushing
+        "written", lambda: len(first.engine.call(shared_since_txn, 0, 0)[0]) == 1
     )
-    await until("written", lambda: first.exchange._cursor >= 1 or True)
 
     second.start()
 
     await until("the late director to keep it", lambda: second.sessions() == ["s1"])
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_connection_grant_reaches_the_other_directors_resolver(
+    pair: tuple[Director, Director],
+) -> None:
+    first, second = pair
+    adopted: list[SharedGrant] = []
+    second.exchange.grants_to = adopted.append
+    first.exchange.grants_to = adopted.append  # never its own
+    first.start()
+    second.start()
+    expires = IReactorTime(reactor).seconds() + 60
+
+    first.exchange.share_grant("console", "ws1", expires, "192.0.2.7")
+
+    await until("the grant adopted", lambda: bool(adopted))
+    assert [(g.session_id, g.server, g.address, g.origin) for g in adopted] == [
+        ("console", "ws1", "192.0.2.7", first.exchange.origin)
+    ]
+    assert adopted[0].expires_at == pytest.approx(expires)

@@ -42,7 +42,7 @@ from dcvix.director.registry.engine import (
     pool_runner,
     to_db_time,
 )
-from dcvix.director.registry.postgres import PostgresConnection
+from dcvix.director.registry.postgres import PostgresConnection, PostgresEngine
 from dcvix.director.registry.sql import SqlRegistry
 from dcvix.director.registry.sqlite import SqliteRegistry
 from dcvix.director.registry.sqlite_schema import (
@@ -301,6 +301,14 @@ def test_connect_creates_the_tables_0600(tmp_path: Path) -> None:
     assert columns(connection, "identity") == ["name", "value"]
     assert columns(connection, "login_failures") == ["kind", "name", "at"]
     assert columns(connection, "login_locks") == ["kind", "name", "until"]
+    assert columns(connection, "connection_grants") == [
+        "change",
+        "session_id",
+        "server",
+        "expires_at",
+        "address",
+        "origin",
+    ]
     assert columns(connection, "server_reports") == [
         "guid",
         "hostname",
@@ -1259,21 +1267,29 @@ def test_shared_reports_keep_the_newest_of_each_agent_in_commit_order(
 ) -> None:
     first = engine.SharedReport(A, "ws1", "10.0.0.1", 100.0, '{"n": 1}')
     second = engine.SharedReport(B, "ws2", "10.0.0.2", 101.0, '{"n": 2}')
-    engine.put_reports_txn(db, "director-a", [first, second])
+    grant = engine.SharedGrant("console", "ws1", 200.0, "192.0.2.7")
+    engine.put_shared_txn(db, "director-a", [first, second], [grant])
     newer = engine.SharedReport(A, "ws1", "10.0.0.9", 102.0, '{"n": 3}')
-    engine.put_reports_txn(db, "director-b", [newer])
+    engine.put_shared_txn(db, "director-b", [newer], [grant, grant])
 
-    everything = engine.reports_since_txn(db, 0)
+    reports, grants = engine.shared_since_txn(db, 0, 0)
 
-    assert [(r.guid, r.report, r.origin, r.change) for r in everything] == [
+    assert [(r.guid, r.report, r.origin, r.change) for r in reports] == [
         (B, '{"n": 2}', "director-a", 2),
         (A, '{"n": 3}', "director-b", 3),
     ]
-    assert engine.reports_since_txn(db, 2) == [
-        engine.SharedReport(A, "ws1", "10.0.0.9", 102.0, '{"n": 3}', "director-b", 3)
+    assert [(g.origin, g.change) for g in grants] == [
+        ("director-a", 1),
+        ("director-b", 2),
+        ("director-b", 3),
     ]
+    assert engine.shared_since_txn(db, 2, 2) == (
+        [engine.SharedReport(A, "ws1", "10.0.0.9", 102.0, '{"n": 3}', "director-b", 3)],
+        [engine.SharedGrant("console", "ws1", 200.0, "192.0.2.7", "director-b", 3)],
+    )
     engine.forget_report_txn(db, A)
-    assert [r.guid for r in engine.reports_since_txn(db, 0)] == [B]
+    assert [r.guid for r in engine.shared_since_txn(db, 0, 3)[0]] == [B]
+    assert engine.vacuum_grants_txn(db, 300.0) == 3
 
 
 def test_revoked_tokens(db: Connection) -> None:
@@ -1479,3 +1495,28 @@ def test_a_claim_does_not_survive_a_change_of_state(db: Connection) -> None:
     assert (record.state, record.claimed_key) == ("registered", "")
     with pytest.raises(Conflict, match="cannot be approved"):
         engine.approve_txn(db, A, "os:alice", LATER, claimed_key=KEY_B)
+
+
+def test_a_role_without_create_starts_on_a_migrated_database(
+    pg_store: PostgresStore,
+) -> None:
+    """Operators may run directors as a role that can only read and write rows."""
+    cluster = pg_store.cluster
+    database = pg_store.url.rsplit("/", 1)[1]
+    role = f"rows_{database[-6:]}"
+    cluster.admin(f"CREATE ROLE {role} LOGIN PASSWORD 'rows-only'")
+    cluster.admin(f"GRANT CONNECT ON DATABASE {database} TO {role}", database)
+    cluster.admin(f"REVOKE CREATE ON SCHEMA public FROM PUBLIC, {role}", database)
+    cluster.admin(
+        "GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public "
+        f"TO {role}",
+        database,
+    )
+    url = pg_store.url.replace("postgres@", f"{role}@")
+
+    store = PostgresEngine(url, "rows-only", 1)
+
+    try:
+        assert store.call(engine.count_txn, "pending") == 0
+    finally:
+        store.close()

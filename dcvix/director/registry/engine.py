@@ -36,13 +36,20 @@ LOGIN_TABLES = (
     "until DOUBLE PRECISION NOT NULL, PRIMARY KEY (kind, name))",
 )
 
-# Version 5: each agent's last report, for the other directors of a store
+# Version 5: each agent's last report and the connection tokens issued, for
+# the other directors of a store
 # (``change`` orders them; writers take turns, so it grows in commit order).
 REPORT_TABLES = (
     "CREATE TABLE server_reports (guid TEXT PRIMARY KEY, hostname TEXT NOT NULL, "
     "peer TEXT NOT NULL, received_at DOUBLE PRECISION NOT NULL, "
     "report TEXT NOT NULL, origin TEXT NOT NULL, change BIGINT NOT NULL)",
     "CREATE INDEX server_reports_change ON server_reports (change)",
+    # The connection tokens issued per session id, for every director's
+    # Gateway resolver (``change`` numbers them as it does reports).
+    "CREATE TABLE connection_grants (change BIGINT PRIMARY KEY, "
+    "session_id TEXT NOT NULL, server TEXT NOT NULL, "
+    "expires_at DOUBLE PRECISION NOT NULL, address TEXT NOT NULL, "
+    "origin TEXT NOT NULL)",
 )
 
 # How long one statement, a lock or a connection may take before the call

@@ -139,6 +139,13 @@ class PostgresEngine:
             "connect_timeout": max(1, int(DB_TIMEOUT)),
             "options": _SESSION_OPTIONS,
             "application_name": "dcvix-director",
+            # A silent connection (the listener's, above all) must fail when
+            # the server vanished without a reset, not wait for ever.
+            "keepalives": 1,
+            "keepalives_idle": 10,
+            "keepalives_interval": 5,
+            "keepalives_count": 3,
+            "tcp_user_timeout": int(DB_TIMEOUT * 3000),
         }
         if password:
             self._kwargs["password"] = password

@@ -91,17 +91,18 @@ def _to_4(connection: Any) -> None:
 
 
 def _to_5(connection: Any) -> None:
-    """Agents' last reports, shared by the directors of a store."""
+    """Agents' last reports and connection grants, shared by a store's directors."""
     for statement in REPORT_TABLES:
         connection.execute(statement)
     connection.execute(
         "CREATE FUNCTION dcvix_reports_changed() RETURNS trigger LANGUAGE plpgsql "
         f"AS $$ BEGIN PERFORM pg_notify('{REPORTS_CHANNEL}', ''); RETURN NULL; END $$"
     )
-    connection.execute(
-        "CREATE TRIGGER server_reports_changed AFTER INSERT OR UPDATE "
-        "ON server_reports FOR EACH STATEMENT EXECUTE FUNCTION dcvix_reports_changed()"
-    )
+    for table in ("server_reports", "connection_grants"):
+        connection.execute(
+            f"CREATE TRIGGER {table}_changed AFTER INSERT OR UPDATE ON {table} "
+            "FOR EACH STATEMENT EXECUTE FUNCTION dcvix_reports_changed()"
+        )
 
 
 MIGRATIONS: tuple[Callable[[Any], None], ...] = (
@@ -114,12 +115,23 @@ MIGRATIONS: tuple[Callable[[Any], None], ...] = (
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
+def _version(connection: Any) -> int | None:
+    """The schema version, or None before the first migration."""
+    row = connection.execute("SELECT to_regclass('schema_version')").fetchone()
+    if row[0] is None:
+        return None
+    row = connection.execute("SELECT max(version) FROM schema_version").fetchone()
+    return int(row[0] or 0)
+
+
 def migrate(connection: Any) -> None:
     """Bring the schema to :data:`SCHEMA_VERSION` (``connection`` in autocommit).
 
     Raises:
         StoreError: the database's schema is newer than this code.
     """
+    if _version(connection) == SCHEMA_VERSION:
+        return  # nothing to do: no DDL, so a role without CREATE may start
     connection.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK,))
     try:
         connection.execute(

@@ -680,36 +680,95 @@ class SharedReport:
     change: int = 0
 
 
-def put_reports_txn(
-    connection: Connection, origin: str, reports: Sequence[SharedReport]
+@dataclass(frozen=True)
+class SharedGrant:
+    """A connection token issued for a session id: where, until when, to whom."""
+
+    session_id: str
+    server: str
+    expires_at: float
+    address: str
+    origin: str = ""
+    change: int = 0
+
+
+def put_shared_txn(
+    connection: Connection,
+    origin: str,
+    reports: Sequence[SharedReport],
+    grants: Sequence[SharedGrant] = (),
 ) -> None:
-    """Keep each agent's newest report, numbered after every earlier one."""
+    """Keep each agent's newest report and add grants, numbered in commit order."""
     with connection.transaction():
-        row = connection.execute("SELECT max(change) FROM server_reports").fetchone()
-        base = int(row[0] or 0) + 1
-        connection.executemany(
-            "INSERT INTO server_reports (guid, hostname, peer, received_at, report, "
-            "origin, change) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (guid) DO "
-            "UPDATE SET hostname = excluded.hostname, peer = excluded.peer, "
-            "received_at = excluded.received_at, report = excluded.report, "
-            "origin = excluded.origin, change = excluded.change",
-            [
-                (r.guid, r.hostname, r.peer, r.received_at, r.report, origin, base + n)
-                for n, r in enumerate(reports)
-            ],
-        )
+        if reports:
+            row = connection.execute(
+                "SELECT max(change) FROM server_reports"
+            ).fetchone()
+            base = int(row[0] or 0) + 1
+            connection.executemany(
+                "INSERT INTO server_reports (guid, hostname, peer, received_at, "
+                "report, origin, change) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT "
+                "(guid) DO UPDATE SET hostname = excluded.hostname, "
+                "peer = excluded.peer, received_at = excluded.received_at, "
+                "report = excluded.report, origin = excluded.origin, "
+                "change = excluded.change",
+                [
+                    (
+                        r.guid,
+                        r.hostname,
+                        r.peer,
+                        r.received_at,
+                        r.report,
+                        origin,
+                        base + n,
+                    )
+                    for n, r in enumerate(reports)
+                ],
+            )
+        if grants:
+            row = connection.execute(
+                "SELECT max(change) FROM connection_grants"
+            ).fetchone()
+            base = int(row[0] or 0) + 1
+            connection.executemany(
+                "INSERT INTO connection_grants (change, session_id, server, "
+                "expires_at, address, origin) VALUES (?, ?, ?, ?, ?, ?)",
+                [
+                    (n, g.session_id, g.server, g.expires_at, g.address, origin)
+                    for n, g in enumerate(grants, base)
+                ],
+            )
 
 
-def reports_since_txn(connection: Connection, after: int) -> list[SharedReport]:
-    """Reports numbered after ``after``, in order."""
-    return [
+def shared_since_txn(
+    connection: Connection, reports_after: int, grants_after: int
+) -> tuple[list[SharedReport], list[SharedGrant]]:
+    """Reports and grants numbered after the last ones read, in order."""
+    reports = [
         SharedReport(guid, hostname, peer, float(at), report, origin, int(change))
         for guid, hostname, peer, at, report, origin, change in connection.execute(
             "SELECT guid, hostname, peer, received_at, report, origin, change "
             "FROM server_reports WHERE change > ? ORDER BY change",
-            (after,),
+            (reports_after,),
         )
     ]
+    grants = [
+        SharedGrant(session, server, float(expires), address, origin, int(change))
+        for change, session, server, expires, address, origin in connection.execute(
+            "SELECT change, session_id, server, expires_at, address, origin "
+            "FROM connection_grants WHERE change > ? ORDER BY change",
+            (grants_after,),
+        )
+    ]
+    return reports, grants
+
+
+def vacuum_grants_txn(connection: Connection, now: float) -> int:
+    """Forget grants whose token expired; how many."""
+    with connection.transaction():
+        return connection.execute(
+            "DELETE FROM connection_grants WHERE expires_at < ?", (now,)
+        ).rowcount
 
 
 def forget_report_txn(connection: Connection, guid: str) -> None:

@@ -175,7 +175,7 @@ def _to_4(connection: sqlite3.Connection) -> None:
 
 
 def _to_5(connection: sqlite3.Connection) -> None:
-    """Agents' last reports, shared by the directors of a store."""
+    """Agents' last reports and connection grants, shared by a store's directors."""
     for statement in REPORT_TABLES:
         connection.execute(statement)
 
