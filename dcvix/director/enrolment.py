@@ -26,6 +26,7 @@ from dcvix.common.errors import (
     BadRequest,
     Conflict,
     Forbidden,
+    ServiceUnavailable,
     TooManyRequests,
     Unauthorized,
 )
@@ -347,13 +348,19 @@ class Enrolment:
         certificate = self._authority.sign_agent(
             csr.public_key(), guid, hostname, now, self._policy.lifetime
         )
-        await self._registry.record_issue(
+        recorded = await self._registry.record_issue(
             guid,
             certificate.serial_number,
             certificate.not_valid_after_utc,
             address,
             now,
         )
+        if not recorded:
+            # Revoked (or deleted) meanwhile, by another director or dcvixctl:
+            # the certificate is never handed out; the next try sees why.
+            raise ServiceUnavailable(
+                f"agent {guid} changed while its certificate was made; try again"
+            )
         log.info(
             "issued a certificate to agent {guid} ({hostname}), serial {serial:x}, "
             "until {until}",

@@ -27,6 +27,7 @@ from dcvix.common.errors import (
     BadRequest,
     Conflict,
     Forbidden,
+    ServiceUnavailable,
     TooManyRequests,
     Unauthorized,
 )
@@ -1067,6 +1068,31 @@ def test_renew_with_a_certificate_of_another_ca_is_401(world: World) -> None:
         "invalid client certificate",
         lambda: world.renew(foreign, renew_body(key)),
     )
+
+
+def test_an_agent_revoked_while_its_certificate_is_made_gets_none(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another director (or dcvixctl) revokes between the check and the write."""
+    key, certificate = registered_agent(world)
+    before = sqlite.get_txn(world.db, A)
+    sign = ca.CertificateAuthority.sign_agent
+
+    def sign_while_revoked(*args: Any) -> x509.Certificate:
+        sqlite.revoke_txn(world.db, A, "os:admin", NOW)
+        return sign(*args)
+
+    monkeypatch.setattr(ca.CertificateAuthority, "sign_agent", sign_while_revoked)
+
+    with pytest.raises(ServiceUnavailable) as raised:
+        world.renew(certificate, renew_body(key))
+
+    assert raised.value.message == (
+        f"agent {A} changed while its certificate was made; try again"
+    )
+    after = sqlite.get_txn(world.db, A)
+    assert after is not None and before is not None
+    assert (after.state, after.cert_serial) == ("revoked", before.cert_serial)
 
 
 def test_renew_success_returns_certificate_and_interval_only(world: World) -> None:

@@ -274,8 +274,12 @@ class AgentRegistry(AuditTrail, RevokedTokens, SharedFailures, Protocol):
         expires: dt.datetime,
         address: str,
         now: dt.datetime,
-    ) -> None:
-        """Note a certificate just issued to an agent."""
+    ) -> bool:
+        """Note a certificate just issued to a registered agent.
+
+        False, and nothing written, when the agent is no longer registered (a
+        change by another process since the caller read it).
+        """
 
     async def pin(self, guid: str, key: str, now: dt.datetime) -> Pinning:
         """Pin ``key`` for a registered agent that has no pin yet.

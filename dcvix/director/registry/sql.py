@@ -310,14 +310,26 @@ def record_issue_txn(
     expires: dt.datetime,
     address: str,
     now: dt.datetime,
-) -> None:
-    """Note a certificate just issued to an agent."""
+) -> bool:
+    """Note a certificate just issued to a registered agent; False if it is not.
+
+    Checked in the write: the agent was registered when the caller read it,
+    but another director (or ``dcvixctl``) may have revoked it since.
+    """
     with connection.transaction():
-        connection.execute(
+        cursor = connection.execute(
             "UPDATE agents SET cert_serial = ?, cert_expires_at = ?, "
-            "last_seen_at = ?, address = ? WHERE guid = ?",
-            (format(serial, "x"), to_db_time(expires), to_db_time(now), address, guid),
+            "last_seen_at = ?, address = ? WHERE guid = ? AND state = ?",
+            (
+                format(serial, "x"),
+                to_db_time(expires),
+                to_db_time(now),
+                address,
+                guid,
+                REGISTERED,
+            ),
         )
+        return cursor.rowcount == 1
 
 
 def pin_txn(connection: Connection, guid: str, key: str, now: dt.datetime) -> Pinning:
@@ -913,8 +925,8 @@ class SqlRegistry:
         expires: dt.datetime,
         address: str,
         now: dt.datetime,
-    ) -> None:
-        await self._call(record_issue_txn, guid, serial, expires, address, now)
+    ) -> bool:
+        return await self._call(record_issue_txn, guid, serial, expires, address, now)
 
     async def pin(self, guid: str, key: str, now: dt.datetime) -> Pinning:  # noqa: D102
         return await self._call(pin_txn, guid, key, now)
