@@ -30,6 +30,7 @@ from dcvix.common.jobs import PeriodicJob
 from dcvix.common.logging import make_observer, open_log_file, stdout
 from dcvix.common.networks import AddressList
 from dcvix.common.proxied import ProxiedFactory
+from dcvix.common.reuseport import SharedPortEndpoint
 
 log = Logger()
 
@@ -162,17 +163,21 @@ def tls_listener(
     creator: IOpenSSLServerConnectionCreator,
     site: Site,
     proxies: AddressList | None = None,
+    shared: bool = False,
 ) -> IService:
     """A TLS listener on ``host:port``; ``""`` or ``::`` listen on IPv6 and IPv4.
 
     Connections from ``proxies`` start with a PROXY header (see
-    :mod:`dcvix.common.proxied`).
+    :mod:`dcvix.common.proxied`). ``shared``: other processes may listen on
+    the same port (see :mod:`dcvix.common.reuseport`).
     """
     factory: Any = TLSMemoryBIOFactory(creator, False, site)
     if proxies:
         factory = ProxiedFactory(factory, proxies)
-    if host in ("", "::") or ":" in host:
-        endpoint: Any = TCP6ServerEndpoint(reactor, port, interface=host or "::")
+    if shared:
+        endpoint: Any = SharedPortEndpoint(reactor, port, host or "::")
+    elif host in ("", "::") or ":" in host:
+        endpoint = TCP6ServerEndpoint(reactor, port, interface=host or "::")
     else:
         endpoint = TCP4ServerEndpoint(reactor, port, interface=host)
     service = StreamServerEndpointService(endpoint, factory)

@@ -130,6 +130,13 @@ class DirectorSection:
         "TCP balancers (addresses or networks) whose connections start with a "
         "PROXY header (v1 or v2) naming the client; empty: none.",
     )
+    reuse_port: bool = setting(
+        BOOLEAN,
+        False,
+        "Let other director processes of this machine listen on director_port "
+        "too (SO_REUSEPORT; the kernel spreads connections); needs a "
+        "PostgreSQL store.",
+    )
     request_timeout: float = request_timeout_setting()
     keepalive_timeout: float = keepalive_timeout_setting()
     connection_token_ttl: float = setting(

@@ -131,7 +131,9 @@ class LeaderLease(Service):
         if leading and not self._leading:
             log.info("this director now leads the store's periodic work")
         elif self._leading and not leading:
-            log.warn(
+            # Stopping is expected; losing the lock while running is not.
+            emit = log.info if why == "stopping" else log.warn
+            emit(
                 "this director no longer leads the store's periodic work: {why}",
                 why=why,
             )

@@ -335,6 +335,12 @@ def build_director(
     deps = deps or Dependencies()
     settings = config.director
     root = DaemonService("dcvix-director", observer)
+    if settings.reuse_port and not is_postgres(config.store):
+        # Processes sharing a port must share the fleet: only a shared store does.
+        raise StartupError(
+            "[director] reuse_port needs a PostgreSQL store ([store] url): "
+            "director processes on one port must share their agents' reports"
+        )
     data_dir = private_dir(Path(settings.data_dir), "data_dir")
     files = director_files(config)
     now = now_utc(reactor)
@@ -542,6 +548,7 @@ def build_director(
         tls,
         site,
         AddressList(settings.proxy_addresses),
+        shared=settings.reuse_port,
     ).setServiceParent(root)
     log.info(
         "dcvix-director {version} listening on {host}:{port}, data in {data}",

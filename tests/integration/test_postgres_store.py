@@ -47,11 +47,19 @@ def password_file(fleet: Fleet, password: str, name: str = "pg-password") -> Pat
 
 
 def pg_director(
-    fleet: Fleet, name: str, url: str, secret: Path, *, start: bool = True
+    fleet: Fleet,
+    name: str,
+    url: str,
+    secret: Path,
+    *,
+    start: bool = True,
+    port: int = 0,
+    **keys: str,
 ) -> Director:
     """A director in folder ``name`` on ``url``, ``ADMIN`` logging in as admin.
 
     Registered with ``fleet`` (stopped at the end) even when not started.
+    ``port``: its port (default: a free one); ``keys``: more ``[director]`` keys.
     """
     script = fleet.folder / "check-password"
     if not script.exists():
@@ -63,9 +71,13 @@ def pg_director(
     director = Director(
         "dcvix-director",
         fleet.folder / name,
-        free_port(),
+        port or free_port(),
         extra={
-            "director": {"auth_type": "external", "policydb_folder": str(policy)},
+            "director": {
+                "auth_type": "external",
+                "policydb_folder": str(policy),
+                **keys,
+            },
             "external_auth": {"external_command": str(script)},
             "store": {"url": url, "password_file": str(secret), "connections": "2"},
         },
@@ -301,3 +313,60 @@ def test_the_database_going_away_answers_503_and_coming_back_serves_again(
     assert director.listed() == {}
     assert director.pid
     assert postgres.password not in director.log_text()
+
+
+def listeners(port: int) -> int:
+    """Sockets listening on ``port`` (IPv4), as the kernel lists them."""
+    rows = Path("/proc/net/tcp").read_text().splitlines()[1:]
+    return sum(
+        1
+        for row in rows
+        if row.split()[1].endswith(f":{port:04X}") and row.split()[3] == "0A"
+    )
+
+
+def copy_identity(source: Director, target: Director) -> None:
+    """What an operator copies to a new director of the same store."""
+    target.data_dir.mkdir(parents=True, mode=0o700)
+    for name, bits in (("ca.key", 0o600), ("ca.pem", 0o644), ("token.key", 0o600)):
+        shutil.copyfile(source.data_dir / name, target.data_dir / name)
+        (target.data_dir / name).chmod(bits)
+
+
+def test_two_processes_share_one_port_and_both_serve(
+    fleet: Fleet, postgres: Postgres
+) -> None:
+    url = postgres.database()
+    secret = password_file(fleet, postgres.password)
+    first = pg_director(fleet, "process-1", url, secret, reuse_port="true")
+    second = pg_director(
+        fleet, "process-2", url, secret, start=False, port=first.port, reuse_port="true"
+    )
+    copy_identity(first, second)
+    second.start(wait=False)
+    # A health check could be answered by the first process: wait for the
+    # kernel to list two listening sockets on the port instead.
+    wait_for("both processes listening", lambda: listeners(first.port) == 2, START)
+    marks = first.mark(), second.mark()
+
+    # New connections are spread by the kernel: 64 reach both (the chance that
+    # they all reach one is 2 in 2**64).
+    for _ in range(64):
+        assert call(first, "GET", "/v1/health").status == 200
+
+    def served() -> list[int]:
+        return [
+            director.log_since(mark).count('"GET /v1/health" 200')
+            for director, mark in ((first, marks[0]), (second, marks[1]))
+        ]
+
+    wait_for("64 lines logged", lambda: sum(served()) == 64, START)
+    assert min(served()) > 0, served()
+
+
+def test_a_shared_port_without_a_shared_store_is_refused(fleet: Fleet) -> None:
+    director = fleet.director(start=False, reuse_port="true")
+
+    output = failed_start(director)
+
+    assert "[director] reuse_port needs a PostgreSQL store" in output
