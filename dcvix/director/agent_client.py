@@ -109,8 +109,10 @@ class AgentClient(Service):
         ca_certificates: list[x509.Certificate],
         certificate_file: Path,
         key_file: Path,
+        write_timeout: float = WRITE_TIMEOUT,
     ) -> None:
         self._reactor = reactor
+        self._write_timeout = write_timeout
         self._cas = ca_certificates
         self._files = (certificate_file, key_file)
         self._signature = files_signature(self._files)
@@ -188,14 +190,14 @@ class AgentClient(Service):
         payload: Any = None,
         timeout: float | None = None,
     ) -> Answer:
-        """One request to an agent; reads default to 10 s, writes to 30 s.
+        """One request to an agent; reads default to 10 s, writes to ``write_timeout``.
 
         Raises:
             twisted.internet.defer.TimeoutError: no answer in time.
             Exception: connection or TLS failures (a wrong key among them).
         """
         if timeout is None:
-            timeout = READ_TIMEOUT if method == "GET" else WRITE_TIMEOUT
+            timeout = READ_TIMEOUT if method == "GET" else self._write_timeout
         connection = self._connection(target)
         url = f"https://{target.guid}.agent.invalid{path}"
         return await json_call(

@@ -130,6 +130,12 @@ class DirectorSection:
         "TCP balancers (addresses or networks) whose connections start with a "
         "PROXY header (v1 or v2) naming the client; empty: none.",
     )
+    agent_write_timeout: float = setting(
+        POSITIVE_DURATION,
+        30.0,
+        "How long a call that changes an agent (create or close a session) may "
+        "take before the director answers 504 (Go's 30 s).",
+    )
     reuse_port: bool = setting(
         BOOLEAN,
         False,

@@ -414,7 +414,11 @@ def build_director(
 
     runtime = MemoryRuntimeStore()
     client = AgentClient(
-        reactor, [authority.certificate], files.server_crt, files.server_key
+        reactor,
+        [authority.certificate],
+        files.server_crt,
+        files.server_key,
+        settings.agent_write_timeout,
     )
     client.setServiceParent(root)
     control = SessionControl(

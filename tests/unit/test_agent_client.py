@@ -69,3 +69,12 @@ async def test_stopping_the_service_closes_every_pool(tmp_path: Path) -> None:
     await client.stopService()
     assert client._connections == {}
     assert not client.running
+
+
+def test_writes_wait_go_s_30_s_unless_configured(tmp_path: Path) -> None:
+    _write_identity(tmp_path, "director")
+    default = AgentClient(Clock(), [], tmp_path / "server.crt", tmp_path / "server.key")
+    longer = AgentClient(
+        Clock(), [], tmp_path / "server.crt", tmp_path / "server.key", 90.0
+    )
+    assert (default._write_timeout, longer._write_timeout) == (30.0, 90.0)

@@ -773,7 +773,7 @@ def test_default_file_parses_to_defaults(
 
 
 @pytest.mark.parametrize(
-    ("config_class", "key_lines"), [(DirectorConfig, 61), (AgentConfig, 27)]
+    ("config_class", "key_lines"), [(DirectorConfig, 62), (AgentConfig, 27)]
 )
 def test_uncommented_default_file_parses_to_defaults(
     config_class: type[DirectorConfig | AgentConfig], key_lines: int
