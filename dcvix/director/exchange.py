@@ -105,7 +105,11 @@ class ReportExchange(Service):
         self._poll.start(PULL_EVERY, now=True)
 
     def stopService(self) -> Deferred[None] | None:
-        """Stop reading; write what is queued (best effort)."""
+        """Stop reading and writing.
+
+        Reports still queued are not written: their agents report again
+        within their update interval, to whichever director answers.
+        """
         super().stopService()
         if self._poll.running:
             self._poll.stop()
@@ -161,16 +165,22 @@ class ReportExchange(Service):
         for report in batch:
             self._outbox.setdefault(report.guid, report)
         self._grants_out[:0] = grants
-        self._complain("reports not shared", failure)
+        self._complain(failure, "reports not shared")
         if self.running:
             self._flush_call = self._clock.callLater(PULL_EVERY, self._flush)
 
     def forget(self, guid: str) -> Deferred[None]:
-        """Drop a deleted agent's report from the store."""
+        """Drop a revoked or deleted agent's report from the store (best effort).
+
+        The admin action it follows is done whatever happens here: a report
+        left behind is dropped by every director's check of the fleet
+        against the agents' states.
+        """
         self._outbox.pop(guid, None)
-        return self._pool.run(
+        done: Deferred[None] = self._pool.run(
             DB_TIMEOUT * 2, self._engine.call, forget_report_txn, guid
         )
+        return done.addErrback(self._complain, "shared report not dropped")
 
     # ----------------------------------------------------------------- in
 
@@ -232,7 +242,7 @@ class ReportExchange(Service):
         return Deferred.fromCoroutine(take())
 
     def _pull_failed(self, failure: Failure) -> None:
-        self._complain("shared reports not read", failure)
+        self._complain(failure, "shared reports not read")
 
     def _pulled(self, _: object) -> None:
         self._pulling = False
@@ -240,7 +250,7 @@ class ReportExchange(Service):
             self._pull_again = False
             self.changed()
 
-    def _complain(self, what: str, failure: Failure) -> None:
+    def _complain(self, failure: Failure, what: str) -> None:
         skipped = self._trouble.take()
         if skipped is None:
             return

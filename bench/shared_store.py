@@ -1,0 +1,342 @@
+"""Directors on one PostgreSQL store: cost per update, propagation, takeover.
+
+Run: .venv/bin/python bench/shared_store.py [SECONDS]   (default 10 s per figure)
+
+Needs root and a PostgreSQL server (``postgresql`` package): a throwaway
+cluster is started as the tests start theirs (``tests/postgres.py``).
+
+Three set-ups, measured in turn with the same load generator (its own
+process, CPU 1, the closed loop of ``bench/update_ingestion.py``: 20 kept-alive
+mTLS connections, each an enrolled agent posting a 20-session report):
+
+1. one director on SQLite (the default);
+2. one director on PostgreSQL;
+3. two directors on PostgreSQL, each getting half the connections; each also
+   takes in the other's reports (parsed as if received).
+
+Directors run on CPU 0 (both of them in set-up 3), so the figure that
+compares fairly on a 2-core machine is **CPU per 1,000 updates**: the
+directors' utime + stime over the slice, divided by the updates answered;
+the database's own (every postgres process of the cluster) is beside it.
+Targets: PostgreSQL ≤ 1.3 x SQLite's cost; two directors within 15 % of one.
+
+Then, with the two directors: **propagation** — an update posted to A, and the
+time until B's ``GET /v1/servers`` lists it (median and worst of 20) — and
+**takeover** — the leader is killed (SIGKILL), and the time until the other
+logs that it leads. The table is printed and appended to bench/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import http.client
+import json
+import shutil
+import signal
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+if not __package__:  # run as a script: make ``bench`` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+from bench.common import (
+    client_context,
+    record,
+    run_loadgen,
+    start_director,
+    wait,
+)
+from bench.update_ingestion import (
+    CONNECTIONS,
+    JOIN,
+    closed_loop,
+    cpu_seconds,
+    enrol,
+    update_request,
+)
+
+ADMIN, ADMIN_PASSWORD = "bench-admin", "bench-admin-password"
+CHECK_PASSWORD = f"""#!/bin/sh
+read -r password
+[ "$1" = "{ADMIN}" ] && [ "$password" = "{ADMIN_PASSWORD}" ]
+"""
+SAMPLES = 20
+
+
+# ------------------------------------------------------------ load generator
+
+
+def loadgen(spec: dict[str, Any]) -> dict[str, Any]:
+    """Drive each director's share at once; CPU of the directors and database."""
+    pids: list[int] = spec["pids"]
+    database: list[int] = spec["database"]
+
+    async def drive() -> list[dict[str, Any]]:
+        return await asyncio.gather(
+            *(
+                closed_loop(port, agents, spec["seconds"])
+                for port, agents in spec["targets"]
+            )
+        )
+
+    before = [cpu_seconds(pid) for pid in pids]
+    db_before = sum(
+        cpu_seconds(pid) for pid in database if Path(f"/proc/{pid}").exists()
+    )
+    done = asyncio.run(drive())
+    used = sum(cpu_seconds(pid) for pid in pids) - sum(before)
+    db_used = (
+        sum(cpu_seconds(pid) for pid in database if Path(f"/proc/{pid}").exists())
+        - db_before
+    )
+    updates = sum(len(d["latencies"]) for d in done)
+    latencies = sorted(x for d in done for x in d["latencies"])
+    took = max(d["took"] for d in done)
+    return {
+        "ups": updates / took,
+        "updates": updates,
+        "cpu_ms_per_1000": 1000 * 1000 * used / updates,
+        "db_ms_per_1000": 1000 * 1000 * db_used / updates,
+        "p99_ms": 1000 * latencies[int(0.99 * (len(latencies) - 1))],
+        "errors": sum(d["errors"] for d in done),
+    }
+
+
+# ---------------------------------------------------------------- the parts
+
+
+def postgres_cluster() -> Iterator[Any]:
+    """The tests' throwaway cluster (tests/postgres.py), outside pytest."""
+    from postgres import start_postgres  # noqa: PLC0415 - tests/ on the path
+
+    yield from start_postgres()
+
+
+def postgres_pids(data: Path) -> list[int]:
+    """The cluster's processes now: the postmaster and its children."""
+    postmaster = int((data / "postmaster.pid").read_text().split()[0])
+    path = Path(f"/proc/{postmaster}/task/{postmaster}/children")
+    return [postmaster, *(int(p) for p in path.read_text().split())]
+
+
+def director_keys(home: Path) -> dict[str, str]:
+    """[director] keys of a bench director: token enrolment, a script admin."""
+    script = home.parent / "check-password"
+    script.write_text(CHECK_PASSWORD)
+    script.chmod(0o755)
+    policy = home / "policydb"
+    policy.mkdir(parents=True, exist_ok=True)
+    (policy / "users.json").write_text(json.dumps([{"id": ADMIN, "admin": True}]))
+    return {
+        "registration_token": JOIN,
+        "auto_approve": "token",
+        "register_rate": "100000",
+        "auth_type": "external",
+        "policydb_folder": str(policy),
+    }
+
+
+def start(
+    home: Path, store: dict[str, str] | None, copy_from: Path | None = None
+) -> tuple[int, Path, Any]:
+    sections: dict[str, dict[str, str]] = {
+        "external_auth": {"external_command": str(home.parent / "check-password")}
+    }
+    if store is not None:
+        sections["store"] = store
+    keys = director_keys(home)
+    if copy_from is not None:
+        data = home / "data"
+        data.mkdir(parents=True, mode=0o700)
+        for name in ("ca.key", "ca.pem", "token.key"):
+            shutil.copy2(copy_from / name, data / name)
+    return start_director(home, keys, sections)
+
+
+def measure(
+    seconds: float,
+    targets: list[tuple[int, list[dict[str, str]]]],
+    pids: list[int],
+    database: list[int],
+) -> dict[str, Any]:
+    spec = {"seconds": seconds, "targets": targets, "pids": pids, "database": database}
+    return dict(run_loadgen(__file__, spec))
+
+
+def admin_cookie(port: int) -> str:
+    link = http.client.HTTPSConnection("127.0.0.1", port, context=client_context())
+    body = json.dumps({"userID": ADMIN, "password": ADMIN_PASSWORD})
+    link.request("POST", "/v1/admin/login", body=body)
+    answer = link.getresponse()
+    answer.read()
+    cookie = answer.getheader("Set-Cookie", "").split(";", 1)[0]
+    link.close()
+    if answer.status != 200 or not cookie:
+        raise SystemExit(f"admin login on {port}: {answer.status}")
+    return cookie
+
+
+def propagation(first: int, second: int, agent: dict[str, str]) -> list[float]:
+    """Seconds from an update answered by ``first`` to ``second`` listing it."""
+    cookie = admin_cookie(second)
+    lister = http.client.HTTPSConnection("127.0.0.1", second, context=client_context())
+    context = client_context()
+    context.load_cert_chain(agent["cert"], agent["key"])
+    poster = http.client.HTTPSConnection("127.0.0.1", first, context=context)
+    times = []
+    for sample in range(SAMPLES):
+        marker = f"bench-mark-{sample}-{time.monotonic_ns()}"
+        raw = update_request(agent["host"], 1)
+        body = raw.split("\r\n\r\n", 1)[1].replace(
+            '"tags": [', f'"tags": ["{marker}", ', 1
+        )
+        poster.request("POST", "/v1/agent/update", body=body)
+        answer = poster.getresponse()
+        answer.read()
+        answered = time.perf_counter()
+        assert answer.status == 200, answer.status
+        while True:
+            lister.request("GET", "/v1/servers", headers={"Cookie": cookie})
+            listed = lister.getresponse().read()
+            if marker.encode() in listed:
+                times.append(time.perf_counter() - answered)
+                break
+            if time.perf_counter() - answered > 30:
+                raise SystemExit("an update never reached the other director")
+            time.sleep(0.005)
+    return times
+
+
+def leader_of(homes: list[Path]) -> int:
+    for n, home in enumerate(homes):
+        if "now leads the store" in (home / "director.out").read_text():
+            return n
+    return -1
+
+
+def table(rows: dict[str, dict[str, Any]], extra: dict[str, float]) -> str:
+    base = rows["sqlite"]["cpu_ms_per_1000"]
+    one = rows["postgresql"]["cpu_ms_per_1000"]
+    lines = [
+        "| set-up | updates/s | director CPU per 1,000 updates | vs SQLite | "
+        "database CPU per 1,000 | p99 | errors |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    labels = {
+        "sqlite": "one director, SQLite",
+        "postgresql": "one director, PostgreSQL",
+        "two": "two directors, PostgreSQL (both on CPU 0)",
+    }
+    for name, label in labels.items():
+        found = rows[name]
+        lines.append(
+            f"| {label} | {found['ups']:,.0f} | {found['cpu_ms_per_1000']:.0f} ms | "
+            f"{found['cpu_ms_per_1000'] / base:.2f} | "
+            f"{found['db_ms_per_1000']:.0f} ms | {found['p99_ms']:.1f} ms | "
+            f"{found['errors']} |"
+        )
+    two = rows["two"]["cpu_ms_per_1000"]
+    lines += [
+        "",
+        f"PostgreSQL vs SQLite: {one / base:.2f} x (target ≤ 1.3); two directors vs "
+        f"one: {two / one:.2f} x (target ≤ 1.15).",
+        f"Propagation A → B (`GET /v1/servers` on B lists an update A answered): "
+        f"median {extra['prop_median'] * 1000:.0f} ms, worst "
+        f"{extra['prop_max'] * 1000:.0f} ms of {SAMPLES} (target < 1 s).",
+        f"Leader takeover after SIGKILL: {extra['takeover']:.1f} s.",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    if sys.argv[1:2] == ["--loadgen"]:
+        print(json.dumps(loadgen(json.loads(sys.stdin.read()))))
+        return
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("seconds", nargs="?", type=float, default=10.0)
+    args = parser.parse_args()
+    rows: dict[str, dict[str, Any]] = {}
+    extra: dict[str, float] = {}
+    cluster = postgres_cluster()
+    pg = next(cluster)
+    processes: list[Any] = []
+    try:
+        with tempfile.TemporaryDirectory() as name:
+            folder = Path(name)
+            secret = folder / "pg-password"
+            secret.write_text(pg.password + "\n")
+            secret.chmod(0o600)
+            data = pg.folder / "data"
+
+            port, _data, process = start(folder / "sqlite", None)
+            processes.append(process)
+            (folder / "agents-sqlite").mkdir()
+            agents = enrol(port, CONNECTIONS, folder / "agents-sqlite")
+            rows["sqlite"] = measure(args.seconds, [(port, agents)], [process.pid], [])
+            process.terminate()
+            process.wait(30)
+
+            store = {"url": pg.database(), "password_file": str(secret)}
+            home_a, home_b = folder / "pg-a", folder / "pg-b"
+            port_a, data_a, first = start(home_a, store)
+            processes.append(first)
+            (folder / "agents-pg").mkdir()
+            agents = enrol(port_a, CONNECTIONS, folder / "agents-pg")
+            rows["postgresql"] = measure(
+                args.seconds, [(port_a, agents)], [first.pid], postgres_pids(data)
+            )
+
+            port_b, _data_b, second = start(home_b, store, copy_from=data_a)
+            processes.append(second)
+            half = CONNECTIONS // 2
+            rows["two"] = measure(
+                args.seconds,
+                [(port_a, agents[:half]), (port_b, agents[half:])],
+                [first.pid, second.pid],
+                postgres_pids(data),
+            )
+
+            found = propagation(port_a, port_b, agents[0])
+            extra["prop_median"] = statistics.median(found)
+            extra["prop_max"] = max(found)
+
+            homes, pids = [home_a, home_b], [first, second]
+            wait("a leader", lambda: leader_of(homes) >= 0)
+            leader = leader_of(homes)
+            other = homes[1 - leader]
+            before = (other / "director.out").read_text().count("now leads the store")
+            pids[leader].send_signal(signal.SIGKILL)
+            killed = time.perf_counter()
+            wait(
+                "the takeover",
+                lambda: (
+                    (other / "director.out").read_text().count("now leads the store")
+                    > before
+                ),
+                120,
+            )
+            extra["takeover"] = time.perf_counter() - killed
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                process.wait(30)
+        for _ in cluster:
+            pass
+    record(
+        "bench/shared_store.py",
+        f"{args.seconds:g} s per figure, {CONNECTIONS} agents, closed loop; "
+        "directors at log level info, all on CPU 0; the load generator on CPU 1.",
+        table(rows, extra),
+    )
+
+
+if __name__ == "__main__":
+    main()
