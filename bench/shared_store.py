@@ -64,8 +64,9 @@ from bench.update_ingestion import (
 
 ADMIN, ADMIN_PASSWORD = "bench-admin", "bench-admin-password"
 CHECK_PASSWORD = f"""#!/bin/sh
-read -r password
-[ "$1" = "{ADMIN}" ] && [ "$password" = "{ADMIN_PASSWORD}" ]
+IFS= read -r user
+IFS= read -r password
+[ "$user:$password" = '{ADMIN}:{ADMIN_PASSWORD}' ]
 """
 SAMPLES = 20
 
@@ -195,8 +196,9 @@ def propagation(first: int, second: int, agent: dict[str, str]) -> list[float]:
         marker = f"bench-mark-{sample}-{time.monotonic_ns()}"
         raw = update_request(agent["host"], 1)
         body = raw.split("\r\n\r\n", 1)[1].replace(
-            '"tags": [', f'"tags": ["{marker}", ', 1
+            '"tags":[', f'"tags":["{marker}",', 1
         )
+        assert marker in body
         poster.request("POST", "/v1/agent/update", body=body)
         answer = poster.getresponse()
         answer.read()

@@ -43,6 +43,7 @@ from dcvix.common.threads import ThreadPoolService
 from dcvix.director.registry import StoreError
 from dcvix.director.registry.engine import DB_TIMEOUT, Engine
 from dcvix.director.registry.sql import (
+    Shared,
     SharedGrant,
     SharedReport,
     forget_report_txn,
@@ -196,6 +197,7 @@ class ReportExchange(Service):
             shared_since_txn,
             self._cursor,
             self._grant_cursor,
+            self.origin,
         ).addCallbacks(self._take, self._pull_failed).addBoth(self._pulled)
 
     async def _keep(self, report: SharedReport) -> None:
@@ -216,20 +218,14 @@ class ReportExchange(Service):
         await self._runtime.put(state)
         self.taken += 1
 
-    def _take(
-        self, shared: tuple[list[SharedReport], list[SharedGrant]]
-    ) -> Deferred[None]:
-        reports, grants = shared
-        for grant in grants:
-            self._grant_cursor = max(self._grant_cursor, grant.change)
-            if grant.origin != self.origin:
-                self.grants_to(grant)
+    def _take(self, shared: Shared) -> Deferred[None]:
+        self._cursor = shared.reports_to
+        self._grant_cursor = shared.grants_to
+        for grant in shared.grants:
+            self.grants_to(grant)
 
         async def take() -> None:
-            for report in reports:
-                self._cursor = max(self._cursor, report.change)
-                if report.origin == self.origin:
-                    continue
+            for report in shared.reports:
                 try:
                     await self._keep(report)
                 except ApiError as error:  # it passed another director's checks

@@ -142,7 +142,7 @@ async def test_a_director_starting_later_reads_every_shared_report(
     now = IReactorTime(reactor).seconds()
     await first.accept(now, report("s1"))
     await until(
-        "written", lambda: len(first.engine.call(shared_since_txn, 0, 0)[0]) == 1
+        "written", lambda: len(first.engine.call(shared_since_txn, 0, 0).reports) == 1
     )
 
     second.start()

@@ -1272,8 +1272,10 @@ def test_shared_reports_keep_the_newest_of_each_agent_in_commit_order(
     newer = engine.SharedReport(A, "ws1", "10.0.0.9", 102.0, '{"n": 3}')
     engine.put_shared_txn(db, "director-b", [newer], [grant, grant])
 
-    reports, grants = engine.shared_since_txn(db, 0, 0)
+    everything = engine.shared_since_txn(db, 0, 0)
+    reports, grants = everything.reports, everything.grants
 
+    assert (everything.reports_to, everything.grants_to) == (3, 3)
     assert [(r.guid, r.report, r.origin, r.change) for r in reports] == [
         (B, '{"n": 2}', "director-a", 2),
         (A, '{"n": 3}', "director-b", 3),
@@ -1283,12 +1285,21 @@ def test_shared_reports_keep_the_newest_of_each_agent_in_commit_order(
         ("director-b", 2),
         ("director-b", 3),
     ]
-    assert engine.shared_since_txn(db, 2, 2) == (
+    assert engine.shared_since_txn(db, 2, 2) == engine.Shared(
         [engine.SharedReport(A, "ws1", "10.0.0.9", 102.0, '{"n": 3}', "director-b", 3)],
         [engine.SharedGrant("console", "ws1", 200.0, "192.0.2.7", "director-b", 3)],
+        3,
+        3,
+    )
+    # A director never reads its own rows back, yet reads past them.
+    assert engine.shared_since_txn(db, 0, 0, "director-b") == engine.Shared(
+        [engine.SharedReport(B, "ws2", "10.0.0.2", 101.0, '{"n": 2}', "director-a", 2)],
+        [engine.SharedGrant("console", "ws1", 200.0, "192.0.2.7", "director-a", 1)],
+        3,
+        3,
     )
     engine.forget_report_txn(db, A)
-    assert [r.guid for r in engine.shared_since_txn(db, 0, 3)[0]] == [B]
+    assert [r.guid for r in engine.shared_since_txn(db, 0, 3).reports] == [B]
     assert engine.vacuum_grants_txn(db, 300.0) == 3
 
 

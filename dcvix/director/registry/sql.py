@@ -752,27 +752,51 @@ def put_shared_txn(
             )
 
 
+@dataclass(frozen=True)
+class Shared:
+    """What other directors shared since a director last read, and where it read to."""
+
+    reports: list[SharedReport]
+    grants: list[SharedGrant]
+    reports_to: int
+    grants_to: int
+
+
 def shared_since_txn(
-    connection: Connection, reports_after: int, grants_after: int
-) -> tuple[list[SharedReport], list[SharedGrant]]:
-    """Reports and grants numbered after the last ones read, in order."""
+    connection: Connection, reports_after: int, grants_after: int, origin: str = ""
+) -> Shared:
+    """Reports and grants numbered after the last ones read, in order.
+
+    Rows written by ``origin`` (the reader itself) are skipped in the query,
+    not read back; the numbers read to are taken first, and every row up to
+    them had committed (writers take turns and number in order).
+    """
+    reports_to = _last(connection, "server_reports", reports_after)
+    grants_to = _last(connection, "connection_grants", grants_after)
     reports = [
-        SharedReport(guid, hostname, peer, float(at), report, origin, int(change))
-        for guid, hostname, peer, at, report, origin, change in connection.execute(
+        SharedReport(guid, hostname, peer, float(at), report, sender, int(change))
+        for guid, hostname, peer, at, report, sender, change in connection.execute(
             "SELECT guid, hostname, peer, received_at, report, origin, change "
-            "FROM server_reports WHERE change > ? ORDER BY change",
-            (reports_after,),
+            "FROM server_reports WHERE change > ? AND change <= ? AND origin <> ? "
+            "ORDER BY change",
+            (reports_after, reports_to, origin),
         )
     ]
     grants = [
-        SharedGrant(session, server, float(expires), address, origin, int(change))
-        for change, session, server, expires, address, origin in connection.execute(
+        SharedGrant(session, server, float(expires), address, sender, int(change))
+        for change, session, server, expires, address, sender in connection.execute(
             "SELECT change, session_id, server, expires_at, address, origin "
-            "FROM connection_grants WHERE change > ? ORDER BY change",
-            (grants_after,),
+            "FROM connection_grants WHERE change > ? AND change <= ? "
+            "AND origin <> ? ORDER BY change",
+            (grants_after, grants_to, origin),
         )
     ]
-    return reports, grants
+    return Shared(reports, grants, reports_to, grants_to)
+
+
+def _last(connection: Connection, table: str, after: int) -> int:
+    row = connection.execute(f"SELECT max(change) FROM {table}").fetchone()  # noqa: S608
+    return max(after, int(row[0] or 0))
 
 
 def vacuum_grants_txn(connection: Connection, now: float) -> int:
