@@ -1531,3 +1531,21 @@ def test_a_role_without_create_starts_on_a_migrated_database(
         assert store.call(engine.count_txn, "pending") == 0
     finally:
         store.close()
+
+
+def test_only_agent_writes_make_memory_of_agents_stale(pg_store: PostgresStore) -> None:
+    # Reports are shared every 50 ms: were each write to drop the agent
+    # records kept in memory, every update would read its agent again.
+    pg_store.empty()
+    connection = pg_store.connection()
+    try:
+        report = engine.SharedReport(A, "ws1", "10.0.0.1", 100.0, '{"n": 1}')
+        engine.put_shared_txn(connection, "director-a", [report])
+        engine.revoke_token_txn(connection, "jti-1", NOW + dt.timedelta(hours=1))
+        keys = (("user", "alice"), ("address", "192.0.2.7"))
+        engine.add_login_failure_txn(connection, keys, 100.0, {})
+        assert not connection.agents_changed
+        pending(connection, A, "ws1")
+        assert connection.agents_changed
+    finally:
+        connection.close()

@@ -91,8 +91,14 @@ class Connection(Protocol):
     def executemany(self, query: str, rows: Sequence[Sequence[Any]]) -> None:
         """Run one statement once per row of parameters."""
 
-    def transaction(self) -> AbstractContextManager[None]:
-        """A write transaction: other writers wait; an exception rolls it back."""
+    def transaction(self, agents: bool = True) -> AbstractContextManager[None]:
+        """A write transaction: other writers wait; an exception rolls it back.
+
+        ``agents=False`` promises the transaction leaves the agents table
+        alone, so agent records kept in memory stay valid after it (the
+        PostgreSQL engine keeps them; SQLite's ``data_version`` moves anyway).
+        Reports shared every 50 ms would otherwise empty that memory each time.
+        """
 
     def close(self) -> None:
         """Close the connection."""

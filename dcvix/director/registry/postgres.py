@@ -80,7 +80,8 @@ class PostgresConnection:
 
     def __init__(self, connection: psycopg.Connection[Any]) -> None:
         self.raw = connection
-        self.wrote = False
+        # Whether a committed transaction may have changed the agents table.
+        self.agents_changed = False
 
     def execute(self, query: str, params: Sequence[Any] = ()) -> psycopg.Cursor[Any]:
         """Run one statement written with ``?`` placeholders."""
@@ -95,12 +96,16 @@ class PostgresConnection:
             cursor.executemany(_convert(query), rows)
 
     @contextmanager
-    def transaction(self) -> Iterator[None]:
-        """A transaction that holds the store's one write lock until it ends."""
+    def transaction(self, agents: bool = True) -> Iterator[None]:
+        """A transaction that holds the store's one write lock until it ends.
+
+        ``agents=False``: it leaves the agents table alone (see
+        :meth:`~.engine.Connection.transaction`).
+        """
         with self.raw.transaction():
             self.raw.execute("SELECT pg_advisory_xact_lock(%s)", (WRITE_LOCK,))
             yield
-        self.wrote = True
+        self.agents_changed = self.agents_changed or agents
 
     def close(self) -> None:
         """Close the connection."""
@@ -225,12 +230,12 @@ class PostgresEngine:
             raise StoreFull(f"{self.label}: {_message(error)}") from None
         except psycopg.Error as error:
             raise StoreError(f"{self.label}: {_message(error)}") from None
-        if connection.wrote:
+        if connection.agents_changed:
             self.changed()
         return result
 
     def changed(self) -> None:
-        """Something was committed: records kept in memory are stale."""
+        """Agents changed: records kept in memory are stale."""
         self._changes = next(self._ticks)
 
     def version(self) -> int:

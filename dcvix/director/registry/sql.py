@@ -138,7 +138,7 @@ def _audit(connection: Connection, entry: AuditEntry) -> None:
 
 def audit_txn(connection: Connection, entry: AuditEntry) -> None:
     """Append one line to the audit table."""
-    with connection.transaction():
+    with connection.transaction(agents=False):
         _audit(connection, entry)
 
 
@@ -585,7 +585,7 @@ def revoke_token_txn(
     connection: Connection, token_hash: str, expires: dt.datetime
 ) -> bool:
     """Remember a token until it would have expired anyway; False if it was."""
-    with connection.transaction():
+    with connection.transaction(agents=False):
         cursor = connection.execute(
             "INSERT INTO revoked_tokens (hash, expires_at) VALUES (?, ?) "
             "ON CONFLICT DO NOTHING",
@@ -604,7 +604,7 @@ def token_revoked_txn(connection: Connection, token_hash: str) -> bool:
 
 def vacuum_tokens_txn(connection: Connection, now: dt.datetime) -> int:
     """Forget revoked tokens that have expired; how many were dropped."""
-    with connection.transaction():
+    with connection.transaction(agents=False):
         cursor = connection.execute(
             "DELETE FROM revoked_tokens WHERE expires_at < ?", (to_db_time(now),)
         )
@@ -642,7 +642,7 @@ def add_login_failure_txn(
     connection: Connection, keys: tuple[Key, Key], at: float, locks: Mapping[Key, float]
 ) -> None:
     """One failure against both keys, and the locks it set."""
-    with connection.transaction():
+    with connection.transaction(agents=False):
         connection.executemany(
             "INSERT INTO login_failures (kind, name, at) VALUES (?, ?, ?)",
             [(*key, at) for key in keys],
@@ -657,7 +657,7 @@ def add_login_failure_txn(
 
 def clear_login_failures_txn(connection: Connection, key: Key) -> None:
     """Forget one key's failures and lock (a user who logged in)."""
-    with connection.transaction():
+    with connection.transaction(agents=False):
         connection.execute(
             "DELETE FROM login_failures WHERE kind = ? AND name = ?", key
         )
@@ -666,7 +666,7 @@ def clear_login_failures_txn(connection: Connection, key: Key) -> None:
 
 def vacuum_login_failures_txn(connection: Connection, before: float) -> int:
     """Forget failures and locks that ended before ``before``; how many."""
-    with connection.transaction():
+    with connection.transaction(agents=False):
         dropped = connection.execute(
             "DELETE FROM login_failures WHERE at < ?", (before,)
         ).rowcount
@@ -711,7 +711,7 @@ def put_shared_txn(
     grants: Sequence[SharedGrant] = (),
 ) -> None:
     """Keep each agent's newest report and add grants, numbered in commit order."""
-    with connection.transaction():
+    with connection.transaction(agents=False):
         if reports:
             row = connection.execute(
                 "SELECT max(change) FROM server_reports"
@@ -801,7 +801,7 @@ def _last(connection: Connection, table: str, after: int) -> int:
 
 def vacuum_grants_txn(connection: Connection, now: float) -> int:
     """Forget grants whose token expired; how many."""
-    with connection.transaction():
+    with connection.transaction(agents=False):
         return connection.execute(
             "DELETE FROM connection_grants WHERE expires_at < ?", (now,)
         ).rowcount
@@ -809,7 +809,7 @@ def vacuum_grants_txn(connection: Connection, now: float) -> int:
 
 def forget_report_txn(connection: Connection, guid: str) -> None:
     """Drop a deleted agent's report."""
-    with connection.transaction():
+    with connection.transaction(agents=False):
         connection.execute("DELETE FROM server_reports WHERE guid = ?", (guid,))
 
 
@@ -823,7 +823,7 @@ def identity_txn(connection: Connection) -> dict[str, str]:
 
 def record_identity_txn(connection: Connection, values: Mapping[str, str]) -> None:
     """Record names not recorded yet; a recorded value is never replaced."""
-    with connection.transaction():
+    with connection.transaction(agents=False):
         connection.executemany(
             "INSERT INTO identity (name, value) VALUES (?, ?) ON CONFLICT DO NOTHING",
             list(values.items()),

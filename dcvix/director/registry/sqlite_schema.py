@@ -78,8 +78,11 @@ class SqliteConnection:
         """Run one statement per row."""
         self.raw.executemany(query, rows)
 
-    def transaction(self) -> transaction:
-        """``BEGIN IMMEDIATE``: one writer at a time, readers never wait (WAL)."""
+    def transaction(self, agents: bool = True) -> transaction:
+        """``BEGIN IMMEDIATE``: one writer at a time, readers never wait (WAL).
+
+        ``agents`` does not matter here: ``data_version`` moves on any commit.
+        """
         return transaction(self.raw)
 
     def close(self) -> None:
