@@ -14,6 +14,7 @@ through the store, and takes in the others':
   from another director as if it had received it (the same parser, the
   receiving director's time). It also reads every :data:`PULL_EVERY` seconds,
   so a missed notification (a listener reconnecting) costs at most that.
+- a write and a read due together share one trip to a database thread.
 
 A report older than what this director holds for the server (an agent that
 moved from one director to another meanwhile) is left out.
@@ -41,7 +42,7 @@ from dcvix.common.http import parse_json
 from dcvix.common.ratelimit import LogBudget
 from dcvix.common.threads import ThreadPoolService
 from dcvix.director.registry import StoreError
-from dcvix.director.registry.engine import DB_TIMEOUT, Engine
+from dcvix.director.registry.engine import DB_TIMEOUT, Connection, Engine
 from dcvix.director.registry.sql import (
     Shared,
     SharedGrant,
@@ -89,11 +90,10 @@ class ReportExchange(Service):
         # Where grants from other directors go (ConnectionTokens.adopt).
         self.grants_to: Callable[[SharedGrant], None] = lambda grant: None
         self._grant_cursor = 0
-        self._flush_call: IDelayedCall | None = None
-        self._flushing = False
+        self._trip: IDelayedCall | None = None
+        self._busy = False
+        self._read_due = False
         self._cursor = 0
-        self._pulling = False
-        self._pull_again = False
         self._memo = SessionsMemo()
         self._poll = LoopingCall(self.changed)
         self._poll.clock = clock
@@ -114,9 +114,9 @@ class ReportExchange(Service):
         super().stopService()
         if self._poll.running:
             self._poll.stop()
-        if self._flush_call is not None and self._flush_call.active():
-            self._flush_call.cancel()
-        self._flush_call = None
+        if self._trip is not None and self._trip.active():
+            self._trip.cancel()
+        self._trip = None
         return None
 
     # ---------------------------------------------------------------- out
@@ -132,43 +132,6 @@ class ReportExchange(Service):
         """Queue a connection token this director issued, for the others."""
         self._grants_out.append(SharedGrant(session_id, server, expires, to))
         self._soon()
-
-    def _soon(self) -> None:
-        if self._flush_call is None and not self._flushing and self.running:
-            self._flush_call = self._clock.callLater(FLUSH_DELAY, self._flush)
-
-    def _flush(self) -> None:
-        self._flush_call = None
-        if not self._outbox and not self._grants_out:
-            return
-        batch, grants = list(self._outbox.values()), self._grants_out
-        self._outbox, self._grants_out = {}, []
-        self._flushing = True
-        self._pool.run(
-            DB_TIMEOUT * 2,
-            self._engine.call,
-            put_shared_txn,
-            self.origin,
-            batch,
-            grants,
-        ).addCallbacks(self._flushed, self._flush_failed, errbackArgs=(batch, grants))
-
-    def _flushed(self, _: object) -> None:
-        self._flushing = False
-        if (self._outbox or self._grants_out) and self.running:
-            self._flush_call = self._clock.callLater(FLUSH_DELAY, self._flush)
-
-    def _flush_failed(
-        self, failure: Failure, batch: list[SharedReport], grants: list[SharedGrant]
-    ) -> None:
-        self._flushing = False
-        # Put back what no newer report replaced; try again in a second.
-        for report in batch:
-            self._outbox.setdefault(report.guid, report)
-        self._grants_out[:0] = grants
-        self._complain(failure, "reports not shared")
-        if self.running:
-            self._flush_call = self._clock.callLater(PULL_EVERY, self._flush)
 
     def forget(self, guid: str) -> Deferred[None]:
         """Drop a revoked or deleted agent's report from the store (best effort).
@@ -187,18 +150,93 @@ class ReportExchange(Service):
 
     def changed(self) -> None:
         """Reports were shared (a notification, or the periodic read)."""
-        if self._pulling:
-            self._pull_again = True
+        self._read_due = True
+        self._soon()
+
+    # -------------------------------------------------------- both at once
+
+    def _soon(self) -> None:
+        """One trip to the database within :data:`FLUSH_DELAY`.
+
+        Writing what is queued and reading what is new share that trip: one
+        hand-off to a database thread, not one for each, which on a busy
+        director mattered more than the statements themselves.
+        """
+        if self._trip is None and not self._busy and self.running:
+            self._trip = self._clock.callLater(FLUSH_DELAY, self._go)
+
+    def _go(self) -> None:
+        self._trip = None
+        if not (self._outbox or self._grants_out or self._read_due):
             return
-        self._pulling = True
+        batch, grants, read = (
+            list(self._outbox.values()),
+            self._grants_out,
+            self._read_due,
+        )
+        self._outbox, self._grants_out, self._read_due = {}, [], False
+        self._busy = True
         self._pool.run(
             DB_TIMEOUT * 2,
             self._engine.call,
-            shared_since_txn,
-            self._cursor,
-            self._grant_cursor,
+            _trade_txn,
             self.origin,
-        ).addCallbacks(self._take, self._pull_failed).addBoth(self._pulled)
+            batch,
+            grants,
+            (self._cursor, self._grant_cursor) if read else None,
+        ).addCallbacks(
+            self._take, self._trade_failed, errbackArgs=(batch, grants, read)
+        ).addBoth(self._back)
+
+    def _back(self, result: object) -> object:
+        self._busy = False
+        self._soon()
+        return result  # an unexpected failure is logged, not swallowed
+
+    def _trade_failed(
+        self,
+        failure: Failure,
+        batch: list[SharedReport],
+        grants: list[SharedGrant],
+        read: bool,
+    ) -> None:
+        """Put back what no newer report replaced; try again in a second.
+
+        Nothing was written (the write comes last in its trip), unless the
+        trip outran its deadline and committed later: a report sent again
+        changes nothing, as the newest of an agent wins.
+        """
+        for report in batch:
+            self._outbox.setdefault(report.guid, report)
+        self._grants_out[:0] = grants
+        self._complain(
+            failure,
+            "reports not shared" if batch or grants else "shared reports not read",
+        )
+        if self.running:
+            self._trip = self._clock.callLater(PULL_EVERY, self._go)
+            self._read_due = self._read_due or read
+
+    def _take(self, shared: Shared | None) -> Deferred[None] | None:
+        if shared is None:
+            return None
+        self._cursor = shared.reports_to
+        self._grant_cursor = shared.grants_to
+        for grant in shared.grants:
+            self.grants_to(grant)
+
+        async def take() -> None:
+            for report in shared.reports:
+                try:
+                    await self._keep(report)
+                except ApiError as error:  # it passed another director's checks
+                    log.warn(
+                        "shared report of agent {guid} left out: {error}",
+                        guid=report.guid,
+                        error=error.message,
+                    )
+
+        return Deferred.fromCoroutine(take())
 
     async def _keep(self, report: SharedReport) -> None:
         previous = await self._runtime.server(report.hostname)
@@ -218,34 +256,6 @@ class ReportExchange(Service):
         await self._runtime.put(state)
         self.taken += 1
 
-    def _take(self, shared: Shared) -> Deferred[None]:
-        self._cursor = shared.reports_to
-        self._grant_cursor = shared.grants_to
-        for grant in shared.grants:
-            self.grants_to(grant)
-
-        async def take() -> None:
-            for report in shared.reports:
-                try:
-                    await self._keep(report)
-                except ApiError as error:  # it passed another director's checks
-                    log.warn(
-                        "shared report of agent {guid} left out: {error}",
-                        guid=report.guid,
-                        error=error.message,
-                    )
-
-        return Deferred.fromCoroutine(take())
-
-    def _pull_failed(self, failure: Failure) -> None:
-        self._complain(failure, "shared reports not read")
-
-    def _pulled(self, _: object) -> None:
-        self._pulling = False
-        if self._pull_again and self.running:
-            self._pull_again = False
-            self.changed()
-
     def _complain(self, failure: Failure, what: str) -> None:
         skipped = self._trouble.take()
         if skipped is None:
@@ -259,3 +269,22 @@ class ReportExchange(Service):
             )
         else:
             log.failure(what, failure)
+
+
+def _trade_txn(
+    connection: Connection,
+    origin: str,
+    reports: list[SharedReport],
+    grants: list[SharedGrant],
+    read_after: tuple[int, int] | None,
+) -> Shared | None:
+    """Read the others' news (if due), then write what this director queued.
+
+    The write comes last, so that a failure of either leaves nothing written.
+    """
+    shared = None
+    if read_after is not None:
+        shared = shared_since_txn(connection, *read_after, origin)
+    if reports or grants:
+        put_shared_txn(connection, origin, reports, grants)
+    return shared
