@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 import pytest_twisted
@@ -16,6 +17,7 @@ from twisted.internet.task import deferLater
 from dcvix.common.threads import ThreadPoolService
 from dcvix.director import exchange as exchange_module
 from dcvix.director.exchange import ReportExchange
+from dcvix.director.registry.engine import Connection
 from dcvix.director.registry.postgres import PostgresEngine
 from dcvix.director.registry.postgres_schema import REPORTS_CHANNEL
 from dcvix.director.registry.sql import SharedGrant, shared_since_txn
@@ -169,3 +171,30 @@ async def test_a_connection_grant_reaches_the_other_directors_resolver(
         ("console", "ws1", "192.0.2.7", first.exchange.origin)
     ]
     assert adopted[0].expires_at == pytest.approx(expires)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_failed_trip_writes_nothing_and_is_tried_again(
+    pair: tuple[Director, Director], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first, second = pair
+    monkeypatch.setattr(exchange_module, "PULL_EVERY", 0.1)  # the retry's delay
+    failed: list[str] = []
+    trade = exchange_module._trade_txn
+
+    def flaky(connection: Connection, origin: str, reports: Any, *args: Any) -> Any:
+        if reports and not failed:  # the first trip that writes a report
+            failed.append(origin)
+            connection.execute("SELECT 1 FROM no_such_table")  # a database error
+        return trade(connection, origin, reports, *args)
+
+    monkeypatch.setattr(exchange_module, "_trade_txn", flaky)
+    first.start()
+    second.start()
+    now = IReactorTime(reactor).seconds()
+
+    await first.accept(now, report("s1"))
+
+    await until("the second to keep it", lambda: second.sessions() == ["s1"])
+    assert failed == [first.exchange.origin]
+    assert len(first.engine.call(shared_since_txn, 0, 0).reports) == 1
