@@ -73,6 +73,8 @@ class LeaderLease(Service):
         self._leading_session = False
         self._leading = False
         self._call: IDelayedCall | None = None
+        # A check is running in the pool: only it may touch ``_connection``.
+        self._checking = False
         self.checks = 0
 
     def leads(self) -> bool:
@@ -91,13 +93,20 @@ class LeaderLease(Service):
             self._call.cancel()
         self._call = None
         self._set(False, "stopping")
+        if not self._checking:  # else the check's end closes it (``_held``)
+            self._close()
+
+    def _close(self) -> None:
+        """End the session: the lock is free at once."""
         if self._connection is not None:
-            self._connection.close()  # ends the session: the lock is free at once
+            self._connection.close()
             self._connection = None
+        self._leading_session = False
 
     def _try(self) -> None:
         self._call = None
         self.checks += 1
+        self._checking = True
         self._pool.run(DB_TIMEOUT * 2, self._hold).addBoth(self._held)
 
     def _hold(self) -> bool:
@@ -122,7 +131,11 @@ class LeaderLease(Service):
             return False
 
     def _held(self, result: object) -> None:
+        self._checking = False
         if not self.running:
+            # Stopped during the check, which may have taken the lock (or
+            # opened a session) after the stop: let go of it now.
+            self._close()
             return
         self._set(result is True, "its lock session ended")
         self._call = self._clock.callLater(self._check, self._try)
