@@ -16,6 +16,14 @@ through the store, and takes in the others':
   so a missed notification (a listener reconnecting) costs at most that.
 - a write and a read due together share one trip to a database thread.
 
+A report travels as two JSON texts: its sessions, and the rest. An agent's
+session list rarely changes between reports while its stats always do, so a
+director taking a report in decodes and checks the sessions only when their
+text differs from the agent's last (the rest is a few hundred bytes); the
+director passing it on encodes them only when its own parser found them
+changed. Both texts come from a body that passed the receiving director's
+checks, so they are read back with the plain JSON decoder.
+
 A report older than what this director holds for the server (an agent that
 moved from one director to another meanwhile) is left out.
 
@@ -27,8 +35,11 @@ so a connection token issued by one director resolves on every other.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import secrets
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
@@ -38,7 +49,6 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from dcvix.common.errors import ApiError
-from dcvix.common.http import parse_json
 from dcvix.common.ratelimit import LogBudget
 from dcvix.common.threads import ThreadPoolService
 from dcvix.director.registry import StoreError
@@ -51,12 +61,30 @@ from dcvix.director.registry.sql import (
     put_shared_txn,
     shared_since_txn,
 )
-from dcvix.director.runtime import RuntimeStore, SessionsMemo, parse_report
+from dcvix.director.runtime import (
+    RuntimeStore,
+    ServerState,
+    Session,
+    SessionsMemo,
+    parse_report,
+    parse_sessions,
+)
 
 log = Logger()
 
 FLUSH_DELAY = 0.05
 PULL_EVERY = 1.0
+
+
+@dataclass(frozen=True)
+class _Accepted:
+    """A report this director accepted, waiting for the next write."""
+
+    guid: str
+    hostname: str
+    peer: str
+    state: ServerState
+    payload: dict[str, Any]
 
 
 class ReportExchange(Service):
@@ -85,7 +113,11 @@ class ReportExchange(Service):
         self._clock = clock
         # Tells this director's rows from the others' (new at every start).
         self.origin = secrets.token_hex(8)
-        self._outbox: dict[str, SharedReport] = {}
+        self._outbox: dict[str, _Accepted] = {}
+        # Per agent, the sessions last passed on (parsed, as JSON text) and
+        # last taken in (text, parsed): see the module's docstring.
+        self._sent: dict[str, tuple[tuple[Session, ...], str]] = {}
+        self._got: dict[str, tuple[str, tuple[Session, ...]]] = {}
         self._grants_out: list[SharedGrant] = []
         # Where grants from other directors go (ConnectionTokens.adopt).
         self.grants_to: Callable[[SharedGrant], None] = lambda grant: None
@@ -121,10 +153,47 @@ class ReportExchange(Service):
 
     # ---------------------------------------------------------------- out
 
-    def share(self, guid: str, hostname: str, peer: str, at: float, raw: bytes) -> None:
-        """Queue a report this director accepted, for the others."""
-        self._outbox[guid] = SharedReport(guid, hostname, peer, at, raw.decode("utf-8"))
+    def share(
+        self,
+        guid: str,
+        hostname: str,
+        peer: str,
+        state: ServerState,
+        payload: dict[str, Any],
+    ) -> None:
+        """Queue a report this director accepted, for the others.
+
+        Args:
+            guid: the agent.
+            hostname: its registered hostname.
+            peer: the address it reported from.
+            state: what this director made of the report.
+            payload: the decoded body (never changed afterwards).
+        """
+        self._outbox[guid] = _Accepted(guid, hostname, peer, state, payload)
         self._soon()
+
+    def _encode(self, accepted: _Accepted) -> SharedReport:
+        """The report as the store keeps it: the rest and the sessions apart."""
+        payload = accepted.payload
+        rest = _compact({k: v for k, v in payload.items() if k != "sessions"})
+        text = None
+        if "sessions" in payload:
+            parsed = accepted.state.sessions
+            sent = self._sent.get(accepted.guid)
+            if sent is not None and sent[0] is parsed:  # the parser's memo: same
+                text = sent[1]
+            else:
+                text = _compact(payload["sessions"])
+                self._sent[accepted.guid] = (parsed, text)
+        return SharedReport(
+            accepted.guid,
+            accepted.hostname,
+            accepted.peer,
+            accepted.state.seen_at,
+            rest,
+            text,
+        )
 
     def share_grant(
         self, session_id: str, server: str, expires: float, to: str
@@ -141,6 +210,8 @@ class ReportExchange(Service):
         against the agents' states.
         """
         self._outbox.pop(guid, None)
+        self._sent.pop(guid, None)
+        self._got.pop(guid, None)
         done: Deferred[None] = self._pool.run(
             DB_TIMEOUT * 2, self._engine.call, forget_report_txn, guid
         )
@@ -169,12 +240,9 @@ class ReportExchange(Service):
         self._trip = None
         if not (self._outbox or self._grants_out or self._read_due):
             return
-        batch, grants, read = (
-            list(self._outbox.values()),
-            self._grants_out,
-            self._read_due,
-        )
+        accepted, grants, read = self._outbox, self._grants_out, self._read_due
         self._outbox, self._grants_out, self._read_due = {}, [], False
+        batch = [self._encode(report) for report in accepted.values()]
         self._busy = True
         self._pool.run(
             DB_TIMEOUT * 2,
@@ -185,7 +253,7 @@ class ReportExchange(Service):
             grants,
             (self._cursor, self._grant_cursor) if read else None,
         ).addCallbacks(
-            self._take, self._trade_failed, errbackArgs=(batch, grants, read)
+            self._take, self._trade_failed, errbackArgs=(accepted, grants, read)
         ).addBoth(self._back)
 
     def _back(self, result: object) -> object:
@@ -196,7 +264,7 @@ class ReportExchange(Service):
     def _trade_failed(
         self,
         failure: Failure,
-        batch: list[SharedReport],
+        accepted: dict[str, _Accepted],
         grants: list[SharedGrant],
         read: bool,
     ) -> None:
@@ -206,16 +274,26 @@ class ReportExchange(Service):
         trip outran its deadline and committed later: a report sent again
         changes nothing, as the newest of an agent wins.
         """
-        for report in batch:
-            self._outbox.setdefault(report.guid, report)
+        for guid, report in accepted.items():
+            self._outbox.setdefault(guid, report)
         self._grants_out[:0] = grants
         self._complain(
             failure,
-            "reports not shared" if batch or grants else "shared reports not read",
+            "reports not shared" if accepted or grants else "shared reports not read",
         )
         if self.running:
             self._trip = self._clock.callLater(PULL_EVERY, self._go)
             self._read_due = self._read_due or read
+
+    def _sessions(self, report: SharedReport) -> tuple[Session, ...]:
+        """A shared report's sessions, parsed only when their text changed."""
+        assert report.sessions is not None
+        got = self._got.get(report.guid)
+        if got is not None and got[0] == report.sessions:
+            return got[1]
+        parsed = parse_sessions(json.loads(report.sessions))
+        self._got[report.guid] = (report.sessions, parsed)
+        return parsed
 
     def _take(self, shared: Shared | None) -> Deferred[None] | None:
         if shared is None:
@@ -229,11 +307,13 @@ class ReportExchange(Service):
             for report in shared.reports:
                 try:
                     await self._keep(report)
-                except ApiError as error:  # it passed another director's checks
+                except (ApiError, ValueError) as error:  # passed another's checks
                     log.warn(
                         "shared report of agent {guid} left out: {error}",
                         guid=report.guid,
-                        error=error.message,
+                        error=error.message
+                        if isinstance(error, ApiError)
+                        else "not JSON",
                     )
 
         return Deferred.fromCoroutine(take())
@@ -246,12 +326,13 @@ class ReportExchange(Service):
         state = parse_report(
             report.guid,
             report.hostname,
-            parse_json(report.report.encode("utf-8")),
+            json.loads(report.report),
             report.peer,
             received,
             self._default_port,
             previous,
-            self._memo,
+            self._memo,  # a row of schema 5: the sessions are in the report
+            sessions=None if report.sessions is None else self._sessions(report),
         )
         await self._runtime.put(state)
         self.taken += 1
@@ -288,3 +369,8 @@ def _trade_txn(
     if reports or grants:
         put_shared_txn(connection, origin, reports, grants)
     return shared
+
+
+def _compact(value: Any) -> str:
+    """JSON text without spaces (the store keeps a report per agent)."""
+    return json.dumps(value, separators=(",", ":"))

@@ -135,6 +135,8 @@ def parse_report(
     default_agent_port: int,
     previous: ServerState | None,
     memo: SessionsMemo | None = None,
+    *,
+    sessions: tuple[Session, ...] | None = None,
 ) -> ServerState:
     """One ``/v1/agent/update`` body of the agent ``guid``, registered as ``hostname``.
 
@@ -149,6 +151,8 @@ def parse_report(
             has no ``sessions`` key (dcv failed on the agent).
         memo: the agents' last parsed session lists, to skip parsing a list
             equal to the one the same agent sent before.
+        sessions: the sessions, already parsed (a report another director
+            passed on without them in ``payload``); they win over the memo.
 
     Raises:
         BadRequest: the body does not validate.
@@ -169,12 +173,14 @@ def parse_report(
             hostname=hostname,
         )
     tags = parse_tags(payload.get("tags"))
-    if "sessions" not in payload and previous is not None and previous.guid == guid:
+    if sessions is not None:
+        pass
+    elif "sessions" not in payload and previous is not None and previous.guid == guid:
         sessions = previous.sessions  # dcv failed on the agent: keep what we knew
     elif memo is not None:
         sessions = memo.parse(guid, payload.get("sessions"))
     else:
-        sessions = _parse_sessions(payload.get("sessions"))
+        sessions = parse_sessions(payload.get("sessions"))
     advertised = _address(payload.get("advertise_address"), "")
     return ServerState(
         guid=guid,
@@ -450,7 +456,7 @@ class SessionsMemo:
         last = self._last.get(guid)
         if last is not None and last[0] == raw and _counts_are_integers(raw):
             return last[1]
-        sessions = _parse_sessions(raw)
+        sessions = parse_sessions(raw)
         if raw is None or all(entry.keys() <= _SESSION_KEYS for entry in raw):
             self._last[guid] = (raw, sessions)
         else:
@@ -475,7 +481,7 @@ def _counts_are_integers(raw: list[dict[str, Any]] | None) -> bool:
 _COUNT_TYPES = frozenset({int, type(None)})
 
 
-def _parse_sessions(raw: Any) -> tuple[Session, ...]:
+def parse_sessions(raw: Any) -> tuple[Session, ...]:
     """The reported sessions; of one id reported twice, the last is kept."""
     if raw is None:
         raw = []

@@ -20,8 +20,13 @@ from dcvix.director.exchange import ReportExchange
 from dcvix.director.registry.engine import Connection
 from dcvix.director.registry.postgres import PostgresEngine
 from dcvix.director.registry.postgres_schema import REPORTS_CHANNEL
-from dcvix.director.registry.sql import SharedGrant, shared_since_txn
-from dcvix.director.runtime import MemoryRuntimeStore, parse_report
+from dcvix.director.registry.sql import (
+    SharedGrant,
+    SharedReport,
+    put_shared_txn,
+    shared_since_txn,
+)
+from dcvix.director.runtime import MemoryRuntimeStore, SessionsMemo, parse_report
 
 GUID = "11111111-1111-4111-8111-111111111111"
 BOUND = 60.0
@@ -52,6 +57,7 @@ class Director:
         self.engine = PostgresEngine(url, password, 2)
         self.pool = ThreadPoolService("db", 2, IReactorFromThreads(reactor))
         self.runtime = MemoryRuntimeStore()
+        self.memo = SessionsMemo()  # the update route's
         clock = IReactorTime(reactor)
         self.exchange = ReportExchange(
             self.engine, self.pool, self.runtime, 8446, clock
@@ -73,11 +79,12 @@ class Director:
         """What the update route does with a report from agent GUID (ws1)."""
         previous = await self.runtime.server("ws1")
         received = dt.datetime.fromtimestamp(at, dt.UTC)
+        payload = json.loads(raw)
         state = parse_report(
-            GUID, "ws1", json.loads(raw), "10.0.0.1", received, 8446, previous
+            GUID, "ws1", payload, "10.0.0.1", received, 8446, previous, self.memo
         )
         await self.runtime.put(state)
-        self.exchange.share(GUID, "ws1", "10.0.0.1", state.seen_at, raw)
+        self.exchange.share(GUID, "ws1", "10.0.0.1", state, payload)
 
     def sessions(self, hostname: str = "ws1") -> list[str]:
         state = self.runtime._servers.get(hostname)
@@ -129,7 +136,10 @@ async def test_a_report_accepted_by_one_director_is_kept_by_the_other(
     await second.accept(now + 2, report("s2"))
     await until("the first to keep the newer", lambda: first.sessions() == ["s2"])
     taken = second.exchange.taken
-    first.exchange.share(GUID, "ws1", "10.0.0.1", now + 1, report("s-old"))  # late
+    old = json.loads(report("s-old"))
+    moment = dt.datetime.fromtimestamp(now + 1, dt.UTC)
+    late = parse_report(GUID, "ws1", old, "10.0.0.1", moment, 8446, None)
+    first.exchange.share(GUID, "ws1", "10.0.0.1", late, old)
     await until("the old one read", lambda: second.exchange._cursor >= 3)
     assert second.sessions() == ["s2"]
     assert second.exchange.taken == taken
@@ -198,3 +208,52 @@ async def test_a_failed_trip_writes_nothing_and_is_tried_again(
     await until("the second to keep it", lambda: second.sessions() == ["s1"])
     assert failed == [first.exchange.origin]
     assert len(first.engine.call(shared_since_txn, 0, 0).reports) == 1
+
+
+def report_without_sessions(load: float) -> bytes:
+    body = json.loads(report("unused", load))
+    del body["sessions"]
+    return json.dumps(body).encode()
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_unchanged_session_list_is_parsed_once_by_the_other(
+    pair: tuple[Director, Director],
+) -> None:
+    first, second = pair
+    first.start()
+    second.start()
+    now = IReactorTime(reactor).seconds()
+    await first.accept(now, report("s1", load=0.5))
+    await until("the second to keep it", lambda: second.sessions() == ["s1"])
+    sessions = second.runtime._servers["ws1"].sessions
+
+    await first.accept(now + 1, report("s1", load=3.0))  # new stats, same sessions
+
+    await until(
+        "the new stats", lambda: second.runtime._servers["ws1"].stats.load1 == 3.0
+    )
+    assert second.runtime._servers["ws1"].sessions is sessions  # not parsed again
+    await first.accept(now + 2, report_without_sessions(4.0))  # dcv failed
+    await until(
+        "the next stats", lambda: second.runtime._servers["ws1"].stats.load1 == 4.0
+    )
+    assert second.sessions() == ["s1"]  # kept, as the receiving director keeps them
+    await first.accept(now + 3, report("s2", load=5.0))
+    await until("the new list", lambda: second.sessions() == ["s2"])
+    assert first.sessions() == ["s2"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_report_shared_by_a_schema_5_director_is_taken_in(
+    pair: tuple[Director, Director],
+) -> None:
+    # Before schema 6 a report was shared whole, its sessions within.
+    first, second = pair
+    second.start()
+    now = IReactorTime(reactor).seconds()
+    whole = SharedReport(GUID, "ws1", "10.0.0.1", now, report("s1").decode())
+
+    first.engine.call(put_shared_txn, "an older director", [whole])
+
+    await until("the second to keep it", lambda: second.sessions() == ["s1"])

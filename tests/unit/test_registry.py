@@ -317,6 +317,7 @@ def test_connect_creates_the_tables_0600(tmp_path: Path) -> None:
         "report",
         "origin",
         "change",
+        "sessions",
     ]
     indexes = connection.execute(
         "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'agents' "
@@ -328,7 +329,7 @@ def test_connect_creates_the_tables_0600(tmp_path: Path) -> None:
         "agents_state",
     ]
     assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert SCHEMA_VERSION == 5
+    assert SCHEMA_VERSION == 6
     assert user_version(connection) == SCHEMA_VERSION
     connection.close()
 
@@ -1269,7 +1270,7 @@ def test_shared_reports_keep_the_newest_of_each_agent_in_commit_order(
     second = engine.SharedReport(B, "ws2", "10.0.0.2", 101.0, '{"n": 2}')
     grant = engine.SharedGrant("console", "ws1", 200.0, "192.0.2.7")
     engine.put_shared_txn(db, "director-a", [first, second], [grant])
-    newer = engine.SharedReport(A, "ws1", "10.0.0.9", 102.0, '{"n": 3}')
+    newer = engine.SharedReport(A, "ws1", "10.0.0.9", 102.0, '{"n": 3}', "[]")
     engine.put_shared_txn(db, "director-b", [newer], [grant, grant])
 
     everything = engine.shared_since_txn(db, 0, 0)
@@ -1286,14 +1287,22 @@ def test_shared_reports_keep_the_newest_of_each_agent_in_commit_order(
         ("director-b", 3),
     ]
     assert engine.shared_since_txn(db, 2, 2) == engine.Shared(
-        [engine.SharedReport(A, "ws1", "10.0.0.9", 102.0, '{"n": 3}', "director-b", 3)],
+        [
+            engine.SharedReport(
+                A, "ws1", "10.0.0.9", 102.0, '{"n": 3}', "[]", "director-b", 3
+            )
+        ],
         [engine.SharedGrant("console", "ws1", 200.0, "192.0.2.7", "director-b", 3)],
         3,
         3,
     )
     # A director never reads its own rows back, yet reads past them.
     assert engine.shared_since_txn(db, 0, 0, "director-b") == engine.Shared(
-        [engine.SharedReport(B, "ws2", "10.0.0.2", 101.0, '{"n": 2}', "director-a", 2)],
+        [
+            engine.SharedReport(
+                B, "ws2", "10.0.0.2", 101.0, '{"n": 2}', None, "director-a", 2
+            )
+        ],
         [engine.SharedGrant("console", "ws1", 200.0, "192.0.2.7", "director-a", 1)],
         3,
         3,

@@ -24,7 +24,7 @@ from dcvix.director.runtime import (
     ServerState,
     Session,
     SessionsMemo,
-    _parse_sessions,
+    parse_sessions,
     parse_report,
 )
 
@@ -199,7 +199,7 @@ def test_the_memo_answers_what_parsing_afresh_answers(sent: list[Any]) -> None:
     memo = SessionsMemo()
     for raw in sent:
         assert outcome(lambda r: memo.parse(GUID, r), raw) == outcome(
-            _parse_sessions, raw
+            parse_sessions, raw
         )
 
 

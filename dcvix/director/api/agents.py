@@ -119,10 +119,11 @@ class AgentRoutes:
         previous = await self._runtime.server(agent.hostname)
         raw = request.content.read() if request.content is not None else b""
         peer = client_address(request)
+        payload = parse_json(raw)
         state = parse_report(
             agent.guid,
             agent.hostname,
-            parse_json(raw),
+            payload,
             peer,
             now_utc(self._clock),
             self._default_port,
@@ -131,6 +132,6 @@ class AgentRoutes:
         )
         await self._runtime.put(state)
         if self._exchange is not None:
-            self._exchange.share(agent.guid, agent.hostname, peer, state.seen_at, raw)
+            self._exchange.share(agent.guid, agent.hostname, peer, state, payload)
         self.tally.count(agent.guid)
         return json_response(request, 200, {})

@@ -52,6 +52,11 @@ REPORT_TABLES = (
     "origin TEXT NOT NULL)",
 )
 
+# Version 6: a shared report's sessions apart from the rest, as JSON text
+# (NULL: the agent sent none), so that a director taking it in decodes them
+# only when they differ from the agent's last.
+SESSIONS_COLUMN = "ALTER TABLE server_reports ADD COLUMN sessions TEXT"
+
 # How long one statement, a lock or a connection may take before the call
 # fails (a request answers 503 rather than waiting for ever).
 DB_TIMEOUT = 10.0

@@ -17,6 +17,7 @@ from dcvix.director.registry.engine import (
     IDENTITY_TABLE,
     LOGIN_TABLES,
     REPORT_TABLES,
+    SESSIONS_COLUMN,
 )
 
 # Advisory lock keys (one namespace per database; any two distinct numbers).
@@ -105,12 +106,18 @@ def _to_5(connection: Any) -> None:
         )
 
 
+def _to_6(connection: Any) -> None:
+    """A shared report's sessions kept apart from the rest of it."""
+    connection.execute(SESSIONS_COLUMN)
+
+
 MIGRATIONS: tuple[Callable[[Any], None], ...] = (
     _to_1,
     _to_2,
     _to_3,
     _to_4,
     _to_5,
+    _to_6,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

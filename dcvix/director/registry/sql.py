@@ -681,13 +681,19 @@ def vacuum_login_failures_txn(connection: Connection, before: float) -> int:
 
 @dataclass(frozen=True)
 class SharedReport:
-    """An agent's report as the director that received it passes it on."""
+    """An agent's report as the director that received it passes it on.
+
+    ``report`` is its JSON text without the sessions, ``sessions`` theirs
+    (None: the agent sent no ``sessions`` key; a row of schema 5 has them in
+    ``report``).
+    """
 
     guid: str
     hostname: str
     peer: str
     received_at: float
     report: str
+    sessions: str | None = None
     origin: str = ""
     change: int = 0
 
@@ -719,11 +725,11 @@ def put_shared_txn(
             base = int(row[0] or 0) + 1
             connection.executemany(
                 "INSERT INTO server_reports (guid, hostname, peer, received_at, "
-                "report, origin, change) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT "
-                "(guid) DO UPDATE SET hostname = excluded.hostname, "
+                "report, sessions, origin, change) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (guid) DO UPDATE SET hostname = excluded.hostname, "
                 "peer = excluded.peer, received_at = excluded.received_at, "
-                "report = excluded.report, origin = excluded.origin, "
-                "change = excluded.change",
+                "report = excluded.report, sessions = excluded.sessions, "
+                "origin = excluded.origin, change = excluded.change",
                 [
                     (
                         r.guid,
@@ -731,6 +737,7 @@ def put_shared_txn(
                         r.peer,
                         r.received_at,
                         r.report,
+                        r.sessions,
                         origin,
                         base + n,
                     )
@@ -773,14 +780,15 @@ def shared_since_txn(
     """
     reports_to = _last(connection, "server_reports", reports_after)
     grants_to = _last(connection, "connection_grants", grants_after)
+    rows = connection.execute(
+        "SELECT guid, hostname, peer, received_at, report, sessions, origin, "
+        "change FROM server_reports WHERE change > ? AND change <= ? "
+        "AND origin <> ? ORDER BY change",
+        (reports_after, reports_to, origin),
+    )
     reports = [
-        SharedReport(guid, hostname, peer, float(at), report, sender, int(change))
-        for guid, hostname, peer, at, report, sender, change in connection.execute(
-            "SELECT guid, hostname, peer, received_at, report, origin, change "
-            "FROM server_reports WHERE change > ? AND change <= ? AND origin <> ? "
-            "ORDER BY change",
-            (reports_after, reports_to, origin),
-        )
+        SharedReport(guid, host, peer, float(at), report, sessions, sender, int(change))
+        for guid, host, peer, at, report, sessions, sender, change in rows
     ]
     grants = [
         SharedGrant(session, server, float(expires), address, sender, int(change))

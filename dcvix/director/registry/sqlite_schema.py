@@ -21,6 +21,7 @@ from dcvix.director.registry.engine import (
     IDENTITY_TABLE,
     LOGIN_TABLES,
     REPORT_TABLES,
+    SESSIONS_COLUMN,
 )
 
 
@@ -183,12 +184,18 @@ def _to_5(connection: sqlite3.Connection) -> None:
         connection.execute(statement)
 
 
+def _to_6(connection: sqlite3.Connection) -> None:
+    """A shared report's sessions kept apart from the rest of it."""
+    connection.execute(SESSIONS_COLUMN)
+
+
 MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     _to_1,
     _to_2,
     _to_3,
     _to_4,
     _to_5,
+    _to_6,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
