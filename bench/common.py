@@ -211,8 +211,9 @@ def start_director(
     home: Path,
     keys: Mapping[str, str] | None = None,
     sections: Mapping[str, Mapping[str, str]] | None = None,
+    cpu: int = SERVER_CPU,
 ) -> tuple[int, Path, subprocess.Popen[bytes]]:
-    """A director (twistd, CPU SERVER_CPU, logging at info) living in ``home``.
+    """A director (twistd, on ``cpu``, logging at info) living in ``home``.
 
     ``keys`` go to ``[director]`` beside its address and folders, ``sections``
     are more sections. Returns once it answers: its port, its ``data_dir`` and
@@ -231,6 +232,6 @@ def start_director(
     written = {"director": director} | {k: dict(v) for k, v in (sections or {}).items()}
     written["log"] = {"directory": str(home / "log"), "level": "info"}
     write_conf(conf, written)
-    process = run_daemon("dcvix-director", conf, home / "director.out", SERVER_CPU)
+    process = run_daemon("dcvix-director", conf, home / "director.out", cpu)
     wait("the director", lambda: answers(port))
     return port, data, process
