@@ -11,18 +11,21 @@ through the store, and takes in the others':
   agent, numbered in commit order). No round trip per update.
 - **in**: a trigger notifies ``dcvix_reports`` after each write; this director
   then reads the reports numbered after the last it read, and keeps each one
-  from another director as if it had received it (the same parser, the
-  receiving director's time). It also reads every :data:`PULL_EVERY` seconds,
+  from another director as if it had received it (the same parser, the time
+  the other director received it). It also reads every :data:`PULL_EVERY` s,
   so a missed notification (a listener reconnecting) costs at most that.
-- a write and a read due together share one trip to a database thread.
+- a write and a read due together share one trip to a database thread (two
+  transactions: a write that fails, say behind a long lock, never costs the
+  read, nor the other way round).
 
 A report travels as two JSON texts: its sessions, and the rest. An agent's
 session list rarely changes between reports while its stats always do, so a
 director taking a report in decodes and checks the sessions only when their
 text differs from the agent's last (the rest is a few hundred bytes); the
 director passing it on encodes them only when its own parser found them
-changed. Both texts come from a body that passed the receiving director's
-checks, so they are read back with the plain JSON decoder.
+changed. Both texts come from a body that passed the checks of the director
+the agent reported to, so they are read back with the plain JSON decoder.
+All directors of a store must run the same schema: upgrade them together.
 
 A report older than what this director holds for the server (an agent that
 moved from one director to another meanwhile) is left out.
@@ -52,7 +55,7 @@ from dcvix.common.errors import ApiError
 from dcvix.common.ratelimit import LogBudget
 from dcvix.common.threads import ThreadPoolService
 from dcvix.director.registry import StoreError
-from dcvix.director.registry.engine import DB_TIMEOUT, Connection, Engine
+from dcvix.director.registry.engine import DB_TIMEOUT, Engine
 from dcvix.director.registry.sql import (
     Shared,
     SharedGrant,
@@ -125,6 +128,8 @@ class ReportExchange(Service):
         self._trip: IDelayedCall | None = None
         self._busy = False
         self._read_due = False
+        # After a failure, that part waits this long (reactor seconds).
+        self._write_after = self._read_after = 0.0
         self._cursor = 0
         self._memo = SessionsMemo()
         self._poll = LoopingCall(self.changed)
@@ -233,28 +238,86 @@ class ReportExchange(Service):
         hand-off to a database thread, not one for each, which on a busy
         director mattered more than the statements themselves.
         """
-        if self._trip is None and not self._busy and self.running:
-            self._trip = self._clock.callLater(FLUSH_DELAY, self._go)
+        if self._busy or not self.running:
+            return
+        now = self._clock.seconds()
+        times = []
+        if self._read_due:
+            times.append(max(now + FLUSH_DELAY, self._read_after))
+        if self._outbox or self._grants_out:
+            times.append(max(now + FLUSH_DELAY, self._write_after))
+        if not times:
+            return
+        due = min(times)
+        if self._trip is not None and self._trip.active():
+            if self._trip.getTime() <= due:
+                return
+            self._trip.cancel()
+        self._trip = self._clock.callLater(due - now, self._go)
 
     def _go(self) -> None:
         self._trip = None
-        if not (self._outbox or self._grants_out or self._read_due):
+        now = self._clock.seconds()
+        read = self._read_due and now >= self._read_after
+        write = now >= self._write_after
+        accepted, grants = (self._outbox, self._grants_out) if write else ({}, [])
+        if not (read or accepted or grants):
+            self._soon()
             return
-        accepted, grants, read = self._outbox, self._grants_out, self._read_due
-        self._outbox, self._grants_out, self._read_due = {}, [], False
-        batch = [self._encode(report) for report in accepted.values()]
+        if write:
+            self._outbox, self._grants_out = {}, []
+        if read:
+            self._read_due = False
+        batch = [
+            encoded
+            for report in accepted.values()
+            if (encoded := self._encode_or_drop(report)) is not None
+        ]
         self._busy = True
         self._pool.run(
             DB_TIMEOUT * 2,
-            self._engine.call,
-            _trade_txn,
+            _trade,
+            self._engine,
             self.origin,
             batch,
             grants,
             (self._cursor, self._grant_cursor) if read else None,
         ).addCallbacks(
-            self._take, self._trade_failed, errbackArgs=(accepted, grants, read)
+            self._traded,
+            self._trade_failed,
+            callbackArgs=(accepted, grants),
+            errbackArgs=(accepted, grants, read),
         ).addBoth(self._back)
+
+    def _encode_or_drop(self, accepted: _Accepted) -> SharedReport | None:
+        try:
+            return self._encode(accepted)
+        except Exception:  # a body this director accepted: never expected
+            log.failure("report of agent {guid} not shared", guid=accepted.guid)
+            return None
+
+    def _traded(
+        self, trip: _Trip, accepted: dict[str, _Accepted], grants: list[SharedGrant]
+    ) -> Deferred[None] | None:
+        """What the trip read is taken in; a part that failed is tried again."""
+        retry = self._clock.seconds() + PULL_EVERY
+        if trip.write_failed is not None:
+            self._requeue(accepted, grants)
+            self._write_after = retry
+            self._complain(trip.write_failed, "reports not shared")
+        if trip.read_failed is not None:
+            self._read_due = True
+            self._read_after = retry
+            self._complain(trip.read_failed, "shared reports not read")
+        return self._take(trip.shared)
+
+    def _requeue(
+        self, accepted: dict[str, _Accepted], grants: list[SharedGrant]
+    ) -> None:
+        """Put back what no newer report replaced."""
+        for guid, report in accepted.items():
+            self._outbox.setdefault(guid, report)
+        self._grants_out[:0] = grants
 
     def _back(self, result: object) -> object:
         self._busy = False
@@ -268,22 +331,15 @@ class ReportExchange(Service):
         grants: list[SharedGrant],
         read: bool,
     ) -> None:
-        """Put back what no newer report replaced; try again in a second.
+        """The trip outran its deadline: try all of it again in a second.
 
-        Nothing was written (the write comes last in its trip), unless the
-        trip outran its deadline and committed later: a report sent again
-        changes nothing, as the newest of an agent wins.
+        The write may still commit later: sending a report again stores the
+        same state, and a grant twice resolves as once.
         """
-        for guid, report in accepted.items():
-            self._outbox.setdefault(guid, report)
-        self._grants_out[:0] = grants
-        self._complain(
-            failure,
-            "reports not shared" if accepted or grants else "shared reports not read",
-        )
-        if self.running:
-            self._trip = self._clock.callLater(PULL_EVERY, self._go)
-            self._read_due = self._read_due or read
+        self._requeue(accepted, grants)
+        self._write_after = self._read_after = self._clock.seconds() + PULL_EVERY
+        self._read_due = self._read_due or read
+        self._complain(failure, "the store's shared reports not reached")
 
     def _sessions(self, report: SharedReport) -> tuple[Session, ...]:
         """A shared report's sessions, parsed only when their text changed."""
@@ -307,14 +363,14 @@ class ReportExchange(Service):
             for report in shared.reports:
                 try:
                     await self._keep(report)
-                except (ApiError, ValueError) as error:  # passed another's checks
+                except ApiError as error:  # it passed another director's checks
                     log.warn(
                         "shared report of agent {guid} left out: {error}",
                         guid=report.guid,
-                        error=error.message
-                        if isinstance(error, ApiError)
-                        else "not JSON",
+                        error=error.message,
                     )
+                except Exception:  # a row no director should have written
+                    log.failure("shared report of agent {guid}", guid=report.guid)
 
         return Deferred.fromCoroutine(take())
 
@@ -323,16 +379,21 @@ class ReportExchange(Service):
         received = dt.datetime.fromtimestamp(report.received_at, dt.UTC)
         if previous is not None and previous.last_seen > received:
             return  # this director has a newer one (the agent moved)
+        payload = json.loads(report.report)
+        # A row of schema 5 has its sessions inside (whatever the column says).
+        inside = isinstance(payload, dict) and "sessions" in payload
         state = parse_report(
             report.guid,
             report.hostname,
-            json.loads(report.report),
+            payload,
             report.peer,
             received,
             self._default_port,
             previous,
-            self._memo,  # a row of schema 5: the sessions are in the report
-            sessions=None if report.sessions is None else self._sessions(report),
+            self._memo,
+            sessions=None
+            if inside or report.sessions is None
+            else self._sessions(report),
         )
         await self._runtime.put(state)
         self.taken += 1
@@ -352,23 +413,39 @@ class ReportExchange(Service):
             log.failure(what, failure)
 
 
-def _trade_txn(
-    connection: Connection,
+@dataclass(frozen=True)
+class _Trip:
+    """What one trip to the database did."""
+
+    shared: Shared | None
+    read_failed: Failure | None
+    write_failed: Failure | None
+
+
+def _trade(
+    engine: Engine,
     origin: str,
     reports: list[SharedReport],
     grants: list[SharedGrant],
     read_after: tuple[int, int] | None,
-) -> Shared | None:
-    """Read the others' news (if due), then write what this director queued.
+) -> _Trip:
+    """In a database thread: read the others' news (if due), then write ours.
 
-    The write comes last, so that a failure of either leaves nothing written.
+    Two transactions, each failing alone (StoreError): a write stuck behind
+    another writer's lock must not keep this director from reading.
     """
-    shared = None
+    shared = read_failed = write_failed = None
     if read_after is not None:
-        shared = shared_since_txn(connection, *read_after, origin)
+        try:
+            shared = engine.call(shared_since_txn, *read_after, origin)
+        except StoreError:
+            read_failed = Failure()
     if reports or grants:
-        put_shared_txn(connection, origin, reports, grants)
-    return shared
+        try:
+            engine.call(put_shared_txn, origin, reports, grants)
+        except StoreError:
+            write_failed = Failure()
+    return _Trip(shared, read_failed, write_failed)
 
 
 def _compact(value: Any) -> str:

@@ -24,7 +24,6 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from dcvix.common.threads import ThreadPoolService
-from dcvix.director.registry.engine import DB_TIMEOUT
 from dcvix.director.registry.postgres import PostgresEngine
 from dcvix.director.registry.postgres_schema import LEADER_LOCK
 
@@ -107,7 +106,10 @@ class LeaderLease(Service):
         self._call = None
         self.checks += 1
         self._checking = True
-        self._pool.run(DB_TIMEOUT * 2, self._hold).addBoth(self._held)
+        # No deadline: libpq's and TCP's timeouts bound the check, and
+        # ``_checking`` must stay set until the thread is done with the
+        # connection.
+        self._pool.run(None, self._hold).addBoth(self._held)
 
     def _hold(self) -> bool:
         """In the pool: take the lock, or check that the session holding it lives."""

@@ -184,21 +184,21 @@ async def test_a_connection_grant_reaches_the_other_directors_resolver(
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_failed_trip_writes_nothing_and_is_tried_again(
+async def test_a_failed_write_is_tried_again(
     pair: tuple[Director, Director], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     first, second = pair
     monkeypatch.setattr(exchange_module, "PULL_EVERY", 0.1)  # the retry's delay
     failed: list[str] = []
-    trade = exchange_module._trade_txn
+    put = put_shared_txn
 
     def flaky(connection: Connection, origin: str, reports: Any, *args: Any) -> Any:
-        if reports and not failed:  # the first trip that writes a report
+        if reports and not failed:  # the first write of a report
             failed.append(origin)
             connection.execute("SELECT 1 FROM no_such_table")  # a database error
-        return trade(connection, origin, reports, *args)
+        return put(connection, origin, reports, *args)
 
-    monkeypatch.setattr(exchange_module, "_trade_txn", flaky)
+    monkeypatch.setattr(exchange_module, "put_shared_txn", flaky)
     first.start()
     second.start()
     now = IReactorTime(reactor).seconds()
@@ -257,3 +257,43 @@ async def test_a_report_shared_by_a_schema_5_director_is_taken_in(
     first.engine.call(put_shared_txn, "an older director", [whole])
 
     await until("the second to keep it", lambda: second.sessions() == ["s1"])
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_director_whose_writes_fail_still_reads(
+    pair: tuple[Director, Director], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first, second = pair
+    put = put_shared_txn
+
+    def stuck(connection: Connection, origin: str, *args: Any) -> Any:
+        if origin == first.exchange.origin:  # say, behind a long lock
+            connection.execute("SELECT 1 FROM no_such_table")
+        return put(connection, origin, *args)
+
+    monkeypatch.setattr(exchange_module, "put_shared_txn", stuck)
+    first.start()
+    second.start()
+    now = IReactorTime(reactor).seconds()
+    await first.accept(now, report("mine"))  # queued for ever
+
+    await second.accept(now, report("theirs"))
+
+    await until("the first to take it in", lambda: first.sessions() == ["theirs"])
+
+
+@pytest_twisted.ensureDeferred
+async def test_sessions_inside_a_report_win_over_the_column(
+    pair: tuple[Director, Director],
+) -> None:
+    # A director of schema 5 updating a row a schema 6 director wrote leaves
+    # the column as it was: the list inside its report is the newer.
+    first, second = pair
+    second.start()
+    now = IReactorTime(reactor).seconds()
+    column = json.dumps(json.loads(report("stale"))["sessions"])
+    row = SharedReport(GUID, "ws1", "10.0.0.1", now, report("new").decode(), column)
+
+    first.engine.call(put_shared_txn, "an older director", [row])
+
+    await until("the second to keep it", lambda: second.sessions() == ["new"])
