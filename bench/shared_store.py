@@ -18,15 +18,17 @@ connections, each an enrolled agent posting a 20-session report):
    the other's reports (parsed as if received). This is how N cores serve
    N directors, and the set-up the target is about;
 4. the same two directors, both on CPU 0;
-5. the control for 4: two directors on SQLite stores of their own (nothing
-   shared), both on CPU 0. One CPU time-sliced between two busy processes
-   costs more per update even when they share nothing; 4 vs 5 is what
-   sharing adds there.
+5. the control for 3 and 4: two directors on SQLite stores of their own
+   (nothing shared), one per CPU as in 3 (measured in each round), then both
+   on CPU 0 as in 4. Placement alone costs: B shares its CPU with the load
+   generator, and one CPU time-sliced between two busy processes costs more
+   per update even when they share nothing. 3 vs 5 and 4 vs 5 are what
+   sharing adds.
 
-Set-ups 0-3 are measured side by side in each of :data:`ROUNDS` rounds (a
-VM's speed drifts more between minutes than a ratio is wide): each target's
-ratio is the median of the rounds' ratios, and the table shows the round
-with the median two-director ratio. 4 and 5 follow once.
+Set-ups 0-3 and 5 (one per CPU) are measured side by side in each of
+:data:`ROUNDS` rounds (a VM's speed drifts more between minutes than a ratio
+is wide): each ratio is the median of the rounds', and the table shows the
+round with the median two-director ratio. 4 and 5 (one CPU) follow once.
 
 On a 2-core machine the load generator competes for the cores, so the
 figure that compares fairly is **CPU per 1,000 updates**: the servers'
@@ -256,6 +258,7 @@ LABELS = {
     "baseline": "bare twisted.web mTLS (CPU 0)",
     "sqlite": "one director, SQLite (CPU 0)",
     "postgresql": "one director, PostgreSQL (CPU 0)",
+    "apart": "two directors, SQLite each, nothing shared, one per CPU",
     "two": "two directors, PostgreSQL, one per CPU",
     "two_one_cpu": "two directors, PostgreSQL, both on CPU 0",
     "control": "two directors, SQLite each, nothing shared, both on CPU 0",
@@ -287,7 +290,9 @@ def table(rows: dict[str, dict[str, Any]], extra: dict[str, Any]) -> str:
         f"PostgreSQL vs SQLite: {middle(extra['pg_ratios'])} x (target ≤ 1.3; "
         f"rounds: {listed(extra['pg_ratios'])}). Two directors (one per CPU) vs "
         f"one: {middle(extra['ratios'])} x the CPU per update (target ≤ 1.15; "
-        f"rounds: {listed(extra['ratios'])}), "
+        f"rounds: {listed(extra['ratios'])}); the same over what two directors "
+        "that share nothing cost over one (the placement alone): "
+        f"{middle(extra['sharing'])} x (rounds: {listed(extra['sharing'])}); "
         f"{rows['two']['ups'] / rows['postgresql']['ups']:.2f} x the "
         "updates/s. Both on one CPU: "
         f"{crowded / one:.2f} x one, {crowded / control:.2f} x the control.",
@@ -353,13 +358,20 @@ def main() -> None:
             )
             processes.append(baseline)
             wait("the baseline", lambda: bare_answers(bare))
+            # Two directors that share nothing, one per CPU: the placement of
+            # set-up 3 without the sharing (controls 3, then 5 on one CPU).
+            port_s2, _data, process_2 = start(folder / "sqlite-2", None, cpu=CLIENT_CPU)
+            processes.append(process_2)
+            (folder / "agents-sqlite-2").mkdir()
+            half = CONNECTIONS // 2
+            others = enrol(port_s2, half, folder / "agents-sqlite-2")
+            apart = [(port, agents_s[:half]), (port_s2, others)]
             store = {"url": pg.database(), "password_file": str(secret)}
             home_a, home_b = folder / "pg-a", folder / f"pg-b{ROUNDS - 1}"
             port_a, data_a, first = start(home_a, store)
             processes.append(first)
             (folder / "agents-pg").mkdir()
             agents = enrol(port_a, CONNECTIONS, folder / "agents-pg")
-            half = CONNECTIONS // 2
 
             # The VM's speed drifts more between minutes than a ratio is wide,
             # so each round measures every set-up a target compares, side by
@@ -376,6 +388,9 @@ def main() -> None:
                     ),
                     "sqlite": measure(
                         args.seconds, [(port, agents_s)], [process.pid], []
+                    ),
+                    "apart": measure(
+                        args.seconds, apart, [process.pid, process_2.pid], []
                     ),
                     "postgresql": measure(
                         args.seconds,
@@ -396,6 +411,10 @@ def main() -> None:
                 cost(r, "postgresql", "sqlite") for r in results
             )
             extra["ratios"] = sorted(cost(r, "two", "postgresql") for r in results)
+            extra["sharing"] = sorted(
+                cost(r, "two", "postgresql") / cost(r, "apart", "sqlite")
+                for r in results
+            )
             results.sort(key=lambda r: cost(r, "two", "postgresql"))
             rows.update(results[len(results) // 2])
             move(second, SERVER_CPU)
@@ -403,16 +422,9 @@ def main() -> None:
                 args.seconds, halves, both, postgres_pids(data)
             )
 
-            # The control for the one-CPU pair: two SQLite directors, nothing shared.
-            port_s2, _data, process_2 = start(folder / "sqlite-2", None)
-            processes.append(process_2)
-            (folder / "agents-sqlite-2").mkdir()
-            others = enrol(port_s2, half, folder / "agents-sqlite-2")
+            move(process_2, SERVER_CPU)
             rows["control"] = measure(
-                args.seconds,
-                [(port, agents_s[:half]), (port_s2, others)],
-                [process.pid, process_2.pid],
-                [],
+                args.seconds, apart, [process.pid, process_2.pid], []
             )
 
             times = propagation(port_a, port_b, agents[0])
