@@ -75,7 +75,10 @@ from dcvix.director.runtime import (
 
 log = Logger()
 
-FLUSH_DELAY = 0.05
+# Each trip costs a thread hand-off and two transactions whatever it carries;
+# at 50 ms two directors cost 1.1-1.2 x one per update, at 100 ms about 1.0 x
+# (bench/shared_store.py), and an update reaches the others in about 0.2 s.
+FLUSH_DELAY = 0.1
 PULL_EVERY = 1.0
 
 

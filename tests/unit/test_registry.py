@@ -1543,7 +1543,7 @@ def test_a_role_without_create_starts_on_a_migrated_database(
 
 
 def test_only_agent_writes_make_memory_of_agents_stale(pg_store: PostgresStore) -> None:
-    # Reports are shared every 50 ms: were each write to drop the agent
+    # Reports are shared ten times a second: were each write to drop the agent
     # records kept in memory, every update would read its agent again.
     pg_store.empty()
     connection = pg_store.connection()

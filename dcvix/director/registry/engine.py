@@ -102,7 +102,7 @@ class Connection(Protocol):
         ``agents=False`` promises the transaction leaves the agents table
         alone, so agent records kept in memory stay valid after it (the
         PostgreSQL engine keeps them; SQLite's ``data_version`` moves anyway).
-        Reports shared every 50 ms would otherwise empty that memory each time.
+        Reports shared ten times a second would otherwise empty that memory each time.
         """
 
     def close(self) -> None:
