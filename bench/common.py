@@ -231,6 +231,7 @@ def start_director(
     }
     written = {"director": director} | {k: dict(v) for k, v in (sections or {}).items()}
     written["log"] = {"directory": str(home / "log"), "level": "info"}
+    written.setdefault("metrics", {"listen": ""})  # several directors at once
     write_conf(conf, written)
     process = run_daemon("dcvix-director", conf, home / "director.out", cpu)
     wait("the director", lambda: answers(port))

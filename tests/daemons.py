@@ -96,6 +96,9 @@ class DaemonProcess:
                 "director_host": "127.0.0.1",
                 "director_port": str(self.port),
             }
+            # Several directors run at once in some tests: no shared default
+            # port (tests that scrape give theirs a free one).
+            sections["metrics"] = {"listen": ""}
         else:
             sections[section] |= {
                 "bind_address": "127.0.0.1",

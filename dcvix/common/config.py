@@ -269,6 +269,24 @@ def _parse_host_port(text: str) -> str:
 HOST_PORT: Kind[str] = Kind("host[:port]", _parse_host_port)
 
 
+def _parse_listen(text: str) -> str:
+    if not text:
+        return ""
+    host, port = split_host_port(text)
+    if port is None:
+        raise ValueError(f"{text!r} has no port")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f"{host!r} is not an IP address") from None
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+LISTEN: Kind[str] = Kind(
+    "IP:port, or empty for none", _parse_listen, empty_is_default=False
+)
+
+
 def _parse_url(schemes: tuple[str, ...]) -> Callable[[str], str]:
     def parse(text: str) -> str:
         parts = urlsplit(text)
@@ -583,6 +601,22 @@ def discover(
         )
     notes.append(f"no config file found for dcvix-{component}: starting with defaults")
     return Discovery(None, False, tuple(notes))
+
+
+# ------------------------------------------------------------- [metrics] section
+
+
+@dataclass(frozen=True)
+class MetricsSection:
+    """``[metrics]``: shared by both daemons; each sets its own ``listen``."""
+
+    listen: str = ""
+    token_file: str = setting(
+        PATH,
+        "",
+        "File whose first line is the bearer token a scrape must send (not "
+        "readable by others); empty: none.",
+    )
 
 
 # ----------------------------------------------------------------- [log] section

@@ -92,3 +92,23 @@ def ensure_private_dir(path: Path) -> None:
             old=current,
             new=current & 0o700,
         )
+
+
+def read_secret_line(path: Path) -> str:
+    """The first line of a file only its owner may read (a password, a token).
+
+    Raises:
+        ValueError: the file cannot be read, is not UTF-8, or others may read it
+            (the message names the file and the fix, never the content).
+    """
+    try:
+        mode = path.stat().st_mode & 0o777
+        if mode & 0o077:
+            raise ValueError(
+                f"{path} is readable by other users (mode {mode:04o}); "
+                f"it must be 0600: chmod 600 {path}"
+            )
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path}: {error}") from None
+    return lines[0] if lines else ""

@@ -18,6 +18,7 @@ exchange, no finite-field DHE.
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -189,6 +190,16 @@ class ReloadingServerTLS:
     ) -> SSL.Connection:
         """A connection built from the options current at accept time."""
         return self._current.serverConnectionForTLS(tlsProtocol)
+
+    def expires(self) -> dt.datetime | None:
+        """When the certificate served now expires (None: options without one)."""
+        certificate = getattr(self._current, "certificate", None)
+        if certificate is None:
+            return None
+        if isinstance(certificate, X509):  # pyOpenSSL's, or cryptography's
+            certificate = certificate.to_cryptography()
+        expiry: dt.datetime = certificate.not_valid_after_utc
+        return expiry
 
     def reload_if_changed(self) -> bool:
         """Reload when any file changed since the last load; True if reloaded."""

@@ -11,6 +11,7 @@ from dcvix.common.config import (
     HOST,
     HOST_LIST,
     KEY32,
+    LISTEN,
     NETWORK_LIST,
     PATH,
     PORT,
@@ -21,6 +22,7 @@ from dcvix.common.config import (
     Kind,
     LoadedConfig,
     LogSection,
+    MetricsSection,
     choice,
     integer,
     setting,
@@ -303,6 +305,18 @@ class StoreSection:
 
 
 @dataclass(frozen=True)
+class DirectorMetricsSection(MetricsSection):
+    """``[metrics]`` of the director."""
+
+    listen: str = setting(
+        LISTEN,
+        "127.0.0.1:9445",
+        "Where Prometheus scrapes /metrics (plain HTTP; keep it on loopback or "
+        "set token_file); empty: nowhere.",
+    )
+
+
+@dataclass(frozen=True)
 class DirectorLogSection(LogSection):
     """``[log]`` of the director."""
 
@@ -326,4 +340,5 @@ class DirectorConfig:
     gateway: GatewaySection = field(default_factory=GatewaySection)
     housekeeper: HousekeeperSection = field(default_factory=HousekeeperSection)
     store: StoreSection = field(default_factory=StoreSection)
+    metrics: DirectorMetricsSection = field(default_factory=DirectorMetricsSection)
     log: DirectorLogSection = field(default_factory=DirectorLogSection)

@@ -16,6 +16,7 @@ from twisted.logger import Logger
 from dcvix.common.errors import BadRequest, Forbidden, TooManyRequests, Unauthorized
 from dcvix.director.audit import Audit
 from dcvix.director.auth import Authenticator, AuthUnavailable
+from dcvix.director.metrics import DirectorMetrics
 from dcvix.director.policy import PolicyHolder, valid_id
 from dcvix.director.registry import RevokedTokens, SharedFailures
 from dcvix.director.requests import LoginRequest
@@ -40,6 +41,7 @@ class LoginService:
         throttle: LoginThrottle,
         audit: Audit,
         shared: SharedFailures | None = None,
+        metrics: DirectorMetrics | None = None,
     ) -> None:
         self._authenticator = authenticator
         self._tokens = tokens
@@ -49,6 +51,7 @@ class LoginService:
         self._audit = audit
         # With several directors on one store: their failures count here too.
         self._shared = shared
+        self._metrics = metrics if metrics is not None else DirectorMetrics()
 
     async def login(
         self, body: LoginRequest, address: str, admin: bool
@@ -61,10 +64,12 @@ class LoginService:
             Unauthorized: anything else that is not a success, always the same text.
         """
         user = body.user_id
+        backend = self._authenticator.name
+        counted = self._metrics.logins.labels
         if not valid_id(user):
+            counted(backend, "invalid").inc()
             raise BadRequest("invalid userID")
         route = "admin login" if admin else "login"
-        backend = self._authenticator.name
         keys = self._throttle.keys(user, address)
         if self._shared is not None:
             failures, locks = await self._shared.login_failures(
@@ -77,6 +82,7 @@ class LoginService:
             self._audit.logged(
                 user, f"{route} refused", address, f"backend={backend} result=locked"
             )
+            counted(backend, "locked").inc()
             raise TooManyRequests(
                 "too many failed logins; try again later",
                 self._throttle.retry_after(user, address),
@@ -86,6 +92,7 @@ class LoginService:
             result, canonical = await self._check(user, body.password, body.otp, admin)
         except CancelledError:
             # The client hung up; its guess still reached the back end.
+            counted(backend, "abandoned").inc()
             at = self._throttle.failed(user, address)
             if self._shared is not None:
                 ensureDeferred(self._share(user, address, at)).addErrback(
@@ -95,12 +102,15 @@ class LoginService:
         finally:
             self._throttle.ended(user, address)
         if result != "ok":
+            unavailable = result == "backend unavailable"
+            counted(backend, "unavailable" if unavailable else "rejected").inc()
             await self._share(user, address, self._throttle.failed(user, address))
             await self._audit.record(
                 user, f"{route} failed", address, f"backend={backend} result={result}"
             )
             raise Unauthorized(FAILED)
         self._throttle.succeeded(user, address)
+        counted(backend, "ok").inc()
         if self._shared is not None:
             await self._shared.clear_login_failures(keys[0])
         token, expires = self._tokens.issue(canonical, ADMIN if admin else USER)

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cryptography import x509
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
 from twisted.logger import ILogObserver, Logger
@@ -25,6 +26,12 @@ from dcvix.common.daemon import (
 )
 from dcvix.common.http import DcvixSite
 from dcvix.common.jobs import PeriodicJob
+from dcvix.common.metrics import (
+    MetricsPage,
+    metrics_listener,
+    metrics_token,
+    new_registry,
+)
 from dcvix.common.networks import AddressList
 from dcvix.common.ratelimit import LogBudget
 from dcvix.common.threads import ThreadPoolService
@@ -71,6 +78,7 @@ from dcvix.director.housekeeper import Housekeeper
 from dcvix.director.identity import check_identity, store_claim
 from dcvix.director.leader import LeaderLease, Leadership, SoleDirector
 from dcvix.director.login import LoginService
+from dcvix.director.metrics import DirectorMetrics, FleetGauges
 from dcvix.director.policy import PolicyError, PolicyHolder, ensure_policy_files
 from dcvix.director.portal import Portal
 from dcvix.director.registry import StoreError
@@ -320,6 +328,15 @@ def _store_may_fail(
     return run
 
 
+def _expiries(ca: x509.Certificate, tls: ReloadingServerTLS) -> dict[str, dt.datetime]:
+    """When the CA and the director's HTTPS certificate (as served now) expire."""
+    found = {"ca": ca.not_valid_after_utc}
+    served = tls.expires()
+    if served is not None:
+        found["director"] = served
+    return found
+
+
 def build_director(
     config: DirectorConfig,
     reactor: Any,
@@ -341,6 +358,11 @@ def build_director(
             "[director] reuse_port needs a PostgreSQL store ([store] url): "
             "director processes on one port must share their agents' reports"
         )
+    try:
+        metrics_secret = metrics_token(config.metrics)
+    except ValueError as error:
+        raise StartupError(str(error)) from None
+    metrics = DirectorMetrics(new_registry("director"))
     data_dir = private_dir(Path(settings.data_dir), "data_dir")
     files = director_files(config)
     now = now_utc(reactor)
@@ -395,6 +417,7 @@ def build_director(
     throttle = LoginThrottle(
         settings.login_max_failures, settings.login_lockout, reactor
     )
+    throttle.on_lock = lambda kind: metrics.lockouts.labels(kind).inc()
     backend = deps.authenticator(config, reactor, auth_pool)
     first = backend.first if isinstance(backend, SecondFactor) else backend
     if isinstance(first, LdapAuthenticator):
@@ -410,6 +433,7 @@ def build_director(
         throttle,
         audit,
         registry if isinstance(registry.engine, PostgresEngine) else None,
+        metrics,
     )
 
     runtime = MemoryRuntimeStore()
@@ -523,7 +547,13 @@ def build_director(
         Gate(logins, enrolment, Gateways(config.gateway.gateways_list, reactor)),
         [
             AgentRoutes(
-                enrolment, runtime, settings.agent_port, reactor, tally, exchange
+                enrolment,
+                runtime,
+                settings.agent_port,
+                reactor,
+                tally,
+                exchange,
+                metrics,
             ),
             AuthRoutes(logins, login_otp_field(config)),
             AdminRoutes(admin, authority.pem),
@@ -554,6 +584,17 @@ def build_director(
         AddressList(settings.proxy_addresses),
         shared=settings.reuse_port,
     ).setServiceParent(root)
+    if config.metrics.listen:
+        gauges = FleetGauges(
+            metrics,
+            registry,
+            runtime,
+            keeper.max_age,
+            lambda: _expiries(authority.certificate, tls),
+            reactor,
+        )
+        page = MetricsPage(metrics.registry, metrics_secret, gauges.refresh)
+        metrics_listener(reactor, config.metrics.listen, page).setServiceParent(root)
     log.info(
         "dcvix-director {version} listening on {host}:{port}, data in {data}",
         version=__version__,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import unicodedata
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from twisted.internet.interfaces import IReactorTime
 
@@ -43,6 +43,8 @@ class LoginThrottle:
         self._failures: dict[tuple[str, str], list[float]] = defaultdict(list)
         self._pending: dict[tuple[str, str], int] = defaultdict(int)
         self._locked_until: dict[tuple[str, str], float] = {}
+        # Told the kind ("user" or "address") of each lock a failure sets.
+        self.on_lock: Callable[[str], None] = lambda kind: None
 
     @staticmethod
     def keys(user: str, address: str) -> tuple[tuple[str, str], tuple[str, str]]:
@@ -146,6 +148,8 @@ class LoginThrottle:
             self._recent(key)
             self._failures[key].append(now)
             if len(self._failures[key]) >= self._max:
+                if not self._lock_holds(key):
+                    self.on_lock(key[0])
                 self._locked_until[key] = now + self._lockout
         return now
 

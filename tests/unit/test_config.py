@@ -14,6 +14,7 @@ import pytest
 from dcvix.agent.config import AgentConfig
 from dcvix.common.config import (
     BOOLEAN,
+    LISTEN,
     LOG_LEVEL,
     PORT,
     ConfigError,
@@ -599,7 +600,7 @@ director_port = 9000
 tls_strict = true
 [log]
 levle = debug
-[metrics]
+[metrix]
 enabled = yes
 [empty]
 """
@@ -611,7 +612,7 @@ enabled = yes
         f"{path}: [director] tls_strict: unknown key, ignored",
         f"{path}: [log] levle: unknown key, ignored",
         f"{path}: [DEFAULT]: unknown section, ignored",
-        f"{path}: [metrics]: unknown section, ignored",
+        f"{path}: [metrix]: unknown section, ignored",
         f"{path}: [empty]: unknown section, ignored",
     )
 
@@ -773,7 +774,7 @@ def test_default_file_parses_to_defaults(
 
 
 @pytest.mark.parametrize(
-    ("config_class", "key_lines"), [(DirectorConfig, 62), (AgentConfig, 27)]
+    ("config_class", "key_lines"), [(DirectorConfig, 64), (AgentConfig, 27)]
 )
 def test_uncommented_default_file_parses_to_defaults(
     config_class: type[DirectorConfig | AgentConfig], key_lines: int
@@ -959,3 +960,22 @@ def test_bad_store_urls_are_refused_without_echoing_secrets(
         parse_config(DirectorConfig, f"[store]\nurl = {url}\n", None)
     assert problem in str(caught.value)
     assert "secret" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "parsed"),
+    [
+        ("127.0.0.1:9445", "127.0.0.1:9445"),
+        ("0.0.0.0:9445", "0.0.0.0:9445"),
+        ("[::1]:9446", "[::1]:9446"),
+        ("", ""),
+    ],
+)
+def test_a_metrics_listen_address_is_an_ip_and_a_port(text: str, parsed: str) -> None:
+    assert LISTEN.parse(text) == parsed
+
+
+@pytest.mark.parametrize("text", ["127.0.0.1", "localhost:9445", ":9445", "1.2.3.4:0"])
+def test_a_metrics_listen_address_without_ip_or_port_is_refused(text: str) -> None:
+    with pytest.raises(ValueError):
+        LISTEN.parse(text)

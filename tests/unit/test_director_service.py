@@ -86,6 +86,7 @@ def test_the_tree_a_fresh_install_and_the_listener(
         "PeriodicJob",  # the access log's summary of agent updates
         "PeriodicJob",  # fleet listings rendered ahead
         "StreamServerEndpointService",
+        "StreamServerEndpointService",  # metrics, on loopback by default
     ]
     data = tmp_path / "data"
     assert {p.name for p in data.iterdir()} >= {
@@ -105,7 +106,8 @@ def test_the_tree_a_fresh_install_and_the_listener(
     root.startService()
     try:
         assert [(port, host) for port, _f, _b, host in reactor.tcpServers] == [
-            (18445, "127.0.0.1")
+            (18445, "127.0.0.1"),
+            (9445, "127.0.0.1"),
         ]
         factory = reactor.tcpServers[0][1]
         assert isinstance(factory, TLSMemoryBIOFactory)
@@ -118,6 +120,18 @@ def test_the_tree_a_fresh_install_and_the_listener(
             answers.append
         )
         assert [a.code for a in answers] == [200]
+        metrics = reactor.tcpServers[1][1]
+        assert isinstance(metrics, Site)
+        scraped: list[Any] = []
+        StubTreq(metrics.resource).get(  # type: ignore[attr-defined]
+            "http://127.0.0.1:9445/metrics"
+        ).addCallback(lambda answer: answer.text()).addBoth(scraped.append)
+        assert "dcvix_build_info{" in scraped[0]
+        for name in ("ca", "director"):
+            sample = (
+                f'dcvix_certificate_expiry_timestamp_seconds{{certificate="{name}"}}'
+            )
+            assert sample in scraped[0]
     finally:
         root.stopService()
 

@@ -24,8 +24,8 @@ from dcvix.director.runtime import (
     ServerState,
     Session,
     SessionsMemo,
-    parse_sessions,
     parse_report,
+    parse_sessions,
 )
 
 GUID = "5b0c7e1c-3f5e-4d2a-9d6b-1f2e3a4b5c6d"

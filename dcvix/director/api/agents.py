@@ -6,6 +6,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.web.iweb import IRequest
 
 from dcvix.common.clock import now_utc
+from dcvix.common.errors import ApiError, ServiceUnavailable, TooManyRequests
 from dcvix.common.http import (
     access_log,
     client_address,
@@ -15,8 +16,9 @@ from dcvix.common.http import (
 )
 from dcvix.common.jsonfields import decode
 from dcvix.director.api.authz import Role, authorized
-from dcvix.director.enrolment import Enrolment, PeerIdentity
+from dcvix.director.enrolment import Enrolment, PeerIdentity, PendingApproval
 from dcvix.director.exchange import ReportExchange
+from dcvix.director.metrics import DirectorMetrics
 from dcvix.director.registry import AgentRecord
 from dcvix.director.requests import RegisterRequest, RenewRequest
 from dcvix.director.runtime import RuntimeStore, SessionsMemo, parse_report
@@ -68,6 +70,7 @@ class AgentRoutes:
         tally: where stored updates are counted (for the log's summary).
         exchange: where accepted reports go for the other directors of a
             shared store (none with one director).
+        metrics: where updates, registrations and renewals are counted.
     """
 
     def __init__(
@@ -78,6 +81,7 @@ class AgentRoutes:
         clock: IReactorTime,
         tally: UpdateTally | None = None,
         exchange: ReportExchange | None = None,
+        metrics: DirectorMetrics | None = None,
     ) -> None:
         self._enrolment = enrolment
         self._runtime = runtime
@@ -86,6 +90,7 @@ class AgentRoutes:
         self.tally = tally if tally is not None else UpdateTally()
         self._sessions = SessionsMemo()
         self._exchange = exchange
+        self._metrics = metrics if metrics is not None else DirectorMetrics()
 
     @authorized("POST", "/v1/agent/register", role=Role.PUBLIC)
     async def register(self, request: IRequest) -> bytes:
@@ -95,8 +100,13 @@ class AgentRoutes:
         ``{"certificate", "ca", "agentId", "renewalIntervalSeconds"}``; 403
         ``pending approval`` or ``agent denied``; 400, 401, 409, 413, 429.
         """
-        body = decode(RegisterRequest, read_json(request))
-        answer = await self._enrolment.register(body, client_address(request))
+        try:
+            body = decode(RegisterRequest, read_json(request))
+            answer = await self._enrolment.register(body, client_address(request))
+        except ApiError as error:
+            self._metrics.registrations.labels(_outcome(error)).inc()
+            raise
+        self._metrics.registrations.labels("registered").inc()
         return json_response(request, 200, answer)
 
     @authorized("POST", "/v1/agent/renew", role=Role.AGENT_CERTIFICATE)
@@ -106,8 +116,13 @@ class AgentRoutes:
         Body ``{"csr"}``. 200 with ``{"certificate", "renewalIntervalSeconds"}``;
         403 while pending; 401 when revoked, denied or unknown; 409 key mismatch.
         """
-        body = decode(RenewRequest, read_json(request))
-        answer = await self._enrolment.renew(peer, body, client_address(request))
+        try:
+            body = decode(RenewRequest, read_json(request))
+            answer = await self._enrolment.renew(peer, body, client_address(request))
+        except ApiError as error:
+            self._metrics.renewals.labels(_outcome(error)).inc()
+            raise
+        self._metrics.renewals.labels("renewed").inc()
         return json_response(request, 200, answer)
 
     @authorized("POST", "/v1/agent/update", role=Role.AGENT)
@@ -119,19 +134,33 @@ class AgentRoutes:
         previous = await self._runtime.server(agent.hostname)
         raw = request.content.read() if request.content is not None else b""
         peer = client_address(request)
-        payload = parse_json(raw)
-        state = parse_report(
-            agent.guid,
-            agent.hostname,
-            payload,
-            peer,
-            now_utc(self._clock),
-            self._default_port,
-            previous,
-            self._sessions,
-        )
+        try:
+            payload = parse_json(raw)
+            state = parse_report(
+                agent.guid,
+                agent.hostname,
+                payload,
+                peer,
+                now_utc(self._clock),
+                self._default_port,
+                previous,
+                self._sessions,
+            )
+        except ApiError:
+            self._metrics.updates.labels("refused").inc()
+            raise
         await self._runtime.put(state)
         if self._exchange is not None:
             self._exchange.share(agent.guid, agent.hostname, peer, state, payload)
         self.tally.count(agent.guid)
+        self._metrics.updates.labels("accepted").inc()
         return json_response(request, 200, {})
+
+
+def _outcome(error: ApiError) -> str:
+    """A refused registration or renewal, as the metrics count it."""
+    if isinstance(error, PendingApproval):
+        return "pending"
+    if isinstance(error, TooManyRequests | ServiceUnavailable):
+        return "limited"
+    return "refused"

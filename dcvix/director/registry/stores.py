@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
+from dcvix.common.files import read_secret_line
 from dcvix.director.config import STORE_URL, DirectorConfig, StoreSection
 from dcvix.director.datadir import DirectorFiles
 from dcvix.director.registry import StoreError
@@ -44,18 +45,10 @@ def store_password(store: StoreSection) -> str:
     """
     if not store.password_file:
         return store.password
-    path = Path(store.password_file)
     try:
-        mode = path.stat().st_mode & 0o777
-        if mode & 0o077:
-            raise StoreError(
-                f"{path} is readable by other users (mode {mode:04o}); "
-                f"it must be 0600: chmod 600 {path}"
-            )
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as error:
-        raise StoreError(f"[store] password_file {path}: {error}") from None
-    return lines[0] if lines else ""
+        return read_secret_line(Path(store.password_file))
+    except ValueError as error:
+        raise StoreError(f"[store] password_file {error}") from None
 
 
 def describe_store(url: str) -> str:
