@@ -17,7 +17,7 @@ import datetime as dt
 from collections import Counter as Tally
 from collections.abc import Callable, Mapping
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from twisted.internet.interfaces import IReactorTime
 
 from dcvix.director.registry import AgentRegistry
@@ -28,6 +28,9 @@ SESSION_TYPES = ("console", "virtual")
 # The states ``dcv list-sessions`` reports; anything else counts as "other".
 SESSION_STATES = ("creating", "running", "closing", "deleted")
 REFRESH_AT_MOST = 1.0  # seconds between two computations of the gauges
+# Answers from memory take well under a millisecond; calls to agents seconds.
+QUICK = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+SLOW = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0)
 
 
 class DirectorMetrics:
@@ -73,6 +76,59 @@ class DirectorMetrics:
             "Locks set after too many failed logins, by what was locked: a user "
             "or an address.",
             ["kind"],
+            registry=into,
+        )
+        self.verifications = Counter(
+            "dcvix_dcv_verifications",
+            "DCV servers' connection token checks (POST /v1/user/authtokenverify) "
+            "by result: yes, no, error.",
+            ["result"],
+            registry=into,
+        )
+        self.verification_seconds = Histogram(
+            "dcvix_dcv_verification_seconds",
+            "How long a connection token check took.",
+            buckets=QUICK,
+            registry=into,
+        )
+        self.resolutions = Counter(
+            "dcvix_gateway_resolutions",
+            "DCV Connection Gateway requests (POST /resolveSession) by result: "
+            "found, not_found, invalid.",
+            ["result"],
+            registry=into,
+        )
+        self.resolution_seconds = Histogram(
+            "dcvix_gateway_resolution_seconds",
+            "How long a session resolution took.",
+            buckets=QUICK,
+            registry=into,
+        )
+        self.placements = Counter(
+            "dcvix_placements",
+            "Pool placements by outcome: placed, none_online, full, refused (not "
+            "the user's pool).",
+            ["outcome"],
+            registry=into,
+        )
+        self.placement_seconds = Histogram(
+            "dcvix_placement_seconds",
+            "How long choosing a server of a pool took.",
+            buckets=QUICK,
+            registry=into,
+        )
+        self.agent_calls = Counter(
+            "dcvix_agent_calls",
+            "Calls of the director to agents by route and outcome: ok, refused "
+            "(the agent answered an error), timeout, unreachable.",
+            ["route", "outcome"],
+            registry=into,
+        )
+        self.agent_call_seconds = Histogram(
+            "dcvix_agent_call_seconds",
+            "How long a call to an agent took, by route.",
+            ["route"],
+            buckets=SLOW,
             registry=into,
         )
         self.agents = Gauge(

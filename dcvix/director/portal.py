@@ -13,6 +13,7 @@ Sessions are the user's own: another user's session is "not found", never
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
@@ -29,6 +30,7 @@ from dcvix.common.errors import (
 )
 from dcvix.common.validate import InvalidInput, check_session_id
 from dcvix.director.connections import ConnectionTokens, Issued
+from dcvix.director.metrics import DirectorMetrics
 from dcvix.director.placement import CONSOLE, choose_server
 from dcvix.director.policy import ALLOW_CUSTOM, PolicyHolder
 from dcvix.director.requests import ConfigRequest, UserSessionRequest
@@ -119,6 +121,7 @@ class Portal:
         control: the fleet and the calls to agents.
         connections: connection tokens.
         dcv_port: the DCV servers' web port, for clients.
+        metrics: where placements are counted and timed.
     """
 
     def __init__(
@@ -127,7 +130,9 @@ class Portal:
         control: SessionControl,
         connections: ConnectionTokens,
         dcv_port: int,
+        metrics: DirectorMetrics | None = None,
     ) -> None:
+        self._metrics = metrics if metrics is not None else DirectorMetrics()
         self._policy = policy
         self._control = control
         self._connections = connections
@@ -299,16 +304,23 @@ class Portal:
         return await self._control.start(state.hostname, user, kind, None)
 
     async def _place(self, user: str, pool_id: str, kind: str) -> ServerState:
+        started = time.perf_counter()
+        counted = self._metrics.placements.labels
         grant = self.grant(user)
         members = grant.pools.get(pool_id)
         if members is None:
+            counted("refused").inc()
             raise Forbidden("not authorized for this pool")
         online = self._online_members(await self._servers(grant), members)
         if not online:
+            counted("none_online").inc()
             raise ServiceUnavailable(f"no server of pool {pool_id} is online")
         placed = choose_server(online, user, kind)
+        self._metrics.placement_seconds.observe(time.perf_counter() - started)
         if placed is None:
+            counted("full").inc()
             raise ServiceUnavailable(f"every console of pool {pool_id} is in use")
+        counted("placed").inc()
         return placed.server
 
     async def sessions(self, user: str) -> list[tuple[ServerState, Session]]:

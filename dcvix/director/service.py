@@ -452,6 +452,7 @@ def build_director(
         settings.config_allow,
         config.housekeeper.max_age,
         reactor,
+        metrics,
     )
     exchange = _exchange(
         registry, database, runtime, settings.agent_port, reactor, root
@@ -562,8 +563,12 @@ def build_director(
                 connections,
                 SessionResolver(runtime, connections, keeper.max_age, reactor),
                 settings.dcv_port,
+                metrics,
             ),
-            UserRoutes(Portal(policy, control, connections, settings.dcv_port), audit),
+            UserRoutes(
+                Portal(policy, control, connections, settings.dcv_port, metrics),
+                audit,
+            ),
             WebRoutes(web_root()),
             DocumentRoutes(lambda: api.routes),
         ],

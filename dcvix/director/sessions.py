@@ -8,6 +8,7 @@ never turned into a URL: the target is looked up among known servers.
 from __future__ import annotations
 
 import datetime as dt
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
@@ -34,6 +35,7 @@ from dcvix.common.validate import (
 )
 from dcvix.common.webclient import Answer
 from dcvix.director.agent_client import AgentAddress, AgentClient
+from dcvix.director.metrics import DirectorMetrics
 from dcvix.director.policy import valid_id
 from dcvix.director.registry import REGISTERED, AgentRegistry
 from dcvix.director.requests import ConfigRequest, CreateSessionRequest
@@ -97,7 +99,9 @@ class SessionControl:
         config_allow: Sequence[str],
         max_age: float,
         clock: IReactorTime,
+        metrics: DirectorMetrics | None = None,
     ) -> None:
+        self._metrics = metrics if metrics is not None else DirectorMetrics()
         self._runtime = runtime
         self._registry = registry
         self._client = client
@@ -196,11 +200,18 @@ class SessionControl:
     async def _call(
         self, target: AgentAddress, method: str, path: str, payload: Any = None
     ) -> Answer:
+        route = f"{method} {_route(path)}"
+        started = time.perf_counter()
+        outcome = "unreachable"
         try:
-            return await self._client.call(target, method, path, payload)
+            answer = await self._client.call(target, method, path, payload)
+            outcome = "ok" if answer.status < 400 else "refused"
+            return answer
         except DeferredTimeout:
+            outcome = "timeout"
             raise GatewayTimeout("the agent did not answer in time") from None
         except ApiError:
+            outcome = "refused"
             raise
         except Exception as error:
             log.warn(
@@ -209,6 +220,11 @@ class SessionControl:
                 error=str(error) or type(error).__name__,
             )
             raise BadGateway("the agent could not be reached") from None
+        finally:
+            self._metrics.agent_calls.labels(route, outcome).inc()
+            self._metrics.agent_call_seconds.labels(route).observe(
+                time.perf_counter() - started
+            )
 
     async def create(self, body: CreateSessionRequest) -> dict[str, str]:
         """``POST /v1/sessions``: a session on a server, for a user."""
@@ -371,3 +387,10 @@ class SessionControl:
         if answer.status != 200:
             raise BadGateway(f"the agent answered {answer.status}: {answer.error}")
         return {}
+
+
+def _route(path: str) -> str:
+    """A call's path as a metric label: never a session id."""
+    if path.startswith("/v1/sessions/"):
+        return "/v1/sessions/{id}"
+    return path

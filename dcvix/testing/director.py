@@ -42,6 +42,7 @@ from dcvix.director.config import DirectorSection, HousekeeperSection
 from dcvix.director.connections import ConnectionTokens
 from dcvix.director.enrolment import Enrolment, EnrolmentPolicy
 from dcvix.director.login import LoginService
+from dcvix.director.metrics import DirectorMetrics
 from dcvix.director.policy import PolicyHolder
 from dcvix.director.portal import Portal
 from dcvix.director.registry.engine import inline_runner
@@ -88,6 +89,7 @@ class DirectorHarness:
     admin: AgentAdmin
     sessions: SessionControl
     connections: ConnectionTokens
+    metrics: DirectorMetrics
 
     def resource(self) -> IResource:
         """The twisted.web resource serving every route."""
@@ -159,6 +161,7 @@ def director_harness(
     policy = PolicyHolder(policydb)
     authenticator = PasswordAuthenticator(passwords)
     tokens = TokenService(TOKEN_KEY, clock)
+    metrics = DirectorMetrics()
     logins = LoginService(
         authenticator,
         tokens,
@@ -166,6 +169,7 @@ def director_harness(
         registry,
         LoginThrottle(settings.login_max_failures, settings.login_lockout, clock),
         audit,
+        metrics=metrics,
     )
     runtime = MemoryRuntimeStore()
     agent_client = RecordingAgentClient()
@@ -176,6 +180,7 @@ def director_harness(
         settings.config_allow,
         HousekeeperSection().max_age,
         clock,
+        metrics,
     )
     admin = AgentAdmin(registry, audit, clock, own_names, sessions.forget)
     connections = ConnectionTokens(
@@ -191,7 +196,13 @@ def director_harness(
         max_body_bytes,
         Gate(logins, enrolment_service, Gateways(gateways, clock)),
         [
-            AgentRoutes(enrolment_service, runtime, settings.agent_port, clock),
+            AgentRoutes(
+                enrolment_service,
+                runtime,
+                settings.agent_port,
+                clock,
+                metrics=metrics,
+            ),
             AuthRoutes(logins),
             AdminRoutes(admin, authority.pem),
             SessionRoutes(sessions, audit, policy, FleetRenderer()),
@@ -201,10 +212,14 @@ def director_harness(
                     runtime, connections, HousekeeperSection().max_age, clock
                 ),
                 settings.dcv_port,
+                metrics,
             ),
             WebRoutes(web_root()),
             DocumentRoutes(lambda: root.routes),
-            UserRoutes(Portal(policy, sessions, connections, settings.dcv_port), audit),
+            UserRoutes(
+                Portal(policy, sessions, connections, settings.dcv_port, metrics),
+                audit,
+            ),
         ],
     )
     return DirectorHarness(
@@ -222,4 +237,5 @@ def director_harness(
         admin=admin,
         sessions=sessions,
         connections=connections,
+        metrics=metrics,
     )

@@ -345,3 +345,31 @@ def test_a_gateway_in_a_network_may_resolve(tmp_path: Path) -> None:
         assert call(stub, "POST", "/resolveSession?sessionId=s-bob").outcome == (
             resolved("s-bob", "ws-1")
         )
+
+
+def test_checks_and_resolutions_are_counted_and_timed(
+    director: DirectorHarness, stub: StubTreq
+) -> None:
+    def counted(name: str, **labels: str) -> float:
+        found = director.metrics.registry.get_sample_value(name, labels)
+        return 0.0 if found is None else found
+
+    token = director.connections.issue("bob", "ws-1", "s-bob").token
+    good = form(sessionId="s-bob", authenticationToken=token, clientAddress="10.1.1.1")
+    bad = form(sessionId="s-bob", authenticationToken="nope", clientAddress="10.1.1.1")
+    for body in (good, bad, bad):
+        post(stub, "/v1/user/authtokenverify", body, FORM)
+    for asked in ("sessionId=s-bob", "sessionId=s-nobody", "sessionId=-rf"):
+        call(stub, "POST", f"/resolveSession?{asked}")
+
+    assert [
+        counted("dcvix_dcv_verifications_total", result=r) for r in ["yes", "no"]
+    ] == [1, 2]
+    assert counted("dcvix_dcv_verification_seconds_count") == 3
+    results = ("found", "not_found", "invalid")
+    assert [counted("dcvix_gateway_resolutions_total", result=r) for r in results] == [
+        1,
+        1,
+        1,
+    ]
+    assert counted("dcvix_gateway_resolution_seconds_count") == 2  # the valid ones

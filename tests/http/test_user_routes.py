@@ -47,6 +47,12 @@ def done(work: Coroutine[Any, Any, T]) -> T:
     return value
 
 
+def counted(world: World, name: str, **labels: str) -> float:
+    """A sample of the director's metrics (0 when absent)."""
+    found = world.director.metrics.registry.get_sample_value(name, labels)
+    return 0.0 if found is None else found
+
+
 def guid(hostname: str) -> str:
     return f"00000000-0000-4000-8000-00000000000{hostname[-1]}"
 
@@ -273,6 +279,12 @@ def test_a_pool_session_goes_to_the_least_loaded_member(world: World) -> None:
     )
     assert answer.outcome == (200, {"sessionID": "dcvix_p", "serverId": "ws-3"})
     assert len(world.agent_calls) == 1
+    # Placed twice (the second placement found the session there), one call.
+    assert counted(world, "dcvix_placements_total", outcome="placed") == 2
+    assert counted(world, "dcvix_placement_seconds_count") == 2
+    call = {"route": "POST /v1/sessions", "outcome": "ok"}
+    assert counted(world, "dcvix_agent_calls_total", **call) == 1
+    assert counted(world, "dcvix_agent_call_seconds_count", route=call["route"]) == 1
 
 
 def test_a_pool_with_no_member_online_is_503(world: World) -> None:
@@ -290,6 +302,7 @@ def test_a_pool_with_no_member_online_is_503(world: World) -> None:
     )
     assert answer.code == 503
     assert world.agent_calls == []
+    assert counted(world, "dcvix_placements_total", outcome="none_online") == 2
 
 
 def test_an_offline_workstation_is_409(world: World) -> None:

@@ -15,6 +15,7 @@ Their contracts are DCV's, not ours (CONTRACT §2):
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs, unquote_to_bytes
 
@@ -28,6 +29,7 @@ from dcvix.common.networks import parse_address
 from dcvix.common.validate import InvalidInput, check_session_id
 from dcvix.director.api.authz import Role, authorized
 from dcvix.director.connections import ConnectionTokens
+from dcvix.director.metrics import DirectorMetrics
 from dcvix.director.resolver import SessionResolver
 
 log = Logger()
@@ -214,14 +216,20 @@ class DcvRoutes:
         connections: checks connection tokens.
         resolver: finds the server of a session id.
         dcv_port: the DCV web port given to the Gateway (``[director] dcv_port``).
+        metrics: where checks and resolutions are counted and timed.
     """
 
     def __init__(
-        self, connections: ConnectionTokens, resolver: SessionResolver, dcv_port: int
+        self,
+        connections: ConnectionTokens,
+        resolver: SessionResolver,
+        dcv_port: int,
+        metrics: DirectorMetrics | None = None,
     ) -> None:
         self._connections = connections
         self._resolver = resolver
         self._dcv_port = dcv_port
+        self._metrics = metrics if metrics is not None else DirectorMetrics()
 
     @authorized("POST", "/v1/user/authtokenverify", role=Role.PUBLIC)
     async def verify_token(self, request: IRequest) -> bytes:
@@ -236,6 +244,7 @@ class DcvRoutes:
         """
         request.setResponseCode(200)
         request.setHeader(b"Content-Type", XML_TYPE)
+        started = time.perf_counter()
         fields = form_fields(request)
         try:
             user = await self._connections.verify(
@@ -246,7 +255,11 @@ class DcvRoutes:
         except Exception:
             # The DCV server expects XML whatever went wrong (the store, say).
             log.failure("verifying a DCV connection token failed")
-            return REFUSED
+            user, result = None, "error"
+        else:
+            result = "no" if user is None else "yes"
+        self._metrics.verifications.labels(result).inc()
+        self._metrics.verification_seconds.observe(time.perf_counter() - started)
         return REFUSED if user is None else verified(user)
 
     @authorized("POST", "/resolveSession", role=Role.GATEWAY)
@@ -257,11 +270,20 @@ class DcvRoutes:
         "WebUrlPath"}``; 404 when no online server holds it (or two do and no
         connection token says which); 400 without a valid ``sessionId``.
         """
-        asked = _resolve_request(request)
+        started = time.perf_counter()
+        try:
+            asked = _resolve_request(request)
+        except BadRequest:
+            self._metrics.resolutions.labels("invalid").inc()
+            raise
         client = _client(asked.client_ip_address)
         state = await self._resolver.locate(
             asked.session_id, "" if client == "-" else client
         )
+        self._metrics.resolutions.labels(
+            "not_found" if state is None else "found"
+        ).inc()
+        self._metrics.resolution_seconds.observe(time.perf_counter() - started)
         if state is None:
             raise NotFound("session not found")
         log.debug(
