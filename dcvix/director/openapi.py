@@ -136,7 +136,21 @@ _ASSET_TYPES = tuple(dict.fromkeys(t.decode().split(";")[0] for t in TYPES.value
 OPERATIONS: dict[tuple[str, str], Operation] = {
     # ---------------------------------------------------------------- meta
     ("GET", "/v1/health"): Operation(
-        "health", "The director is up", "meta", (_ok(ref("Health")),)
+        "health",
+        "The director is up (or, with ready=1, ready for traffic)",
+        "meta",
+        (_ok(ref("Health")),),
+        errors={
+            503: "with `ready=1`: not ready (the store does not answer, or a "
+            "certificate expired); the error names what failed"
+        },
+        parameters=(
+            Parameter(
+                "ready",
+                "`1` or `true`: also check the store and the certificates, "
+                "for load balancers.",
+            ),
+        ),
     ),
     ("GET", "/v1/openapi.json"): Operation(
         "openapi",

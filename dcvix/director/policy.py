@@ -265,6 +265,8 @@ class PolicyHolder:
         self.folder = folder
         self._ignore_case = ignore_case
         self.current = load_policy(folder, ignore_case)
+        # Why the last reload was refused ("" after a good one).
+        self.reload_error = ""
         self._announce()
 
     def _announce(self) -> None:
@@ -287,7 +289,9 @@ class PolicyHolder:
                 "policy not reloaded, keeping the last good one: {error}",
                 error=str(error),
             )
+            self.reload_error = str(error)
             return False
         self.current = fresh
+        self.reload_error = ""
         self._announce()
         return True

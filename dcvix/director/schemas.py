@@ -238,7 +238,21 @@ SCHEMAS: dict[str, Schema] = {
     **{name: schema for name, (_kind, schema) in REQUESTS.items()},
     "Update": _UPDATE,
     "ReportedSession": _REPORTED_SESSION,
-    "Health": closed({"status": {"const": "healthy"}}),
+    "Health": {
+        "oneOf": [
+            closed({"status": {"const": "healthy"}}),
+            closed(
+                {
+                    "status": {"const": "ready"},
+                    "checks": {
+                        "type": "object",
+                        "additionalProperties": {"type": "string"},
+                    },
+                },
+                description="With `?ready=1`: each check's finding.",
+            ),
+        ]
+    },
     "UiConfig": closed(
         {
             "otp": {"type": "string", "enum": ["required", "optional", "none"]},

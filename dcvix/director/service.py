@@ -81,6 +81,7 @@ from dcvix.director.login import LoginService
 from dcvix.director.metrics import DirectorMetrics, FleetGauges
 from dcvix.director.policy import PolicyError, PolicyHolder, ensure_policy_files
 from dcvix.director.portal import Portal
+from dcvix.director.readiness import Readiness
 from dcvix.director.registry import StoreError
 from dcvix.director.registry.engine import Runner, pool_runner
 from dcvix.director.registry.postgres import PostgresEngine
@@ -572,6 +573,9 @@ def build_director(
             WebRoutes(web_root()),
             DocumentRoutes(lambda: api.routes),
         ],
+        Readiness(
+            registry, lambda: _expiries(authority.certificate, tls), policy, reactor
+        ),
     )
     site = DcvixSite(
         api.resource(),

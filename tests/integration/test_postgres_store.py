@@ -282,6 +282,9 @@ def test_the_database_going_away_answers_503_and_coming_back_serves_again(
     )
     token = admin_token(director)
     assert states(director, token) == {}
+    ready = call(director, "GET", "/v1/health?ready=1")
+    assert (ready.status, ready.body["status"]) == (200, "ready"), ready.body
+    assert ready.body["checks"]["database"] == "ok"
 
     mark = director.mark()
     with connections_refused(postgres, name):
@@ -293,6 +296,13 @@ def test_the_database_going_away_answers_503_and_coming_back_serves_again(
         assert answer.status == 503, (answer.status, answer.body)
         assert list(answer.body) == ["error"], answer.body
         assert "database" in answer.body["error"], answer.body
+        # A load balancer's readiness check says so; plain health stays Go's.
+        ready = call(director, "GET", "/v1/health?ready=1")
+        assert ready.status == 503, (ready.status, ready.body)
+        assert ready.body["error"].startswith("not ready: database unreachable")
+        assert ready.headers["Retry-After"] == "5"
+        health = call(director, "GET", "/v1/health")
+        assert (health.status, health.body) == (200, {"status": "healthy"})
         assert director.pid  # still running
         # dcvixctl, on the same config: one line naming the database.
         listed = director.ctl("agents", "list", check=False)
@@ -308,6 +318,7 @@ def test_the_database_going_away_answers_503_and_coming_back_serves_again(
         return answer.status == 200
 
     wait_for("the admin API after the database came back", served, BACK)
+    assert call(director, "GET", "/v1/health?ready=1").status == 200
     assert states(director, token) == {}
     director.wait_log(f"listening to {label} again", since=back, timeout=BACK)
     assert director.listed() == {}

@@ -23,6 +23,7 @@ from dcvix.common.http import (
 )
 from dcvix.common.ratelimit import LogBudget
 from dcvix.director.api.authz import Gate, Role, RouteSpec, authorized, routes_of
+from dcvix.director.readiness import Readiness
 from dcvix.director.registry import StoreError, StoreFull
 
 log = Logger()
@@ -160,9 +161,14 @@ class DirectorRoot:
     """
 
     def __init__(
-        self, max_body_bytes: int, gate: Gate, audiences: Sequence[object]
+        self,
+        max_body_bytes: int,
+        gate: Gate,
+        audiences: Sequence[object],
+        readiness: Readiness | None = None,
     ) -> None:
         self.max_body_bytes = max_body_bytes
+        self._readiness = readiness
         self.app = Klein()
         install_error_handlers(self.app, answer_failure)
         self.routes: list[RouteSpec] = []
@@ -203,6 +209,23 @@ class DirectorRoot:
         return self.max_body_bytes
 
     @authorized("GET", "/v1/health", role=Role.PUBLIC)
-    def health(self, request: IRequest) -> bytes:
-        """``GET /v1/health``: the director is up."""
-        return json_response(request, 200, {"status": "healthy"})
+    async def health(self, request: IRequest) -> bytes:
+        """``GET /v1/health``: the director is up (Go's answer).
+
+        ``?ready=1`` (or ``true``): 200 ``{"status": "ready", "checks"}`` when
+        the store answers and the certificates are valid, else 503 with
+        ``{"error"}`` naming what failed (see :mod:`dcvix.director.readiness`).
+        """
+        asked = request.args.get(b"ready", [b""])[-1].lower()
+        if asked not in (b"1", b"true", b"yes") or self._readiness is None:
+            return json_response(request, 200, {"status": "healthy"})
+        ready, checks = await self._readiness.check()
+        if ready:
+            return json_response(request, 200, {"status": "ready", "checks": checks})
+        request.setHeader(b"retry-after", b"5")
+        problems = "; ".join(
+            f"{name} {found}"
+            for name, found in checks.items()
+            if not found.startswith("ok")
+        )
+        return json_response(request, 503, {"error": f"not ready: {problems}"})
