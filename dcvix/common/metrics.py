@@ -155,14 +155,18 @@ class _Root(Resource):
 
     def render(self, request: Request) -> bytes:
         """``/`` itself."""
-        return error_response(request, 404, "not found: the metrics are at /metrics")
+        return _not_here(request)
 
 
 class _NotFound(Resource):
     isLeaf = True
 
     def render(self, request: Request) -> bytes:
-        return error_response(request, 404, "not found: the metrics are at /metrics")
+        return _not_here(request)
+
+
+def _not_here(request: Request) -> bytes:
+    return error_response(request, 404, "not found: the metrics are at /metrics")
 
 
 def metrics_listener(reactor: IReactorTCP, listen: str, page: MetricsPage) -> IService:

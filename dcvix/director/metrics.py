@@ -19,9 +19,13 @@ from collections.abc import Callable, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
 
-from dcvix.director.registry import AgentRegistry
+from dcvix.common.ratelimit import LogBudget
+from dcvix.director.registry import AgentRegistry, StoreError
 from dcvix.director.runtime import RuntimeStore, is_online
+
+log = Logger()
 
 AGENT_STATES = ("pending", "registered", "denied", "revoked")
 SESSION_TYPES = ("console", "virtual")
@@ -190,6 +194,7 @@ class FleetGauges:
         self._expiries = expiries
         self._clock = clock
         self._last = float("-inf")
+        self._trouble = LogBudget(1, 60.0, clock)
 
     async def refresh(self) -> None:
         """Compute the gauges, unless they were less than a second ago."""
@@ -198,9 +203,16 @@ class FleetGauges:
             return
         self._last = now
         metrics = self._metrics
-        states = Tally((await self._registry.states()).values())
-        for state in AGENT_STATES:
-            metrics.agents.labels(state).set(states.get(state, 0))
+        try:
+            states = Tally((await self._registry.states()).values())
+        except StoreError as error:
+            # The agents' gauges keep their last values; the rest is memory.
+            skipped = self._trouble.take()
+            if skipped is not None:
+                log.warn("metrics: agents by state not read: {error}", error=str(error))
+        else:
+            for state in AGENT_STATES:
+                metrics.agents.labels(state).set(states.get(state, 0))
         online = offline = clients = 0
         sessions: Tally[tuple[str, str]] = Tally()
         for server in await self._runtime.servers():

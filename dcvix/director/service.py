@@ -6,6 +6,7 @@ import datetime as dt
 import ipaddress
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -527,6 +528,7 @@ def build_director(
             client_cas=files.ca_pem,
         )
     )
+    expiries = partial(_expiries, authority.certificate, tls)
     sighup = SighupService(reactor)
     sighup.setServiceParent(root)
     tls_reload_job(tls, reactor, sighup).setServiceParent(root)
@@ -573,9 +575,7 @@ def build_director(
             WebRoutes(web_root()),
             DocumentRoutes(lambda: api.routes),
         ],
-        Readiness(
-            registry, lambda: _expiries(authority.certificate, tls), policy, reactor
-        ),
+        Readiness(registry, expiries, policy, reactor),
     )
     site = DcvixSite(
         api.resource(),
@@ -599,7 +599,7 @@ def build_director(
             registry,
             runtime,
             keeper.max_age,
-            lambda: _expiries(authority.certificate, tls),
+            expiries,
             reactor,
         )
         page = MetricsPage(metrics.registry, metrics_secret, gauges.refresh)

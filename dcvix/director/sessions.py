@@ -8,7 +8,6 @@ never turned into a URL: the target is looked up among known servers.
 from __future__ import annotations
 
 import datetime as dt
-import time
 import uuid
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
@@ -201,10 +200,10 @@ class SessionControl:
         self, target: AgentAddress, method: str, path: str, payload: Any = None
     ) -> Answer:
         route = f"{method} {_route(path)}"
-        started = time.perf_counter()
         outcome = "unreachable"
         try:
-            answer = await self._client.call(target, method, path, payload)
+            with self._metrics.agent_call_seconds.labels(route).time():
+                answer = await self._client.call(target, method, path, payload)
             outcome = "ok" if answer.status < 400 else "refused"
             return answer
         except DeferredTimeout:
@@ -222,9 +221,6 @@ class SessionControl:
             raise BadGateway("the agent could not be reached") from None
         finally:
             self._metrics.agent_calls.labels(route, outcome).inc()
-            self._metrics.agent_call_seconds.labels(route).observe(
-                time.perf_counter() - started
-            )
 
     async def create(self, body: CreateSessionRequest) -> dict[str, str]:
         """``POST /v1/sessions``: a session on a server, for a user."""

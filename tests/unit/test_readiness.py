@@ -6,7 +6,7 @@ import datetime as dt
 import json
 from pathlib import Path
 
-from twisted.internet.defer import ensureDeferred
+from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.task import Clock
 
 from dcvix.director.policy import PolicyHolder
@@ -81,3 +81,31 @@ def test_a_refused_policy_reload_is_reported_never_a_reason(tmp_path: Path) -> N
 
     assert ready
     assert checks["policy"].startswith("ok (the last reload failed: ")
+
+
+def test_callers_share_one_check_a_second(tmp_path: Path) -> None:
+    # Anyone may ask: the store sees at most one read a second from here.
+    subject = readiness(tmp_path, True, NOW + dt.timedelta(days=1))
+    store = subject._registry
+    reads: list[Deferred[int]] = []
+
+    async def count(state: str) -> int:
+        reads.append(Deferred())
+        return await reads[-1]
+
+    store.count = count  # type: ignore[method-assign]
+    asked = [ensureDeferred(subject.check()) for _ in range(3)]
+    assert len(reads) == 1  # the others wait for the first
+    reads[0].callback(3)
+    answers: list[bool] = []
+    for one in asked:
+        one.addCallback(lambda found: answers.append(found[0]))
+    assert answers == [True, True, True]
+
+    ensureDeferred(subject.check())  # within the second: the same finding
+    assert len(reads) == 1
+    clock = subject._clock
+    assert isinstance(clock, Clock)
+    clock.advance(1.0)
+    ensureDeferred(subject.check())
+    assert len(reads) == 2

@@ -719,10 +719,7 @@ def put_shared_txn(
     """Keep each agent's newest report and add grants, numbered in commit order."""
     with connection.transaction(agents=False):
         if reports:
-            row = connection.execute(
-                "SELECT max(change) FROM server_reports"
-            ).fetchone()
-            base = int(row[0] or 0) + 1
+            base = _last(connection, "server_reports", 0) + 1
             connection.executemany(
                 "INSERT INTO server_reports (guid, hostname, peer, received_at, "
                 "report, sessions, origin, change) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
@@ -745,10 +742,7 @@ def put_shared_txn(
                 ],
             )
         if grants:
-            row = connection.execute(
-                "SELECT max(change) FROM connection_grants"
-            ).fetchone()
-            base = int(row[0] or 0) + 1
+            base = _last(connection, "connection_grants", 0) + 1
             connection.executemany(
                 "INSERT INTO connection_grants (change, session_id, server, "
                 "expires_at, address, origin) VALUES (?, ?, ?, ?, ?, ?)",
