@@ -96,9 +96,6 @@ class DaemonProcess:
                 "director_host": "127.0.0.1",
                 "director_port": str(self.port),
             }
-            # Several directors run at once in some tests: no shared default
-            # port (tests that scrape give theirs a free one).
-            sections["metrics"] = {"listen": ""}
         else:
             sections[section] |= {
                 "bind_address": "127.0.0.1",
@@ -106,6 +103,9 @@ class DaemonProcess:
                 "director_host": "127.0.0.1",
                 "director_port": str(NO_DIRECTOR_PORT),
             }
+        # Several daemons run at once in most tests: no shared default port
+        # (tests that scrape give theirs a free one).
+        sections["metrics"] = {"listen": ""}
         for name, values in self.extra.items():
             sections.setdefault(name, {}).update(values)
         lines = []

@@ -15,6 +15,7 @@ from dcvix.common.config import (
     DURATION,
     FINGERPRINT,
     HOST_PORT,
+    LISTEN,
     PATH,
     PORT,
     POSITIVE_DURATION,
@@ -23,6 +24,7 @@ from dcvix.common.config import (
     Kind,
     LoadedConfig,
     LogSection,
+    MetricsSection,
     integer,
     setting,
 )
@@ -164,6 +166,18 @@ class AgentSection:
 
 
 @dataclass(frozen=True)
+class AgentMetricsSection(MetricsSection):
+    """``[metrics]`` of the agent: its API port never serves them (mTLS only)."""
+
+    listen: str = setting(
+        LISTEN,
+        "127.0.0.1:9446",
+        "Where Prometheus scrapes /metrics (plain HTTP; keep it on loopback or "
+        "set token_file); empty: nowhere.",
+    )
+
+
+@dataclass(frozen=True)
 class AgentLogSection(LogSection):
     """``[log]`` of the agent."""
 
@@ -178,6 +192,7 @@ class AgentConfig:
 
     source: LoadedConfig = field(default_factory=lambda: LoadedConfig(None))
     agent: AgentSection = field(default_factory=AgentSection)
+    metrics: AgentMetricsSection = field(default_factory=AgentMetricsSection)
     log: AgentLogSection = field(default_factory=AgentLogSection)
 
 

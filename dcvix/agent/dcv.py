@@ -16,13 +16,15 @@ import contextlib
 import datetime as dt
 import json
 import pwd
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from twisted.internet.defer import DeferredLock
 from twisted.logger import Logger
 
+from dcvix.agent.metrics import AgentMetrics
 from dcvix.common.gotime import format_time, parse_time
 from dcvix.common.process import CommandError, CommandResult, run_command
 from dcvix.common.validate import (
@@ -207,6 +209,13 @@ def parse_sessions(stdout: bytes) -> tuple[list[Session], list[str]]:
 # --------------------------------------------------------------------- runner
 
 
+_Parsed = TypeVar("_Parsed")
+
+
+def _as_is(result: CommandResult) -> CommandResult:
+    return result
+
+
 def _first_line(data: bytes) -> str:
     text = data.decode("utf-8", "replace").strip()
     return text.splitlines()[0][:200] if text else ""
@@ -219,20 +228,61 @@ class DcvCli:
         reactor: spawns processes and counts time.
         path: the ``dcv`` executable (``dcv_path``).
         timeout: seconds before one command's process group is killed.
+        metrics: counts each command and keeps the last listing's gauges.
     """
 
-    def __init__(self, reactor: Any, path: str, timeout: float) -> None:
+    def __init__(
+        self,
+        reactor: Any,
+        path: str,
+        timeout: float,
+        metrics: AgentMetrics | None = None,
+    ) -> None:
         self._reactor = reactor
         self.clock = reactor
         self._path = path
         self._timeout = timeout
+        self._metrics = metrics or AgentMetrics()
         self.lock = DeferredLock()
 
     async def _run(self, *args: str, limit: float | None = None) -> CommandResult:
+        return await self._call(args, limit, _as_is)
+
+    async def _call(
+        self,
+        args: Sequence[str],
+        limit: float | None,
+        parse: Callable[[CommandResult], _Parsed],
+    ) -> _Parsed:
+        """Run ``dcv ARGS`` and ``parse`` its result; counted by outcome.
+
+        Raises:
+            DcvError: no time left, dcv missing, timed out, failed, or
+                ``parse`` raised ValueError (``garbage``).
+        """
         operation = args[0]
         timeout = self._timeout if limit is None else min(self._timeout, limit)
         if timeout <= 0:
             raise DcvError("timeout", f"no time left to run dcv {operation}")
+        started = self.clock.seconds()
+        outcome = "failed"
+        try:
+            result = await self._spawn(args, operation, timeout)
+            try:
+                parsed = parse(result)
+            except ValueError as error:
+                raise DcvError("garbage", str(error)) from None
+            outcome = "ok"
+            return parsed
+        except DcvError as error:
+            outcome = error.kind
+            raise
+        finally:
+            self._metrics.count_dcv(operation, outcome, self.clock.seconds() - started)
+
+    async def _spawn(
+        self, args: Sequence[str], operation: str, timeout: float
+    ) -> CommandResult:
         try:
             result = await run_command(
                 self._reactor,
@@ -254,13 +304,12 @@ class DcvCli:
 
     async def list_sessions(self, limit: float | None = None) -> list[Session]:
         """``dcv list-sessions --json``; bad entries are logged and skipped."""
-        result = await self._run("list-sessions", "--json", limit=limit)
-        try:
-            sessions, problems = parse_sessions(result.stdout)
-        except ValueError as error:
-            raise DcvError("garbage", str(error)) from None
+        sessions, problems = await self._call(
+            ("list-sessions", "--json"), limit, lambda r: parse_sessions(r.stdout)
+        )
         for problem in problems:
             log.warn("skipped a session dcv listed: {problem}", problem=problem)
+        self._metrics.set_sessions(sessions, self.clock.seconds())
         return sessions
 
     async def create_session(

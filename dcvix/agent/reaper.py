@@ -16,10 +16,16 @@ from typing import Any
 from twisted.logger import Logger
 
 from dcvix.agent.dcv import DcvError, Session
+from dcvix.agent.metrics import AgentMetrics
 from dcvix.agent.sessions import SessionManager
 from dcvix.common.validate import InvalidInput
 
 log = Logger()
+
+
+def idle_kind(session: Session) -> str:
+    """The metrics' reason for reaping ``session``: disconnected or unused."""
+    return "disconnected" if session.last_disconnected else "unused"
 
 
 def reap_reason(
@@ -54,11 +60,13 @@ class Reaper:
         idle_timeout: float,
         reap_all: bool,
         clock: Any,
+        metrics: AgentMetrics | None = None,
     ) -> None:
         self._sessions = sessions
         self._idle_timeout = idle_timeout
         self._reap_all = reap_all
         self._clock = clock
+        self._metrics = metrics or AgentMetrics()
 
     def _still_idle(self, now: dt.datetime) -> Callable[[Session], bool]:
         def still_idle(fresh: Session) -> bool:
@@ -92,6 +100,7 @@ class Reaper:
                 # may have connected since the listing above.
                 if await self._sessions.close(session.id, self._still_idle(now)):
                     closed.append(session.id)
+                    self._metrics.reaped.labels(idle_kind(session)).inc()
                     log.info(
                         "reaped session {id} of {owner}: {reason}",
                         id=session.id,
@@ -100,6 +109,7 @@ class Reaper:
                     )
             except (DcvError, InvalidInput) as error:
                 # InvalidInput: dcv listed an id that close() refuses to pass on.
+                self._metrics.reap_failures.inc()
                 log.warn(
                     "could not reap session {id}: {error}",
                     id=session.id,

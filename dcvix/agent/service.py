@@ -22,6 +22,7 @@ from dcvix.agent.identity import (
     load_cas,
     load_or_create_identity,
 )
+from dcvix.agent.metrics import AgentMetrics
 from dcvix.agent.reaper import Reaper
 from dcvix.agent.report import Reporter, ReportSettings
 from dcvix.agent.sessions import CreatedSessions, SessionManager
@@ -30,12 +31,19 @@ from dcvix.agent.updater import Updater, first_delay
 from dcvix.common.daemon import (
     DaemonService,
     SighupService,
+    StartupError,
     private_dir,
     tls_listener,
     tls_reload_job,
 )
 from dcvix.common.http import DcvixSite
 from dcvix.common.jobs import PeriodicJob
+from dcvix.common.metrics import (
+    MetricsPage,
+    metrics_listener,
+    metrics_token,
+    new_registry,
+)
 from dcvix.common.pki import (
     AGENT_CN_PREFIX,
     public_key_fingerprint,
@@ -100,6 +108,20 @@ def _reachable_port(advertise_address: str, agent_port: int) -> int:
     return agent_port
 
 
+def _expiries(
+    files: AgentFiles, tls: ReloadingServerTLS, enrolled: bool
+) -> dict[str, dt.datetime]:
+    """When the agent's certificate (once enrolled) and its earliest CA expire."""
+    expiries = {}
+    served = tls.expires()
+    if enrolled and served is not None:
+        expiries["agent"] = served
+    cas = load_cas(files)
+    if cas:
+        expiries["ca"] = min(ca.not_valid_after_utc for ca in cas)
+    return expiries
+
+
 def build_agent(
     config: AgentConfig, reactor: Any, observer: ILogObserver | None = None
 ) -> DaemonService:
@@ -110,6 +132,11 @@ def build_agent(
     """
     settings = config.agent
     root = DaemonService("dcvix-agent", observer)
+    try:
+        metrics_secret = metrics_token(config.metrics)
+    except ValueError as error:
+        raise StartupError(str(error)) from None
+    metrics = AgentMetrics(new_registry("agent"))
     data_dir = private_dir(Path(settings.data_dir), "data_dir")
     files = AgentFiles(data_dir)
     key, guid = load_or_create_identity(files)
@@ -145,7 +172,7 @@ def build_agent(
     sighup.add(enrolment.poke)
     sighup.setServiceParent(root)
     tls_reload_job(tls, reactor, sighup).setServiceParent(root)
-    dcv = DcvCli(reactor, settings.dcv_path, settings.dcv_timeout)
+    dcv = DcvCli(reactor, settings.dcv_path, settings.dcv_timeout, metrics)
     sessions = SessionManager(
         dcv,
         CreatedSessions(data_dir / "sessions.json"),
@@ -171,6 +198,7 @@ def build_agent(
             directors,
             reactor,
             lambda: enrolment.enrolled,
+            metrics,
         )
         PeriodicJob(
             "update",
@@ -183,7 +211,11 @@ def build_agent(
         log.info("updates to the director are off (update_interval = 0)")
     if settings.reap_interval > 0:
         reaper = Reaper(
-            sessions, settings.idle_timeout, settings.reap_all_sessions, reactor
+            sessions,
+            settings.idle_timeout,
+            settings.reap_all_sessions,
+            reactor,
+            metrics,
         )
         PeriodicJob(
             "reaper",
@@ -206,6 +238,13 @@ def build_agent(
             request_timeout=settings.request_timeout,
         ),
     ).setServiceParent(root)
+    if config.metrics.listen:
+
+        async def refresh() -> None:
+            metrics.set_expiries(_expiries(files, tls, enrolment.enrolled))
+
+        page = MetricsPage(metrics.registry, metrics_secret, refresh)
+        metrics_listener(reactor, config.metrics.listen, page).setServiceParent(root)
     log.info(
         "dcvix-agent {version} {guid} for {hostname} listening on {host}:{port}, "
         "key fingerprint {fingerprint}",

@@ -17,6 +17,7 @@ from twisted.logger import Logger
 
 from dcvix.agent.directors import Director, Directors
 from dcvix.agent.identity import AgentFiles, SignerKey, load_cas
+from dcvix.agent.metrics import AgentMetrics
 from dcvix.agent.report import Reporter
 from dcvix.common.pki import load_certificates
 from dcvix.common.tls import director_client_tls
@@ -36,6 +37,7 @@ class Updater:
         directors: where to send it (the first that answers).
         reactor: network and clock.
         enrolled: whether the agent holds a certificate now.
+        metrics: counts reports by outcome, and their round trips.
     """
 
     def __init__(
@@ -46,6 +48,7 @@ class Updater:
         directors: Directors,
         reactor: Any,
         enrolled: Callable[[], bool],
+        metrics: AgentMetrics | None = None,
     ) -> None:
         self._files = files
         self._key = key
@@ -53,6 +56,7 @@ class Updater:
         self._directors = directors
         self._reactor = reactor
         self._enrolled = enrolled
+        self._metrics = metrics or AgentMetrics()
         self._client: JsonClient | None = None
         self._serial: int | None = None
         self._failing = False
@@ -78,14 +82,19 @@ class Updater:
             url = director.url("/v1/agent/update")
             return await client.call("POST", url, report, UPDATE_TIMEOUT)
 
+        started = self._reactor.seconds()
         try:
             answer = await self._directors.call(post_to)
         except Exception as error:
+            self._metrics.reports.labels("failed").inc()
             self._report_failure(str(error) or type(error).__name__)
             return
+        self._metrics.report_seconds.observe(self._reactor.seconds() - started)
         if answer.status != 200:
+            self._metrics.reports.labels("refused").inc()
             self._report_failure(f"{answer.status} {answer.error}")
             return
+        self._metrics.reports.labels("delivered").inc()
         if self._failing:
             log.info("updates reach the director again")
         self._failing = False

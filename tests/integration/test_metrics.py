@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import http.client
 import json
+import time
 from pathlib import Path
+from typing import Any
 
+import psutil
 import pytest
 from director_calls import admin_director, call
+from fake_dcv import FakeDcv
 from prometheus_client.parser import text_string_to_metric_families
 
 from daemons import free_port
-from fleet import Director, Fleet, enrol, https, wait_for
+from fleet import Agent, Director, Fleet, enrol, https, wait_for
 
 ADMIN, PASSWORD = "metrics-admin", "metrics-secret"
 TOKEN = "scrape-token-0123456789abcdef"
@@ -194,3 +198,165 @@ def test_a_token_file_others_can_read_stops_the_start(
     assert f"[metrics] token_file {token_file} is readable by other users" in (
         director.output.read_text()
     )
+
+
+# ------------------------------------------------------------------ the agent
+
+
+@pytest.fixture
+def agent_world(fleet: Fleet) -> tuple[Director, Agent, FakeDcv, int]:
+    """An enrolled agent on a fake ``dcv``, reporting and reaping every second.
+
+    Its metrics listen on a free loopback port behind TOKEN. Sessions idle for
+    a minute are reaped: the test's old sessions at once, its new one never.
+    """
+    token_file = fleet.folder / "agent-metrics-token"
+    token_file.write_text(TOKEN + "\n")
+    token_file.chmod(0o600)
+    director = fleet.director()
+    fake = FakeDcv(fleet.folder / "ws-m-dcv").install()
+    agent = fleet.agent(
+        director,
+        "ws-m",
+        start=False,
+        dcv_path=str(fake.path),
+        update_interval="1s",
+        reap_interval="1s",
+        idle_timeout="60s",
+    )
+    port = free_port()
+    agent.extra["metrics"] = {
+        "listen": f"127.0.0.1:{port}",
+        "token_file": str(token_file),
+    }
+    fleet.start(agent)
+    return director, agent, fake, port
+
+
+def test_an_agents_commands_reports_reaper_and_host_are_counted(
+    agent_world: tuple[Director, Agent, FakeDcv, int],
+) -> None:
+    director, agent, fake, port = agent_world
+    # Not enrolled: nothing sent, no certificate of its own yet.
+    before = samples(port)
+    assert value(before, "dcvix_agent_reports_total", outcome="delivered") == 0
+    assert value(before, "dcvix_build_info", daemon="agent", version=_version()) == 1
+    assert (
+        value(
+            before,
+            "dcvix_agent_certificate_expiry_timestamp_seconds",
+            certificate="agent",
+        )
+        == 0
+    )
+
+    # Two idle sessions dcvix made long ago (reaped at once), one in use (kept).
+    long_ago = time.time() - 7200
+    fake.add_session("dcvix_unused", "bob", created=long_ago)
+    fake.add_session("dcvix_left", "bob", created=long_ago, disconnected=long_ago + 60)
+    fake.add_session("dcvix_busy", "carol", created=long_ago, connections=2)
+    enrol(director, agent)
+
+    def reaped() -> Samples | None:
+        found = samples(port)
+        done = value(found, "dcvix_agent_reaped_sessions_total", reason="unused") and (
+            value(found, "dcvix_agent_reaped_sessions_total", reason="disconnected")
+        )
+        delivered = value(found, "dcvix_agent_reports_total", outcome="delivered")
+        # The gauges are the last listing's: one made after the reaper's closes.
+        left = value(found, "dcvix_agent_sessions", type="virtual", state="other")
+        return found if done and delivered >= 2 and left == 1 else None
+
+    found = wait_for("two reaped sessions, two reports, one left", reaped, 60)
+    assert fake.session_ids() == ["dcvix_busy"]
+    for reason in ("unused", "disconnected"):
+        assert value(found, "dcvix_agent_reaped_sessions_total", reason=reason) == 1
+    assert value(found, "dcvix_agent_reap_failures_total") == 0
+    assert value(found, "dcvix_agent_reports_total", outcome="refused") == 0
+    assert value(found, "dcvix_agent_report_seconds_count") >= 2
+    closed = value(
+        found, "dcvix_agent_dcv_commands_total", command="close-session", outcome="ok"
+    )
+    assert closed == 2
+    listed = value(
+        found, "dcvix_agent_dcv_commands_total", command="list-sessions", outcome="ok"
+    )
+    assert listed >= 3  # two reports and a reaper pass at least
+    assert value(found, "dcvix_agent_session_clients") == 2
+    assert value(found, "dcvix_agent_sessions", type="virtual", state="other") == 1
+    now = time.time()
+    assert value(found, "dcvix_agent_sessions_listed_timestamp_seconds") > now - 60
+    for certificate in ("agent", "ca"):
+        expiry = value(
+            found,
+            "dcvix_agent_certificate_expiry_timestamp_seconds",
+            certificate=certificate,
+        )
+        assert expiry > now
+    assert value(found, "dcvix_agent_memory_total_bytes") == (
+        psutil.virtual_memory().total
+    )
+    assert value(found, "dcvix_agent_cpu_seconds_total", mode="idle") > 0
+
+    # What the director asks: one create, one set-config that dcv refuses.
+    before = samples(port)
+    as_director: dict[str, Any] = {
+        "cafile": director.ca_file,
+        "cert": director.server_crt,
+        "key": director.server_key,
+    }
+    body = {"userId": "john", "sessionType": "console", "sessionId": "test"}
+    status, _ = https(
+        agent.port, "/v1/sessions", method="POST", body=body, **as_director
+    )
+    assert status == 201
+    fake.hook("set-config", exit=1, stderr="ERROR: no such section\n")
+    quality = {"config": [{"section": "display", "key": "quality", "value": "(0,9)"}]}
+    status, _ = https(
+        agent.port, "/v1/config", method="POST", body=quality, **as_director
+    )
+    assert status == 502
+    after = samples(port)
+    for command, outcome, count in (
+        ("create-session", "ok", 1),
+        ("set-config", "failed", 1),
+        ("set-config", "ok", 0),
+        ("close-session", "ok", 0),
+    ):
+        assert (
+            moved(
+                before,
+                after,
+                "dcvix_agent_dcv_commands_total",
+                command=command,
+                outcome=outcome,
+            )
+            == count
+        ), (command, outcome)
+    assert (
+        moved(
+            before,
+            after,
+            "dcvix_agent_dcv_command_seconds_count",
+            command="create-session",
+        )
+        == 1
+    )
+
+    # The API port serves no metrics, even to the director.
+    status, answer = https(agent.port, "/metrics", **as_director)
+    assert status == 404 and "error" in answer
+    assert scrape(port, "wrong")[0] == 401
+
+    # No director answers: the reports fail, and say so.
+    director.stop()
+
+    def failed() -> Samples | None:
+        found = samples(port)
+        return (
+            found
+            if value(found, "dcvix_agent_reports_total", outcome="failed")
+            else None
+        )
+
+    wait_for("a failed report", failed, 60)

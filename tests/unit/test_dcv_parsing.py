@@ -15,6 +15,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from twisted.internet.defer import ensureDeferred
+from twisted.internet.task import Clock
 from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import globalLogPublisher
 
@@ -29,8 +30,9 @@ from dcvix.agent.dcv import (
     parse_session,
     parse_sessions,
 )
+from dcvix.agent.metrics import AgentMetrics
 from dcvix.common.gotime import format_time, parse_time
-from dcvix.common.process import CommandResult
+from dcvix.common.process import CommandError, CommandResult
 from dcvix.common.validate import (
     InvalidInput,
     NotAllowed,
@@ -449,11 +451,46 @@ def events() -> Iterator[EventLoggingObserver]:
     globalLogPublisher.removeObserver(observer)
 
 
-def _fake_run(stdout: bytes, exit_code: int = 0) -> Any:
+def _fake_run(
+    stdout: bytes, exit_code: int | None = 0, timed_out: bool = False, took: float = 0.0
+) -> Any:
     async def run_command(reactor: Any, argv: list[str], **kwargs: Any) -> Any:
-        return CommandResult(stdout, b"", exit_code, None, False, False)
+        reactor.advance(took)
+        return CommandResult(stdout, b"", exit_code, None, timed_out, False)
 
     return run_command
+
+
+async def _cannot_start(reactor: Any, argv: list[str], **kwargs: Any) -> Any:
+    raise CommandError(f"{argv[0]}: no such file")
+
+
+@pytest.mark.parametrize(
+    ("runner", "outcome"),
+    [
+        (_fake_run(b"[]", took=0.3), "ok"),
+        (_fake_run(b"", exit_code=1, took=0.3), "failed"),
+        (_fake_run(b"", exit_code=None, timed_out=True, took=0.3), "timeout"),
+        (_fake_run(b"Segmentation fault", took=0.3), "garbage"),
+        (_cannot_start, "missing"),
+    ],
+)
+def test_each_command_is_counted_by_outcome_with_its_time(
+    monkeypatch: pytest.MonkeyPatch, runner: Any, outcome: str
+) -> None:
+    monkeypatch.setattr(dcv_module, "run_command", runner)
+    metrics = AgentMetrics()
+    cli = DcvCli(Clock(), "/usr/bin/dcv", 20, metrics)
+    ensureDeferred(cli.list_sessions()).addErrback(lambda failure: None)
+    registry = metrics.registry
+    labels = {"command": "list-sessions", "outcome": outcome}
+    assert registry.get_sample_value("dcvix_agent_dcv_commands_total", labels) == 1
+    took = registry.get_sample_value(
+        "dcvix_agent_dcv_command_seconds_sum", {"command": "list-sessions"}
+    )
+    assert took == (0.0 if outcome == "missing" else 0.3)
+    listed = registry.get_sample_value("dcvix_agent_sessions_listed_timestamp_seconds")
+    assert listed == (0.3 if outcome == "ok" else 0.0)
 
 
 def test_list_sessions_logs_each_skipped_entry(
@@ -461,7 +498,7 @@ def test_list_sessions_logs_each_skipped_entry(
 ) -> None:
     stdout = b'[{"id": "s1"}, {"id": "s2", "creation-time": "noon"}, 3]'
     monkeypatch.setattr(dcv_module, "run_command", _fake_run(stdout))
-    done = ensureDeferred(DcvCli(None, "/usr/bin/dcv", 20).list_sessions())
+    done = ensureDeferred(DcvCli(Clock(), "/usr/bin/dcv", 20).list_sessions())
     assert done.called
     assert done.result == [Session(id="s1")]
     skipped = [
@@ -478,7 +515,7 @@ def test_list_sessions_garbage_is_a_dcv_error(
 ) -> None:
     monkeypatch.setattr(dcv_module, "run_command", _fake_run(b"Segmentation fault"))
     errors: list[Any] = []
-    ensureDeferred(DcvCli(None, "/usr/bin/dcv", 20).list_sessions()).addErrback(
+    ensureDeferred(DcvCli(Clock(), "/usr/bin/dcv", 20).list_sessions()).addErrback(
         errors.append
     )
     assert len(errors) == 1
