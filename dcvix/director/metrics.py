@@ -34,6 +34,9 @@ SESSION_STATES = ("creating", "running", "closing", "deleted")
 REFRESH_AT_MOST = 1.0  # seconds between two computations of the gauges
 # Answers from memory take well under a millisecond; calls to agents seconds.
 QUICK = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+# An agent's reports come every update_interval, late by a network's delays
+# when all is well, by minutes when an agent or a link struggles.
+LAG = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 SLOW = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0)
 
 
@@ -52,6 +55,14 @@ class DirectorMetrics:
             "Agents' reports (POST /v1/agent/update) by outcome: accepted, or "
             "refused for a body that does not validate.",
             ["outcome"],
+            registry=into,
+        )
+        self.update_lag = Histogram(
+            "dcvix_agent_update_lag_seconds",
+            "How late each accepted report came: the time since the same agent's "
+            "previous report, less the update_interval it announced (0 when on "
+            "time; not observed for an agent's first report to this director).",
+            buckets=LAG,
             registry=into,
         )
         self.registrations = Counter(

@@ -125,7 +125,9 @@ def test_registrations_updates_and_the_fleet_are_counted(
     reported = samples(port)
     # Two reports with the agent's certificate, and one that is refused.
     good: dict[str, object] = {"sessions": [], "stats": {}, "tags": []}
-    for body in (good, good, {"sessions": 5}):
+    # The second announces a 1 ms interval: it comes late by the time between.
+    hasty = good | {"update_interval": 0.001}
+    for body in (good, hasty, {"sessions": 5}):
         https(
             daemon.port,
             "/v1/agent/update",
@@ -140,6 +142,9 @@ def test_registrations_updates_and_the_fleet_are_counted(
     assert moved(before, after, "dcvix_registrations_total", outcome="registered") == 1
     assert moved(reported, after, "dcvix_agent_updates_total", outcome="accepted") == 2
     assert moved(reported, after, "dcvix_agent_updates_total", outcome="refused") == 1
+    # The first report has no previous one to be late after.
+    assert moved(reported, after, "dcvix_agent_update_lag_seconds_count") == 1
+    assert moved(reported, after, "dcvix_agent_update_lag_seconds_sum") > 0
     # Gauges are computed at most once a second, at a scrape.
     after = wait_for("the gauges of the new server", lambda: online(port), 30)
     assert value(after, "dcvix_agents", state="registered") == 1

@@ -94,6 +94,7 @@ class AgentRoutes:
         # Bound once: the update route is the director's hottest path.
         self._accepted = self._metrics.updates.labels("accepted")
         self._refused = self._metrics.updates.labels("refused")
+        self._lag = self._metrics.update_lag
 
     @authorized("POST", "/v1/agent/register", role=Role.PUBLIC)
     async def register(self, request: IRequest) -> bytes:
@@ -153,6 +154,13 @@ class AgentRoutes:
             self._refused.inc()
             raise
         await self._runtime.put(state)
+        if (
+            previous is not None
+            and previous.guid == agent.guid
+            and state.update_interval
+        ):
+            late = state.seen_at - previous.seen_at - state.update_interval
+            self._lag.observe(max(late, 0.0))
         if self._exchange is not None:
             self._exchange.share(agent.guid, agent.hostname, peer, state, payload)
         self.tally.count(agent.guid)
