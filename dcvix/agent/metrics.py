@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from dcvix.agent.dcv import Session
 
 DCV_COMMANDS = ("list-sessions", "create-session", "close-session", "set-config")
+DCV_OUTCOMES = ("ok", "failed", "timeout", "missing", "garbage")
 SESSION_TYPES = ("console", "virtual")
 # The states ``dcv list-sessions`` reports; anything else counts as "other".
 SESSION_STATES = ("creating", "running", "closing", "deleted")
@@ -110,8 +111,15 @@ class AgentMetrics:
             ["certificate"],
             registry=into,
         )
+        # Every series of a bounded set exists from the start: 0, not "no data".
         for command in DCV_COMMANDS:
             self.dcv_command_seconds.labels(command)
+            for outcome in DCV_OUTCOMES:
+                self.dcv_commands.labels(command, outcome)
+        for outcome in ("delivered", "refused", "failed"):
+            self.reports.labels(outcome)
+        for reason in ("disconnected", "unused"):
+            self.reaped.labels(reason)
         HostCollector(registry=into)
 
     def count_dcv(self, command: str, outcome: str, seconds: float) -> None:
@@ -213,6 +221,12 @@ def read_host() -> HostFigures:
         memory_available=float(memory.available),
         memory_total=float(memory.total),
         cores=psutil.cpu_count(logical=False) or psutil.cpu_count() or 0,
-        cpu_seconds=psutil.cpu_times()._asdict(),
+        # Linux counts guest time inside user and nice already: left out, a
+        # sum over modes is the CPUs' time.
+        cpu_seconds={
+            mode: seconds
+            for mode, seconds in psutil.cpu_times()._asdict().items()
+            if mode not in ("guest", "guest_nice")
+        },
         load=os.getloadavg(),
     )

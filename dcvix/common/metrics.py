@@ -27,6 +27,7 @@ from prometheus_client import (
     Info,
     PlatformCollector,
     ProcessCollector,
+    disable_created_metrics,
     generate_latest,
 )
 from twisted.application.internet import StreamServerEndpointService
@@ -51,7 +52,12 @@ PATH = b"metrics"
 
 
 def new_registry(daemon: str) -> CollectorRegistry:
-    """A daemon's registry: process, platform and GC metrics, and build info."""
+    """A daemon's registry: process, platform and GC metrics, and build info.
+
+    Counters and histograms get no ``*_created`` series (the library's
+    switch is process-wide): they doubled a scrape for nothing dashboards use.
+    """
+    disable_created_metrics()
     registry = CollectorRegistry()
     ProcessCollector(registry=registry)
     PlatformCollector(registry=registry)

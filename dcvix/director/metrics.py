@@ -51,14 +51,14 @@ class DirectorMetrics:
         self.registry = registry if registry is not None else CollectorRegistry()
         into = self.registry
         self.updates = Counter(
-            "dcvix_agent_updates",
+            "dcvix_updates_received",
             "Agents' reports (POST /v1/agent/update) by outcome: accepted, or "
             "refused for a body that does not validate.",
             ["outcome"],
             registry=into,
         )
         self.update_lag = Histogram(
-            "dcvix_agent_update_lag_seconds",
+            "dcvix_update_lag_seconds",
             "How late each accepted report came: the time since the same agent's "
             "previous report, less the update_interval it announced (0 when on "
             "time; not observed for an agent's first report to this director).",
@@ -75,14 +75,16 @@ class DirectorMetrics:
         )
         self.renewals = Counter(
             "dcvix_renewals",
-            "Certificate renewals by outcome: renewed or refused.",
+            "Certificate renewals by outcome: renewed, refused, limited (too many at "
+            "once).",
             ["outcome"],
             registry=into,
         )
         self.logins = Counter(
             "dcvix_logins",
             "Logins (admin and user) by back end and outcome: ok, rejected, "
-            "locked, unavailable (the back end could not decide), invalid.",
+            "locked, unavailable (the back end could not decide), invalid, "
+            "abandoned (the client hung up while its back end decided).",
             ["backend", "outcome"],
             registry=into,
         )
@@ -133,19 +135,30 @@ class DirectorMetrics:
             registry=into,
         )
         self.agent_calls = Counter(
-            "dcvix_agent_calls",
+            "dcvix_calls_to_agents",
             "Calls of the director to agents by route and outcome: ok, refused "
             "(the agent answered an error), timeout, unreachable.",
             ["route", "outcome"],
             registry=into,
         )
         self.agent_call_seconds = Histogram(
-            "dcvix_agent_call_seconds",
+            "dcvix_call_to_agent_seconds",
             "How long a call to an agent took, by route.",
             ["route"],
             buckets=SLOW,
             registry=into,
         )
+        # Every series of a bounded set exists from the start: 0, not "no data".
+        for counter, outcomes in (
+            (self.updates, ("accepted", "refused")),
+            (self.registrations, ("registered", "pending", "refused", "limited")),
+            (self.renewals, ("renewed", "refused", "limited")),
+            (self.verifications, ("yes", "no", "error")),
+            (self.resolutions, ("found", "not_found", "invalid")),
+            (self.placements, ("placed", "none_online", "full", "refused")),
+        ):
+            for outcome in outcomes:
+                counter.labels(outcome)
         self.agents = Gauge(
             "dcvix_agents", "Agents in the store by state.", ["state"], registry=into
         )

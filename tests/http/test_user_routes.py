@@ -283,8 +283,8 @@ def test_a_pool_session_goes_to_the_least_loaded_member(world: World) -> None:
     assert counted(world, "dcvix_placements_total", outcome="placed") == 2
     assert counted(world, "dcvix_placement_seconds_count") == 2
     call = {"route": "POST /v1/sessions", "outcome": "ok"}
-    assert counted(world, "dcvix_agent_calls_total", **call) == 1
-    assert counted(world, "dcvix_agent_call_seconds_count", route=call["route"]) == 1
+    assert counted(world, "dcvix_calls_to_agents_total", **call) == 1
+    assert counted(world, "dcvix_call_to_agent_seconds_count", route=call["route"]) == 1
 
 
 def test_a_pool_with_no_member_online_is_503(world: World) -> None:

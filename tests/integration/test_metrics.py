@@ -140,11 +140,15 @@ def test_registrations_updates_and_the_fleet_are_counted(
     after = samples(port)
     assert moved(before, after, "dcvix_registrations_total", outcome="pending") >= 1
     assert moved(before, after, "dcvix_registrations_total", outcome="registered") == 1
-    assert moved(reported, after, "dcvix_agent_updates_total", outcome="accepted") == 2
-    assert moved(reported, after, "dcvix_agent_updates_total", outcome="refused") == 1
+    assert (
+        moved(reported, after, "dcvix_updates_received_total", outcome="accepted") == 2
+    )
+    assert (
+        moved(reported, after, "dcvix_updates_received_total", outcome="refused") == 1
+    )
     # The first report has no previous one to be late after.
-    assert moved(reported, after, "dcvix_agent_update_lag_seconds_count") == 1
-    assert moved(reported, after, "dcvix_agent_update_lag_seconds_sum") > 0
+    assert moved(reported, after, "dcvix_update_lag_seconds_count") == 1
+    assert moved(reported, after, "dcvix_update_lag_seconds_sum") > 0
     # Gauges are computed at most once a second, at a scrape.
     after = wait_for("the gauges of the new server", lambda: online(port), 30)
     assert value(after, "dcvix_agents", state="registered") == 1
