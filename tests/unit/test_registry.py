@@ -26,9 +26,9 @@ from dcvix.common.errors import Conflict, NotFound
 from dcvix.common.gotime import parse_stored_time
 from dcvix.common.threads import ThreadPoolService
 from dcvix.director.registry import (
-    ActionResult,
     AgentRecord,
     AuditEntry,
+    AuditQuery,
     Pinning,
     StoreError,
     StoreFull,
@@ -296,6 +296,8 @@ def test_connect_creates_the_tables_0600(tmp_path: Path) -> None:
         "action",
         "target",
         "detail",
+        "address",
+        "outcome",
     ]
     assert columns(connection, "revoked_tokens") == ["hash", "expires_at"]
     assert columns(connection, "identity") == ["name", "value"]
@@ -329,7 +331,7 @@ def test_connect_creates_the_tables_0600(tmp_path: Path) -> None:
         "agents_state",
     ]
     assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert SCHEMA_VERSION == 6
+    assert SCHEMA_VERSION == 7
     assert user_version(connection) == SCHEMA_VERSION
     connection.close()
 
@@ -991,7 +993,10 @@ def test_approve_turns_a_claim_into_the_pin(db: Connection) -> None:
     result = engine.approve_txn(db, A, "os:alice", LATER, claimed_key=KEY_B)
 
     record = get(db, A)
-    assert result == ActionResult(record, ())
+    assert (result.record, result.replaced) == (record, ())
+    assert [(e.action, e.detail) for e in result.entries] == [
+        ("approve claim", f"key={KEY_B}")
+    ]
     assert (record.state, record.key_fingerprint, record.pinned) == (
         "registered",
         KEY_B,
@@ -1558,3 +1563,93 @@ def test_only_agent_writes_make_memory_of_agents_stale(pg_store: PostgresStore) 
         assert connection.agents_changed
     finally:
         connection.close()
+
+
+# ------------------------------------------------------------ the audit trail
+
+
+def _trail(connection: Connection) -> None:
+    """Five lines a minute apart from 09:00, as the director writes them."""
+    start = dt.datetime(2025, 3, 1, 9, 0, tzinfo=UTC)
+    for minute, (actor, action, address, outcome) in enumerate(
+        [
+            ("alice", "login", "10.0.0.7", "ok"),
+            ("admin:alice", "approve", "10.0.0.7", "ok"),
+            ("bob", "login failed", "10.0.0.8", "failed"),
+            ("os:root", "revoke", "", "ok"),
+            ("100%_sure", "login", "10.0.0.9", "ok"),
+        ]
+    ):
+        engine.audit_txn(
+            connection,
+            AuditEntry(
+                start + dt.timedelta(minutes=minute),
+                actor,
+                action,
+                "target",
+                "",
+                address,
+                outcome,
+            ),
+        )
+
+
+def _actors(connection: Connection, **query: Any) -> list[str]:
+    return [
+        line.entry.actor
+        for line in engine.audit_query_txn(connection, AuditQuery(**query))
+    ]
+
+
+def test_audit_lines_keep_their_address_and_outcome(db: Connection) -> None:
+    _trail(db)
+    [newest, *_rest] = engine.audit_query_txn(db, AuditQuery(limit=5))
+    assert newest.entry == AuditEntry(
+        dt.datetime(2025, 3, 1, 9, 4, tzinfo=UTC),
+        "100%_sure",
+        "login",
+        "target",
+        "",
+        "10.0.0.9",
+        "ok",
+    )
+    failed = engine.audit_query_txn(db, AuditQuery(action="login failed"))
+    assert [(f.entry.address, f.entry.outcome) for f in failed] == [
+        ("10.0.0.8", "failed")
+    ]
+
+
+def test_audit_query_filters_newest_first(db: Connection) -> None:
+    _trail(db)
+    nine = dt.datetime(2025, 3, 1, 9, 0, tzinfo=UTC)
+    assert _actors(db) == ["100%_sure", "os:root", "bob", "admin:alice", "alice"]
+    # actor: contained, in any case; its % and _ are no wildcards.
+    assert _actors(db, actor="ALICE") == ["admin:alice", "alice"]
+    assert _actors(db, actor="%") == ["100%_sure"]
+    assert _actors(db, actor="_") == ["100%_sure"]
+    assert _actors(db, action="login") == ["100%_sure", "alice"]
+    # since included, until excluded.
+    since, until = nine + dt.timedelta(minutes=1), nine + dt.timedelta(minutes=3)
+    assert _actors(db, since=since, until=until) == ["bob", "admin:alice"]
+    assert _actors(db, actor="alice", action="approve", since=since) == ["admin:alice"]
+
+
+def test_audit_pages_follow_the_cursor(db: Connection) -> None:
+    _trail(db)
+    first = engine.audit_query_txn(db, AuditQuery(limit=2))
+    second = engine.audit_query_txn(db, AuditQuery(limit=2, after=first[-1].id))
+    third = engine.audit_query_txn(db, AuditQuery(limit=2, after=second[-1].id))
+    pages = [[line.entry.actor for line in page] for page in (first, second, third)]
+    assert pages == [["100%_sure", "os:root"], ["bob", "admin:alice"], ["alice"]]
+    ids = [line.id for page in (first, second, third) for line in page]
+    assert ids == sorted(ids, reverse=True)
+
+
+def test_audit_vacuum_forgets_lines_older_than_the_bound(db: Connection) -> None:
+    _trail(db)
+    bound = dt.datetime(2025, 3, 1, 9, 2, tzinfo=UTC)
+    assert engine.vacuum_audit_txn(db, bound, batch=1) == 1  # oldest first
+    assert _actors(db) == ["100%_sure", "os:root", "bob", "admin:alice"]
+    assert engine.vacuum_audit_txn(db, bound) == 1
+    assert _actors(db) == ["100%_sure", "os:root", "bob"]
+    assert engine.vacuum_audit_txn(db, bound) == 0

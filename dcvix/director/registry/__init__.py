@@ -98,17 +98,55 @@ class ActionResult:
 
     record: AgentRecord
     replaced: tuple[str, ...] = ()
+    # The audit lines its transaction wrote, for the log and the exports.
+    entries: tuple[AuditEntry, ...] = ()
 
 
 @dataclass(frozen=True)
 class AuditEntry:
-    """One line of the audit trail."""
+    """One line of the audit trail.
+
+    ``actor`` is who acted (a user id, ``admin:<id>``, ``os:<user>`` for
+    ``dcvixctl``, ``auto_approve``, an agent's GUID); ``address`` where the
+    request came from (empty for ``dcvixctl`` and the director's own work);
+    ``outcome`` ``ok``, or ``failed``/``refused`` for what did not happen.
+    ``detail`` never holds a secret (no password, token or OTP).
+    """
 
     time: dt.datetime | None
     actor: str
     action: str
     target: str
     detail: str = ""
+    address: str = ""
+    outcome: str = "ok"
+
+
+@dataclass(frozen=True)
+class StoredAudit:
+    """An audit line as stored: its ``id`` orders the trail and pages it."""
+
+    id: int
+    entry: AuditEntry
+
+
+@dataclass(frozen=True)
+class AuditQuery:
+    """Which lines ``GET /v1/admin/audit`` asks for, newest first.
+
+    ``since`` (included) and ``until`` (excluded) bound the time; ``actor``
+    matches when the actor contains it (any case), so ``alice`` finds
+    ``admin:alice``; ``action`` and ``outcome`` match exactly; ``after`` is
+    the id of the last line of the previous page.
+    """
+
+    since: dt.datetime | None = None
+    until: dt.datetime | None = None
+    actor: str = ""
+    action: str = ""
+    outcome: str = ""
+    limit: int = 100
+    after: int | None = None
 
 
 @dataclass(frozen=True)
@@ -133,6 +171,12 @@ class AuditTrail(Protocol):
 
     async def latest(self, limit: int = 100) -> list[AuditEntry]:
         """The latest lines, newest first."""
+
+    async def audit_query(self, query: AuditQuery) -> list[StoredAudit]:
+        """The lines ``query`` selects, newest first, at most ``query.limit``."""
+
+    async def vacuum_audit(self, before: dt.datetime) -> int:
+        """Forget lines older than ``before``; how many."""
 
 
 class RevokedTokens(Protocol):
@@ -295,6 +339,7 @@ class AgentRegistry(AuditTrail, RevokedTokens, SharedFailures, Protocol):
         replace: bool = False,
         claimed_key: str = "",
         seen: Seen = NOTHING_SEEN,
+        address: str = "",
     ) -> ActionResult:
         """Pending → registered with the key it registered with; or approve a claim.
 
@@ -306,16 +351,24 @@ class AgentRegistry(AuditTrail, RevokedTokens, SharedFailures, Protocol):
         that no longer matches ``seen`` is a conflict (nothing changes).
         """
 
-    async def deny(self, guid: str, actor: str, now: dt.datetime) -> ActionResult:
+    async def deny(
+        self, guid: str, actor: str, now: dt.datetime, address: str = ""
+    ) -> ActionResult:
         """Pending → denied."""
 
-    async def revoke(self, guid: str, actor: str, now: dt.datetime) -> ActionResult:
+    async def revoke(
+        self, guid: str, actor: str, now: dt.datetime, address: str = ""
+    ) -> ActionResult:
         """Registered → revoked."""
 
-    async def reactivate(self, guid: str, actor: str, now: dt.datetime) -> ActionResult:
+    async def reactivate(
+        self, guid: str, actor: str, now: dt.datetime, address: str = ""
+    ) -> ActionResult:
         """Revoked → registered (same pinned key); denied → pending."""
 
-    async def delete(self, guid: str, actor: str, now: dt.datetime) -> ActionResult:
+    async def delete(
+        self, guid: str, actor: str, now: dt.datetime, address: str = ""
+    ) -> ActionResult:
         """Forget an agent entirely."""
 
     async def purge_pending(self, older_than: dt.datetime) -> builtins.list[str]:

@@ -57,7 +57,8 @@ _INSERT_AGENT = (
     f"INSERT INTO agents ({', '.join(AGENT_COLUMNS)}) "  # noqa: S608
     f"VALUES ({', '.join('?' for _ in AGENT_COLUMNS)})"
 )
-_SELECT_AUDIT = "SELECT time, actor, action, target, detail FROM audit"
+_AUDIT = "time, actor, action, target, detail, address, outcome"
+_SELECT_AUDIT = f"SELECT {_AUDIT} FROM audit"  # noqa: S608 - fixed
 
 
 @dataclass
@@ -139,8 +140,7 @@ def write_rows_txn(connection: Connection, rows: _Rows) -> CopyReport:
                 report.audit_present += 1
                 continue
             connection.execute(
-                "INSERT INTO audit (time, actor, action, target, detail) "
-                "VALUES (?, ?, ?, ?, ?)",
+                f"INSERT INTO audit ({_AUDIT}) VALUES (?, ?, ?, ?, ?, ?, ?)",  # noqa: S608
                 line,
             )
             have.add(line)

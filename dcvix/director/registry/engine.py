@@ -57,6 +57,13 @@ REPORT_TABLES = (
 # only when they differ from the agent's last.
 SESSIONS_COLUMN = "ALTER TABLE server_reports ADD COLUMN sessions TEXT"
 
+# Schema 7, both engines: an audited request's source and outcome.
+AUDIT_COLUMNS = (
+    "ALTER TABLE audit ADD COLUMN address TEXT NOT NULL DEFAULT ''",
+    "ALTER TABLE audit ADD COLUMN outcome TEXT NOT NULL DEFAULT 'ok'",
+    "CREATE INDEX audit_time ON audit (time)",
+)
+
 # How long one statement, a lock or a connection may take before the call
 # fails (a request answers 503 rather than waiting for ever).
 DB_TIMEOUT = 10.0

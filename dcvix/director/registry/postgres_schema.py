@@ -14,6 +14,7 @@ from typing import Any
 
 from dcvix.director.registry import REGISTERED, StoreError
 from dcvix.director.registry.engine import (
+    AUDIT_COLUMNS,
     IDENTITY_TABLE,
     LOGIN_TABLES,
     REPORT_TABLES,
@@ -111,6 +112,16 @@ def _to_6(connection: Any) -> None:
     connection.execute(SESSIONS_COLUMN)
 
 
+def _to_7(connection: Any) -> None:
+    """Where each audited request came from and its outcome; the trail by time.
+
+    Older lines keep ``ok`` and no address (a failed login's address was its
+    target until now). The index serves retention and ``since``/``until``.
+    """
+    for statement in AUDIT_COLUMNS:
+        connection.execute(statement)
+
+
 MIGRATIONS: tuple[Callable[[Any], None], ...] = (
     _to_1,
     _to_2,
@@ -118,6 +129,7 @@ MIGRATIONS: tuple[Callable[[Any], None], ...] = (
     _to_4,
     _to_5,
     _to_6,
+    _to_7,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -33,8 +33,10 @@ from dcvix.director.registry import (
     ActionResult,
     AgentRecord,
     AuditEntry,
+    AuditQuery,
     Pinning,
     Seen,
+    StoredAudit,
     UniqueViolation,
 )
 from dcvix.director.registry.engine import Connection, Engine, Runner, to_db_time
@@ -128,12 +130,21 @@ def hostname_holders_txn(
 # ------------------------------------------------------------------ writing
 
 
-def _audit(connection: Connection, entry: AuditEntry) -> None:
+def _audit(connection: Connection, entry: AuditEntry) -> AuditEntry:
     connection.execute(
-        "INSERT INTO audit (time, actor, action, target, detail) "
-        "VALUES (?, ?, ?, ?, ?)",
-        (to_db_time(entry.time), entry.actor, entry.action, entry.target, entry.detail),
+        "INSERT INTO audit (time, actor, action, target, detail, address, outcome) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (
+            to_db_time(entry.time),
+            entry.actor,
+            entry.action,
+            entry.target,
+            entry.detail,
+            entry.address,
+            entry.outcome,
+        ),
     )
+    return entry
 
 
 def audit_txn(connection: Connection, entry: AuditEntry) -> None:
@@ -142,14 +153,75 @@ def audit_txn(connection: Connection, entry: AuditEntry) -> None:
         _audit(connection, entry)
 
 
+_AUDIT_COLUMNS = "id, time, actor, action, target, detail, address, outcome"
+
+
+def _stored_audit(row: Sequence[Any]) -> StoredAudit:
+    return StoredAudit(
+        int(row[0]),
+        AuditEntry(parse_stored_time(row[1]), *row[2:8]),
+    )
+
+
 def audit_list_txn(connection: Connection, limit: int = 100) -> list[AuditEntry]:
     """The latest audit lines, newest first."""
+    return [line.entry for line in audit_query_txn(connection, AuditQuery(limit=limit))]
+
+
+def _like(text: str) -> str:
+    """A LIKE pattern matching ``text`` anywhere, its own ``%`` and ``_`` literal."""
+    escaped = text.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+def audit_query_txn(connection: Connection, query: AuditQuery) -> list[StoredAudit]:
+    """The lines ``query`` selects, newest (highest id) first."""
+    where: list[str] = []
+    params: list[Any] = []
+    if query.since is not None:
+        where.append("time >= ?")
+        params.append(to_db_time(query.since))
+    if query.until is not None:
+        where.append("time < ?")
+        params.append(to_db_time(query.until))
+    if query.actor:
+        where.append("lower(actor) LIKE ? ESCAPE '\\'")
+        params.append(_like(query.actor))
+    if query.action:
+        where.append("action = ?")
+        params.append(query.action)
+    if query.outcome:
+        where.append("outcome = ?")
+        params.append(query.outcome)
+    if query.after is not None:
+        where.append("id < ?")
+        params.append(query.after)
+    clause = f"WHERE {' AND '.join(where)} " if where else ""
     rows = connection.execute(
-        "SELECT time, actor, action, target, detail FROM audit "
-        "ORDER BY id DESC LIMIT ?",
-        (limit,),
+        f"SELECT {_AUDIT_COLUMNS} FROM audit {clause}ORDER BY id DESC LIMIT ?",  # noqa: S608 - fixed fragments
+        (*params, query.limit),
     )
-    return [AuditEntry(parse_stored_time(r[0]), r[1], r[2], r[3], r[4]) for r in rows]
+    return [_stored_audit(row) for row in rows]
+
+
+AUDIT_VACUUM_BATCH = 5000
+
+
+def vacuum_audit_txn(
+    connection: Connection, before: dt.datetime, batch: int = AUDIT_VACUUM_BATCH
+) -> int:
+    """Forget up to ``batch`` audit lines older than ``before``; how many.
+
+    A batch per transaction: the first vacuum after a flood (or an upgrade)
+    never holds the store's write lock for long.
+    """
+    with connection.transaction(agents=False):
+        cursor = connection.execute(
+            "DELETE FROM audit WHERE id IN "
+            "(SELECT id FROM audit WHERE time < ? ORDER BY id LIMIT ?)",
+            (to_db_time(before), batch),
+        )
+        return cursor.rowcount
 
 
 def create_pending_txn(
@@ -222,6 +294,7 @@ def create_registered_txn(
                     "approve",
                     guid,
                     f"hostname={hostname} key={key} from {address}",
+                    address,
                 ),
             )
             return True
@@ -298,6 +371,7 @@ def claim_txn(
                     "claim key",
                     guid,
                     f"key={key}" + (f" replacing {before}" if before else ""),
+                    address,
                 ),
             )
         return before
@@ -402,6 +476,7 @@ def approve_txn(
     replace_holders: bool = False,
     claimed_key: str = "",
     seen: Seen = NOTHING_SEEN,
+    address: str = "",
 ) -> ActionResult:
     """Pending → registered, or a claim → the pin; see :meth:`AgentRegistry.approve`.
 
@@ -425,13 +500,18 @@ def approve_txn(
                 "claimed_at = NULL WHERE guid = ?",
                 (guid,),
             )
-            _audit(
+            entry = _audit(
                 connection,
                 AuditEntry(
-                    now, actor, "approve claim", guid, f"key={record.claimed_key}"
+                    now,
+                    actor,
+                    "approve claim",
+                    guid,
+                    f"key={record.claimed_key}",
+                    address,
                 ),
             )
-            return ActionResult(_fresh(connection, guid))
+            return ActionResult(_fresh(connection, guid), entries=(entry,))
         record = _require(connection, guid, (PENDING,), "approved")
         holders = hostname_holders_txn(connection, record.hostname, guid)
         _check_seen(guid, record, holders, seen)
@@ -440,32 +520,39 @@ def approve_txn(
                 f"hostname {record.hostname} is already registered to agent "
                 f"{', '.join(holders)}; approve with replace to revoke it"
             )
+        entries = []
         for holder in holders:
             old = get_txn(connection, holder)
             assert old is not None
             _set_state(connection, old, REVOKED, now)
+            entries.append(
+                _audit(
+                    connection,
+                    AuditEntry(
+                        now,
+                        actor,
+                        "revoke",
+                        holder,
+                        f"replaced by {guid} ({record.hostname})",
+                        address,
+                    ),
+                )
+            )
+        _set_state(connection, record, REGISTERED, now)
+        entries.append(
             _audit(
                 connection,
                 AuditEntry(
                     now,
                     actor,
-                    "revoke",
-                    holder,
-                    f"replaced by {guid} ({record.hostname})",
+                    "approve",
+                    guid,
+                    f"hostname={record.hostname} key={record.key_fingerprint}",
+                    address,
                 ),
             )
-        _set_state(connection, record, REGISTERED, now)
-        _audit(
-            connection,
-            AuditEntry(
-                now,
-                actor,
-                "approve",
-                guid,
-                f"hostname={record.hostname} key={record.key_fingerprint}",
-            ),
         )
-        return ActionResult(_fresh(connection, guid), tuple(holders))
+        return ActionResult(_fresh(connection, guid), tuple(holders), tuple(entries))
 
 
 def _check_seen(guid: str, record: AgentRecord, holders: list[str], seen: Seen) -> None:
@@ -495,18 +582,24 @@ def _fresh(connection: Connection, guid: str) -> AgentRecord:
 
 def _transition(
     verb: str, past: str, allowed: tuple[str, ...], target: str
-) -> Callable[[Connection, str, str, dt.datetime], ActionResult]:
+) -> Callable[..., ActionResult]:
     def action(
-        connection: Connection, guid: str, actor: str, now: dt.datetime
+        connection: Connection,
+        guid: str,
+        actor: str,
+        now: dt.datetime,
+        address: str = "",
     ) -> ActionResult:
         with connection.transaction():
             record = _require(connection, guid, allowed, past)
             _set_state(connection, record, target, now)
-            _audit(
+            entry = _audit(
                 connection,
-                AuditEntry(now, actor, verb, guid, f"hostname={record.hostname}"),
+                AuditEntry(
+                    now, actor, verb, guid, f"hostname={record.hostname}", address
+                ),
             )
-            return ActionResult(_fresh(connection, guid))
+            return ActionResult(_fresh(connection, guid), entries=(entry,))
 
     action.__name__ = f"{verb}_txn"
     action.__doc__ = f"{'/'.join(allowed)} → {target}, audited."
@@ -518,7 +611,11 @@ revoke_txn = _transition("revoke", "revoked", (REGISTERED,), REVOKED)
 
 
 def reactivate_txn(
-    connection: Connection, guid: str, actor: str, now: dt.datetime
+    connection: Connection,
+    guid: str,
+    actor: str,
+    now: dt.datetime,
+    address: str = "",
 ) -> ActionResult:
     """Revoked → registered (same pinned key); denied → pending."""
     with connection.transaction():
@@ -532,12 +629,19 @@ def reactivate_txn(
                     f"{', '.join(clash)}"
                 )
         _set_state(connection, record, target, now)
-        _audit(connection, AuditEntry(now, actor, "reactivate", guid, f"now {target}"))
-        return ActionResult(_fresh(connection, guid))
+        entry = _audit(
+            connection,
+            AuditEntry(now, actor, "reactivate", guid, f"now {target}", address),
+        )
+        return ActionResult(_fresh(connection, guid), entries=(entry,))
 
 
 def delete_txn(
-    connection: Connection, guid: str, actor: str, now: dt.datetime
+    connection: Connection,
+    guid: str,
+    actor: str,
+    now: dt.datetime,
+    address: str = "",
 ) -> ActionResult:
     """Forget an agent entirely (its next registration starts afresh)."""
     with connection.transaction():
@@ -545,7 +649,7 @@ def delete_txn(
         if record is None:
             raise NotFound(f"agent {guid} not found")
         connection.execute("DELETE FROM agents WHERE guid = ?", (guid,))
-        _audit(
+        entry = _audit(
             connection,
             AuditEntry(
                 now,
@@ -553,9 +657,10 @@ def delete_txn(
                 "delete",
                 guid,
                 f"was {record.state}, hostname={record.hostname}",
+                address,
             ),
         )
-        return ActionResult(record)
+        return ActionResult(record, entries=(entry,))
 
 
 def purge_pending_txn(connection: Connection, older_than: dt.datetime) -> list[str]:
@@ -965,6 +1070,7 @@ class SqlRegistry:
         replace: bool = False,
         claimed_key: str = "",
         seen: Seen = NOTHING_SEEN,
+        address: str = "",
     ) -> ActionResult:
         return await self._call(
             approve_txn,
@@ -974,21 +1080,28 @@ class SqlRegistry:
             replace,
             claimed_key,
             seen,
+            address,
         )
 
-    async def deny(self, guid: str, actor: str, now: dt.datetime) -> ActionResult:  # noqa: D102
-        return await self._call(deny_txn, guid, actor, now)
+    async def deny(  # noqa: D102
+        self, guid: str, actor: str, now: dt.datetime, address: str = ""
+    ) -> ActionResult:
+        return await self._call(deny_txn, guid, actor, now, address)
 
-    async def revoke(self, guid: str, actor: str, now: dt.datetime) -> ActionResult:  # noqa: D102
-        return await self._call(revoke_txn, guid, actor, now)
+    async def revoke(  # noqa: D102
+        self, guid: str, actor: str, now: dt.datetime, address: str = ""
+    ) -> ActionResult:
+        return await self._call(revoke_txn, guid, actor, now, address)
 
     async def reactivate(  # noqa: D102
-        self, guid: str, actor: str, now: dt.datetime
+        self, guid: str, actor: str, now: dt.datetime, address: str = ""
     ) -> ActionResult:
-        return await self._call(reactivate_txn, guid, actor, now)
+        return await self._call(reactivate_txn, guid, actor, now, address)
 
-    async def delete(self, guid: str, actor: str, now: dt.datetime) -> ActionResult:  # noqa: D102
-        return await self._call(delete_txn, guid, actor, now)
+    async def delete(  # noqa: D102
+        self, guid: str, actor: str, now: dt.datetime, address: str = ""
+    ) -> ActionResult:
+        return await self._call(delete_txn, guid, actor, now, address)
 
     async def purge_pending(self, older_than: dt.datetime) -> builtins.list[str]:  # noqa: D102
         return await self._call(purge_pending_txn, older_than)
@@ -998,6 +1111,17 @@ class SqlRegistry:
 
     async def latest(self, limit: int = 100) -> builtins.list[AuditEntry]:  # noqa: D102
         return await self._call(audit_list_txn, limit)
+
+    async def audit_query(self, query: AuditQuery) -> builtins.list[StoredAudit]:  # noqa: D102
+        return await self._call(audit_query_txn, query)
+
+    async def vacuum_audit(self, before: dt.datetime) -> int:  # noqa: D102
+        dropped = 0
+        while True:
+            done = await self._call(vacuum_audit_txn, before, AUDIT_VACUUM_BATCH)
+            dropped += done
+            if done < AUDIT_VACUUM_BATCH:
+                return dropped
 
     async def revoke_token(self, token_hash: str, expires: dt.datetime) -> bool:  # noqa: D102
         return await self._call(revoke_token_txn, token_hash, expires)

@@ -17,6 +17,7 @@ from typing import Any
 from dcvix.common.files import fsync_directory
 from dcvix.director.registry import REGISTERED, StoreError, UniqueViolation
 from dcvix.director.registry.engine import (
+    AUDIT_COLUMNS,
     DB_TIMEOUT,
     IDENTITY_TABLE,
     LOGIN_TABLES,
@@ -189,6 +190,16 @@ def _to_6(connection: sqlite3.Connection) -> None:
     connection.execute(SESSIONS_COLUMN)
 
 
+def _to_7(connection: sqlite3.Connection) -> None:
+    """Where each audited request came from and its outcome; the trail by time.
+
+    Older lines keep ``ok`` and no address (a failed login's address was its
+    target until now). The index serves retention and ``since``/``until``.
+    """
+    for statement in AUDIT_COLUMNS:
+        connection.execute(statement)
+
+
 MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     _to_1,
     _to_2,
@@ -196,6 +207,7 @@ MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     _to_4,
     _to_5,
     _to_6,
+    _to_7,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
