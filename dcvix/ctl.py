@@ -2,9 +2,9 @@
 
 ``dcvixctl --conf FILE agents list [--state S]``, ``agents approve GUID...
 [--replace]``, ``agents deny|revoke|reactivate|delete GUID``, ``policy check``,
-``store copy --from URL --to URL``. Agent commands work on the director's store
-(``[store] url``: ``agents.db`` or PostgreSQL) directly, safe while the
-director runs (writers take turns; the director follows every commit). Every
+``store copy --from URL --to URL``, ``status``. Agent commands work on the
+director's store (``[store] url``: ``agents.db`` or PostgreSQL) directly, safe
+while the director runs (writers take turns; the director follows every commit). Every
 action is audited with the OS user who ran it.
 """
 
@@ -29,8 +29,10 @@ from dcvix.common.config import (
     load_config,
 )
 from dcvix.common.errors import ApiError
+from dcvix.director import status
 from dcvix.director.agent_admin import AgentAdmin, forget_nothing
 from dcvix.director.audit import Audit
+from dcvix.director.audit_export import open_sinks
 from dcvix.director.config import DirectorConfig, StoreSection
 from dcvix.director.hostnames import own_host_names
 from dcvix.director.policy import PolicyError, load_policy
@@ -254,6 +256,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="PostgreSQL password (first line; else PGPASSWORD or ~/.pgpass)",
     )
+    commands.add_parser(
+        "status",
+        help="one screen on the director: version, uptime, certificates, agents, "
+        "servers, sessions, last errors; exit 1 when something needs attention",
+    )
     policy = commands.add_parser("policy", help="check the policy files")
     policy_actions = policy.add_subparsers(dest="action", required=True)
     policy_actions.add_parser("check", help="validate users.json and pools.json")
@@ -312,17 +319,47 @@ def copy_stores(source: str, target: str, password_file: str) -> int:
     return 0
 
 
+def show_status(config: DirectorConfig) -> int:
+    """``status``: the screen; 0 when all is well, 1 when something needs attention."""
+    now = dt.datetime.now(dt.UTC)
+    report = status.Report()
+    status.running_lines(config, now, report)
+    files = director_files(config)
+    status.certificate_lines(files.ca_pem, files.server_crt, now, report)
+    registry = _open(config)
+    try:
+        status.agent_lines(wait(registry.states()), report)
+        failed, refused = (
+            len(wait(registry.audit_query(status.outcome_query(outcome, now))))
+            for outcome in ("failed", "refused")
+        )
+    finally:
+        registry.close()
+    status.refusal_lines(failed, refused, report)
+    status.error_lines(status.last_errors(status.log_file(config)), now, report)
+    print(report.render())
+    return 1 if report.attention else 0
+
+
 def _run(options: argparse.Namespace) -> int:
     if options.command == "store":
         return copy_stores(options.source, options.target, options.password_file)
     config = _load(options.conf)
     if options.command == "policy":
         return check_policy(config)
+    if options.command == "status":
+        return show_status(config)
+    # An action by dcvixctl is exported like the director's own ([audit]).
+    try:
+        sinks = open_sinks(
+            config.audit.file, config.audit.syslog, config.audit.syslog_address
+        )
+    except ValueError as error:
+        raise ConfigError(f"[audit] {error}") from None
     registry = _open(config)
     clock = _wall_clock()
-    admin = AgentAdmin(
-        registry, Audit(registry, clock), clock, _own_names(), forget_nothing
-    )
+    audit = Audit(registry, clock, sinks)
+    admin = AgentAdmin(registry, audit, clock, _own_names(), forget_nothing)
     try:
         if options.action == "list":
             print(list_agents(admin, options.state))
@@ -342,6 +379,7 @@ def _run(options: argparse.Namespace) -> int:
             seen,
         )
     finally:
+        audit.close()
         registry.close()
 
 

@@ -47,8 +47,11 @@ def call(
     path: str,
     body: bytes = b"",
     cookie: str | None = None,
+    headers: dict[str, str] | None = None,
 ) -> Answer:
-    headers = {"Cookie": f"dcvix_session={cookie}"} if cookie else {}
+    headers = dict(headers or {})
+    if cookie:
+        headers["Cookie"] = f"dcvix_session={cookie}"
     # StubTreq sets its treq methods in __init__, out of the type checker's view.
     d = stub.request(method, BASE + path, data=body or None, headers=headers)  # type: ignore[attr-defined]
     stub.flush()

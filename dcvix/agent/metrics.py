@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import time
 from collections import Counter as Tally
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -159,10 +160,20 @@ class HostCollector(Collector):
         self,
         registry: CollectorRegistry | None = None,
         read: Callable[[], HostFigures] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._read = read or read_host
+        self._clock = clock
+        self._last: tuple[float, HostFigures] | None = None
         if registry is not None:
             registry.register(self)
+
+    def _figures(self) -> HostFigures:
+        """A reading at most a second old: scrapes in a loop cost /proc nothing."""
+        now = self._clock()
+        if self._last is None or now - self._last[0] >= 1.0:
+            self._last = (now, self._read())
+        return self._last[1]
 
     def describe(self) -> list[Metric]:
         """No up-front description: the families are cheap to collect."""
@@ -170,7 +181,7 @@ class HostCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         """The host's families, from one reading."""
-        figures = self._read()
+        figures = self._figures()
         yield GaugeMetricFamily(
             "dcvix_agent_memory_available_bytes",
             "Memory available to new work (MemAvailable), as reported to the director.",

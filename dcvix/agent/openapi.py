@@ -75,8 +75,13 @@ SCHEMAS: dict[str, Schema] = {
                 "type": "string",
                 "description": "Why `sessions` is left out: dcv failed.",
             },
+            "reaped": array(
+                closed({"id": _STRING, "owner": _STRING, "reason": _STRING}),
+                description="Sessions the idle reaper closed since the last "
+                "delivered report, for the director's audit trail.",
+            ),
         },
-        optional=["sessions", "advertise_address", "dcv_error"],
+        optional=["sessions", "advertise_address", "dcv_error", "reaped"],
         description="The body of every `POST /v1/agent/update` to the director.",
     ),
     "SessionMade": closed({"sessionID": _STRING}),

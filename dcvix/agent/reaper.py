@@ -61,12 +61,15 @@ class Reaper:
         reap_all: bool,
         clock: Any,
         metrics: AgentMetrics | None = None,
+        reported: Callable[[str, str, str], None] | None = None,
     ) -> None:
         self._sessions = sessions
         self._idle_timeout = idle_timeout
         self._reap_all = reap_all
         self._clock = clock
         self._metrics = metrics or AgentMetrics()
+        # Tells the director why (Reporter.reaped): its audit trail says so.
+        self._reported = reported
 
     def _still_idle(self, now: dt.datetime) -> Callable[[Session], bool]:
         def still_idle(fresh: Session) -> bool:
@@ -101,6 +104,8 @@ class Reaper:
                 if await self._sessions.close(session.id, self._still_idle(now)):
                     closed.append(session.id)
                     self._metrics.reaped.labels(idle_kind(session)).inc()
+                    if self._reported is not None:
+                        self._reported(session.id, session.owner, reason)
                     log.info(
                         "reaped session {id} of {owner}: {reason}",
                         id=session.id,

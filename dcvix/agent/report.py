@@ -4,6 +4,10 @@ The same object answers ``GET /v1/stats`` and is the body of every
 ``POST /v1/agent/update``. A ``dcv`` failure does not stop the report: the
 stats still go out, ``sessions`` is left out (so the director keeps what it
 knew rather than believing every session ended) and ``dcv_error`` says why.
+
+Sessions the idle reaper closed travel in ``reaped`` (id, owner, reason) until
+a report carrying them is delivered, so the director's audit trail says why
+they ended. At most :data:`MAX_REAPED` wait; older ones are dropped, and said.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ from dcvix.agent.sessions import SessionManager
 from dcvix.agent.stats import StatsCollector
 
 log = Logger()
+
+MAX_REAPED = 100  # the director takes this many per report
 
 
 def os_tag() -> str:
@@ -51,6 +57,23 @@ class Reporter:
         self._sessions = sessions
         self._stats = stats
         self._settings = settings
+        self._reaped: list[dict[str, str]] = []
+
+    def reaped(self, session_id: str, owner: str, reason: str) -> None:
+        """A session the reaper closed, for the next delivered report."""
+        if len(self._reaped) >= MAX_REAPED:
+            dropped = self._reaped.pop(0)
+            log.warn(
+                "too many reaped sessions waiting for the director: {id} is "
+                "left out of its audit trail",
+                id=dropped["id"],
+            )
+        self._reaped.append({"id": session_id, "owner": owner, "reason": reason})
+
+    def delivered(self, report: dict[str, Any]) -> None:
+        """The director took ``report``: forget the reaped sessions it carried."""
+        sent = report.get("reaped", [])
+        self._reaped = [r for r in self._reaped if r not in sent]
 
     async def build(self) -> dict[str, Any]:
         """The report, in Go's key order, then ours."""
@@ -71,6 +94,8 @@ class Reporter:
         if self._settings.advertise_address:
             report["advertise_address"] = self._settings.advertise_address
         report["version"] = __version__
+        if self._reaped:
+            report["reaped"] = list(self._reaped)
         if dcv_error is not None:
             report["dcv_error"] = dcv_error
         return report

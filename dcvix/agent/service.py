@@ -216,6 +216,8 @@ def build_agent(
             settings.reap_all_sessions,
             reactor,
             metrics,
+            # Reaped sessions ride the reports: none without reports.
+            reporter.reaped if settings.update_interval > 0 else None,
         )
         PeriodicJob(
             "reaper",
@@ -239,9 +241,14 @@ def build_agent(
         ),
     ).setServiceParent(root)
     if config.metrics.listen:
+        read_at = float("-inf")
 
         async def refresh() -> None:
-            metrics.set_expiries(_expiries(files, tls, enrolment.enrolled))
+            # At most once a second, however often anyone on the host scrapes.
+            nonlocal read_at
+            if reactor.seconds() - read_at >= 1.0:
+                read_at = reactor.seconds()
+                metrics.set_expiries(_expiries(files, tls, enrolment.enrolled))
 
         page = MetricsPage(metrics.registry, metrics_secret, refresh)
         metrics_listener(reactor, config.metrics.listen, page).setServiceParent(root)

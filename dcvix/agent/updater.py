@@ -95,6 +95,7 @@ class Updater:
             self._report_failure(f"{answer.status} {answer.error}")
             return
         self._metrics.reports.labels("delivered").inc()
+        self._reporter.delivered(report)
         if self._failing:
             log.info("updates reach the director again")
         self._failing = False

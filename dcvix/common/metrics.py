@@ -37,6 +37,7 @@ from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
 from twisted.internet.interfaces import IReactorTCP
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
@@ -49,6 +50,8 @@ from dcvix.common.validate import split_host_port
 log = Logger()
 
 PATH = b"metrics"
+# Scrapes are not rate-limited: a token this long cannot be guessed by trying.
+MIN_TOKEN = 16
 
 
 def new_registry(daemon: str) -> CollectorRegistry:
@@ -80,8 +83,11 @@ def metrics_token(section: MetricsSection) -> str:
         token = read_secret_line(Path(section.token_file)).strip()
     except ValueError as error:
         raise ValueError(f"[metrics] token_file {error}") from None
-    if not token:
-        raise ValueError(f"[metrics] token_file {section.token_file} is empty")
+    if len(token) < MIN_TOKEN:
+        raise ValueError(
+            f"[metrics] token_file {section.token_file}: the token is shorter than "
+            f"{MIN_TOKEN} characters (make one with: openssl rand -hex 32)"
+        )
     return token
 
 
@@ -106,39 +112,58 @@ class MetricsPage(Resource):
         self._token = token.encode()
         self.guarded = bool(token)
 
-    def allowed(self, request: Request) -> bool:
+    def allowed(self, request: IRequest) -> bool:
         """Whether ``request`` may read the metrics."""
         if not self._token:
             return True
-        header = request.getHeader("authorization") or ""
-        scheme, _, value = header.partition(" ")
-        return scheme.lower() == "bearer" and hmac.compare_digest(
-            value.strip().encode(), self._token
+        # Bytes throughout: a header that is not UTF-8 is a wrong token.
+        header = request.getHeader(b"authorization") or b""
+        scheme, _, value = header.partition(b" ")
+        return scheme.lower() == b"bearer" and hmac.compare_digest(
+            value.strip(), self._token
         )
 
+    async def scrape(self) -> bytes:
+        """The registry's text, once ``refresh`` set the gauges read at scrape time.
+
+        A refresh that fails leaves the gauges at their last values (logged):
+        the scrape still answers.
+        """
+        if self._refresh is not None:
+            try:
+                await self._refresh()
+            except Exception:
+                log.failure("metrics: gauges not refreshed")
+        return generate_latest(self._registry)
+
+    def refuse(self, request: IRequest) -> bytes:
+        """401, and how to authenticate."""
+        request.setHeader(b"www-authenticate", b'Bearer realm="metrics"')
+        return error_response(request, 401, "a valid bearer token is required")
+
     def render_GET(self, request: Request) -> bytes | int:
-        """The scrape (once ``refresh`` set the gauges read at scrape time), or 401."""
+        """The scrape, or 401."""
         if request.postpath not in ([], [b""]):
             return error_response(request, 404, "not found")
         if not self.allowed(request):
-            request.setHeader(b"www-authenticate", b'Bearer realm="metrics"')
-            return error_response(request, 401, "a valid bearer token is required")
+            return self.refuse(request)
         request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode())
         request.setHeader(b"cache-control", b"no-store")
-        if self._refresh is None:
-            return generate_latest(self._registry)
         gone: list[Failure] = []
         request.notifyFinish().addErrback(gone.append)
 
-        def answer(outcome: object) -> None:
-            if isinstance(outcome, Failure):
-                # The gauges keep their last values; the scrape still answers.
-                log.failure("metrics: gauges not refreshed", outcome)
+        def answer(body: bytes) -> None:
             if not gone:
-                request.write(generate_latest(self._registry))
+                request.write(body)
                 request.finish()
 
-        ensureDeferred(self._refresh()).addBoth(answer)
+        def failed(failure: Failure) -> None:
+            log.failure("metrics: the scrape failed", failure)
+            if not gone:
+                request.setResponseCode(500)
+                request.finish()
+
+        ensureDeferred(self.scrape()).addCallbacks(answer, failed)
         return NOT_DONE_YET
 
     def render_HEAD(self, request: Request) -> bytes | int:

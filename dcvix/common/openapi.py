@@ -181,6 +181,8 @@ class Answer:
     schema: Schema | None = None
     media_types: tuple[str, ...] = (JSON,)
     headers: Mapping[str, str] = field(default_factory=dict)
+    # Other media types the same status may answer, each with its own schema.
+    other_media: Mapping[str, Schema] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -283,6 +285,8 @@ def operation(
         if answer.schema is not None:
             described_answer["content"] = {
                 media: {"schema": answer.schema} for media in answer.media_types
+            } | {
+                media: {"schema": other} for media, other in answer.other_media.items()
             }
         if answer.headers:
             described_answer["headers"] = {

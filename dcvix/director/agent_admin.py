@@ -94,6 +94,7 @@ class AgentAdmin:
         replace: bool = False,
         claimed_key: str = "",
         seen: Seen = NOTHING_SEEN,
+        address: str = "",
     ) -> Outcome:
         """Apply ``action`` (one of :data:`ACTIONS`) to one agent, as ``actor``.
 
@@ -101,6 +102,7 @@ class AgentAdmin:
         hostname instead of refusing. ``claimed_key`` (approve only) is the
         fingerprint of the claim being approved, for an adopted agent.
         ``seen`` (approve only): what the admin saw; refused if it changed.
+        ``address``: where the admin's request came from (the audit trail's).
 
         Raises:
             BadRequest: the GUID is not a UUID, or the action is unknown.
@@ -113,16 +115,16 @@ class AgentAdmin:
         now = now_utc(self._clock)
         if action == "approve":
             result = await self._registry.approve(
-                canonical, actor, now, replace, claimed_key.lower(), seen
+                canonical, actor, now, replace, claimed_key.lower(), seen, address
             )
         elif action == "deny":
-            result = await self._registry.deny(canonical, actor, now)
+            result = await self._registry.deny(canonical, actor, now, address)
         elif action == "revoke":
-            result = await self._registry.revoke(canonical, actor, now)
+            result = await self._registry.revoke(canonical, actor, now, address)
         elif action == "reactivate":
-            result = await self._registry.reactivate(canonical, actor, now)
+            result = await self._registry.reactivate(canonical, actor, now, address)
         elif action == "delete":
-            result = await self._registry.delete(canonical, actor, now)
+            result = await self._registry.delete(canonical, actor, now, address)
         else:
             raise BadRequest(f"action must be one of {', '.join(ACTIONS)}")
         for old in result.replaced:
@@ -131,14 +133,7 @@ class AgentAdmin:
             # Never call it again on a pooled connection; forget its reports.
             await self._forget(canonical, action == "delete")
         record = result.record
-        self._audit.logged(
-            actor,
-            action,
-            canonical,
-            f"hostname={record.hostname} "
-            f"now={'deleted' if action == 'delete' else record.state}"
-            + "".join(f" replaced={g}" for g in result.replaced),
-        )
+        self._audit.exported(result.entries)
         warning = ""
         if action == "approve" and self.runs_on_director(record):
             warning = (

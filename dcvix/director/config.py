@@ -305,6 +305,29 @@ class StoreSection:
 
 
 @dataclass(frozen=True)
+class AuditSection:
+    """``[audit]``: how long the trail is kept, and where it is exported."""
+
+    keep: float = setting(
+        POSITIVE_DURATION,
+        2160 * 3600.0,  # audit.DEFAULT_KEEP
+        "Audit lines older than this are vacuumed from the store.",
+    )
+    file: str = setting(
+        PATH,
+        "",
+        "Also append each audit line to this file as a JSON line (0600; reopened "
+        "on SIGHUP after logrotate); empty: none.",
+    )
+    syslog: bool = setting(
+        BOOLEAN, False, "Also send each audit line to syslog (RFC 5424, authpriv)."
+    )
+    syslog_address: str = setting(
+        PATH, "/dev/log", "The syslog daemon's UNIX datagram socket."
+    )
+
+
+@dataclass(frozen=True)
 class DirectorMetricsSection(MetricsSection):
     """``[metrics]`` of the director."""
 
@@ -313,6 +336,12 @@ class DirectorMetricsSection(MetricsSection):
         "127.0.0.1:9445",
         "Where Prometheus scrapes /metrics (plain HTTP; keep it on loopback or "
         "set token_file); empty: nowhere.",
+    )
+    https: bool = setting(
+        BOOLEAN,
+        False,
+        "Also serve /metrics on the director's HTTPS port, behind token_file's "
+        "token (required then).",
     )
 
 
@@ -341,4 +370,5 @@ class DirectorConfig:
     housekeeper: HousekeeperSection = field(default_factory=HousekeeperSection)
     store: StoreSection = field(default_factory=StoreSection)
     metrics: DirectorMetricsSection = field(default_factory=DirectorMetricsSection)
+    audit: AuditSection = field(default_factory=AuditSection)
     log: DirectorLogSection = field(default_factory=DirectorLogSection)

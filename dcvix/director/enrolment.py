@@ -229,6 +229,7 @@ class Enrolment:
                 "claim key",
                 record.guid,
                 f"key={key}" + (f" replacing {before}" if before else ""),
+                address=address,
             )
             log.warn(
                 "adopted agent {guid} ({hostname}) has no pinned key: recorded the "
@@ -268,6 +269,14 @@ class Enrolment:
             hostname=hostname,
             reason=reason,
         )
+        # Only the agent's own key gets here (the CSR proves it holds it).
+        await self._audit.record(
+            f"address {address}",
+            "back to pending",
+            record.guid,
+            reason,
+            address=address,
+        )
         raise PendingApproval()
 
     async def _register_new(
@@ -301,6 +310,7 @@ class Enrolment:
                 "approve",
                 guid,
                 f"hostname={hostname} key={key} from {address}",
+                address=address,
             )
             log.info(
                 "agent {guid} ({hostname}) approved by token",
@@ -311,6 +321,14 @@ class Enrolment:
 
         if await self._registry.create_pending(guid, hostname, key, address, now):
             self._new_pending.record(address)
+            # Bounded like the rows themselves (register_rate, max_pending).
+            await self._audit.record(
+                f"address {address}",
+                "register",
+                guid,
+                f"hostname={hostname} key={key} now=pending",
+                address=address,
+            )
             log.info(
                 "new pending agent {guid} ({hostname}) from {address}, "
                 "key fingerprint {fingerprint}",
@@ -333,6 +351,8 @@ class Enrolment:
                 "key mismatch",
                 record.guid,
                 f"state={record.state}",
+                address=address,
+                outcome="refused",
             )
         raise Conflict("key mismatch")
 

@@ -8,6 +8,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from dcvix.common.clock import now_utc
+from dcvix.director.audit import DEFAULT_KEEP, Audit
 from dcvix.director.connections import ConnectionTokens
 from dcvix.director.leader import Leadership, SoleDirector
 from dcvix.director.registry import AgentRegistry
@@ -28,8 +29,9 @@ class Housekeeper:
         pending_max_age: seconds after which a pending agent is purged.
         clock: the time.
         leadership: whether this director does the store's share (the
-            purge, the vacuum of revoked tokens); its memory's share is
-            always its own.
+            purge, the vacuum of revoked tokens and of the audit trail); its
+            memory's share is always its own.
+        audit: records purged agents, and keeps ``audit_keep`` seconds of it.
     """
 
     def __init__(
@@ -41,6 +43,8 @@ class Housekeeper:
         pending_max_age: float,
         clock: IReactorTime,
         leadership: Leadership | None = None,
+        audit: Audit | None = None,
+        audit_keep: float = DEFAULT_KEEP,
     ) -> None:
         self._registry = registry
         self._control = control
@@ -49,6 +53,8 @@ class Housekeeper:
         self._pending_max_age = dt.timedelta(seconds=pending_max_age)
         self._clock = clock
         self._leadership = leadership or SoleDirector()
+        self._audit = audit
+        self._audit_keep = audit_keep
 
     async def sweep(self) -> None:
         """Drop the sessions of servers gone quiet; purge stale pending agents."""
@@ -59,6 +65,13 @@ class Housekeeper:
         cutoff = now_utc(self._clock) - self._pending_max_age
         for guid in await self._registry.purge_pending(cutoff):
             log.info("purged agent {guid}: pending too long", guid=guid)
+            if self._audit is not None:
+                await self._audit.record(
+                    "housekeeper",
+                    "purge pending",
+                    guid,
+                    f"pending over {int(self._pending_max_age.total_seconds())} s",
+                )
 
     async def vacuum(self) -> None:
         """Forget expired logged-out tokens and old login failures."""
@@ -70,3 +83,7 @@ class Housekeeper:
         dropped = await self._registry.vacuum_tokens(now_utc(self._clock))
         if dropped:
             log.info("forgot {count} expired logged-out tokens", count=dropped)
+        if self._audit is not None:
+            lines = await self._audit.vacuum(self._audit_keep)
+            if lines:
+                log.info("forgot {count} audit lines past [audit] keep", count=lines)

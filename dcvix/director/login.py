@@ -77,10 +77,14 @@ class LoginService:
             )
             self._throttle.adopt(keys, failures, locks)
         if self._throttle.locked(user, address):
-            # Logged, not written to the audit table: a locked account being
-            # hammered must not grow agents.db.
-            self._audit.logged(
-                user, f"{route} refused", address, f"backend={backend} result=locked"
+            # At most a line a minute per address: a locked account being
+            # hammered must not grow the store.
+            await self._audit.refused(
+                user,
+                f"{route} refused",
+                "",
+                f"backend={backend} result=locked",
+                address=address,
             )
             counted(backend, "locked").inc()
             raise TooManyRequests(
@@ -106,7 +110,12 @@ class LoginService:
             counted(backend, "unavailable" if unavailable else "rejected").inc()
             await self._share(user, address, self._throttle.failed(user, address))
             await self._audit.record(
-                user, f"{route} failed", address, f"backend={backend} result={result}"
+                user,
+                f"{route} failed",
+                "",
+                f"backend={backend} result={result}",
+                address=address,
+                outcome="failed",
             )
             raise Unauthorized(FAILED)
         self._throttle.succeeded(user, address)
@@ -117,7 +126,7 @@ class LoginService:
         detail = f"backend={backend} result=ok"
         if canonical != user:
             detail += f" as {canonical}"
-        await self._audit.record(user, route, address, detail)
+        await self._audit.record(user, route, "", detail, address=address)
         return token, expires
 
     async def _share(self, user: str, address: str, at: float) -> None:
@@ -165,7 +174,7 @@ class LoginService:
         except InvalidToken:
             return
         await self._revoked.revoke_token(hash_of(token), claims.expires)
-        await self._audit.record(claims.user, "logout", address)
+        await self._audit.record(claims.user, "logout", "", address=address)
 
     async def identify(self, token: str | None) -> Claims:
         """The caller of a cookie-authenticated route.

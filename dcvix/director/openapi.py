@@ -28,6 +28,8 @@ from dcvix.common.openapi import (
     ref,
 )
 from dcvix.director.agent_admin import ACTIONS
+from dcvix.director.api.audit import DEFAULT_LIMIT as AUDIT_DEFAULT
+from dcvix.director.api.audit import MAX_CSV_LIMIT as AUDIT_CSV_MAX
 from dcvix.director.api.authz import COOKIE, Role, RouteSpec
 from dcvix.director.api.web import TYPES
 from dcvix.director.listing import MAX_LIMIT
@@ -175,7 +177,7 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         errors=_NO_UI,
         parameters=(_ETAG,),
     ),
-    ("GET", "/admin/<any(agents,sessions,servers):screen>"): Operation(
+    ("GET", "/admin/<any(agents,sessions,servers,audit):screen>"): Operation(
         "webAdminScreen",
         "The web UI at an admin screen (its data needs an admin login)",
         "web",
@@ -430,6 +432,70 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
             "guid": "The agent's GUID.",
             "action": "What to do: " + ", ".join(ACTIONS),
         },
+    ),
+    ("GET", "/v1/admin/audit"): Operation(
+        "audit",
+        "The audit trail, newest first",
+        "admin",
+        (
+            _ok(
+                ref("AuditPage"),
+                "A page; `format=csv`: the same lines as a CSV file.",
+                other_media={"text/csv": {"type": "string"}},
+            ),
+        ),
+        errors={400: "a filter, limit, after or format that is not one"},
+        parameters=(
+            Parameter(
+                "since",
+                "Lines at or after this RFC 3339 time, or this long ago (`24h`).",
+            ),
+            Parameter("until", "Lines before this time (RFC 3339, or `1h` ago)."),
+            Parameter("actor", "Lines whose actor contains this text (any case)."),
+            Parameter("action", "Lines of this action (`login failed`, `approve`)."),
+            Parameter(
+                "outcome",
+                "Lines of this outcome.",
+                {"enum": ["ok", "failed", "refused"]},
+            ),
+            Parameter(
+                "limit",
+                f"At most this many lines (default {AUDIT_DEFAULT}; a CSV export "
+                f"up to {AUDIT_CSV_MAX}).",
+                {"type": "integer", "minimum": 1, "maximum": AUDIT_CSV_MAX},
+            ),
+            Parameter(
+                "after",
+                "The page after this line id (the last page's `next`).",
+                {"type": "integer", "minimum": 0},
+            ),
+            Parameter(
+                "format", "`json` (default) or `csv`.", {"enum": ["json", "csv"]}
+            ),
+        ),
+    ),
+    ("GET", "/metrics"): Operation(
+        "metrics",
+        "Prometheus metrics, with `[metrics] https` on",
+        "health",
+        (
+            _ok(
+                {"type": "string"},
+                "Prometheus's text format (the `[metrics] listen` page's).",
+                media_types=("text/plain",),
+            ),
+        ),
+        errors={
+            401: "no `Authorization: Bearer <[metrics] token_file's token>`",
+            404: "`[metrics] https` is off",
+        },
+        parameters=(
+            Parameter(
+                "Authorization",
+                "`Bearer <token>`, the first line of `[metrics] token_file`.",
+                where="header",
+            ),
+        ),
     ),
     ("GET", "/v1/admin/ca"): Operation(
         "ca", "The CA certificate and its fingerprint", "admin", (_ok(ref("CA")),)

@@ -56,6 +56,16 @@ class ConfigRequest:
     config: list[Any]
 
 
+def config_detail(body: ConfigRequest) -> str:
+    """The settings a config push changed, for the audit trail (keys only)."""
+    keys = [
+        f"{entry.get('section')}/{entry.get('key')}"
+        for entry in body.config
+        if isinstance(entry, dict)
+    ]
+    return ("keys=" + ",".join(keys))[:300]
+
+
 @dataclass(frozen=True)
 class UserSessionRequest:
     """``POST /v1/user/sessions``: a workstation (``serverId``) or a pool.

@@ -53,6 +53,8 @@ _time = functools.lru_cache(maxsize=65_536)(parse_time)
 
 MAX_SESSIONS = 500
 MAX_TAGS = 64
+MAX_REAPED = 100  # sessions an agent's reaper closed, per report
+MAX_OWNER, MAX_REASON = 256, 300  # of a reaped session, in the audit trail
 MAX_TEXT = 1024  # paths such as x11-authority hold a session id of up to 256
 # An agent's own interval stretches the window in which it counts online
 # (3 x): capped so a silent agent cannot stay "online" for days.
@@ -305,6 +307,45 @@ def parse_tags(tags: Any) -> list[str]:
     if not isinstance(tags, list) or len(tags) > MAX_TAGS:
         raise BadRequest(f"tags must be a list of at most {MAX_TAGS} strings")
     return [_text(tag, "a tag") for tag in tags]
+
+
+@dataclass(frozen=True)
+class Reaped:
+    """A session an agent's idle reaper closed, and why (for the audit trail)."""
+
+    id: str
+    owner: str
+    reason: str
+
+
+def parse_reaped(payload: Any) -> list[Reaped]:
+    """The ``reaped`` list of an update (none when absent).
+
+    Raises:
+        BadRequest: not a list of at most MAX_REAPED objects of printable strings.
+    """
+    reaped = payload.get("reaped") if isinstance(payload, dict) else None
+    if reaped is None:
+        return []
+    if not isinstance(reaped, list) or len(reaped) > MAX_REAPED:
+        raise BadRequest(f"reaped must be a list of at most {MAX_REAPED} objects")
+    found = []
+    for entry in reaped:
+        if not isinstance(entry, dict) or not entry.get("id"):
+            raise BadRequest("each reaped entry must be an object with an id")
+        session_id = _text(entry.get("id"), "a reaped session id")
+        try:
+            check_session_id(session_id)
+        except InvalidInput:
+            raise BadRequest("a reaped session id is not a session id") from None
+        found.append(
+            Reaped(
+                session_id,
+                _text(entry.get("owner"), "a reaped session owner")[:MAX_OWNER],
+                _text(entry.get("reason"), "a reaped session reason")[:MAX_REASON],
+            )
+        )
+    return found
 
 
 class RuntimeStore(Protocol):

@@ -28,7 +28,7 @@ from dcvix.director.requests import (
     RenewRequest,
     UserSessionRequest,
 )
-from dcvix.director.runtime import MAX_SESSIONS, MAX_TAGS, MAX_TEXT
+from dcvix.director.runtime import MAX_REAPED, MAX_SESSIONS, MAX_TAGS, MAX_TEXT
 
 _TEXT = {
     "type": "string",
@@ -173,6 +173,20 @@ _UPDATE: Schema = {
         "advertise_address": {"type": "string"},
         "version": nullable(_TEXT),
         "dcv_error": {"description": "Shown when a string, printable, capped."},
+        "reaped": array(
+            {
+                "type": "object",
+                "properties": {
+                    "id": _TEXT,
+                    "owner": _TEXT,
+                    "reason": _TEXT,
+                },
+                "required": ["id"],
+            },
+            maxItems=MAX_REAPED,
+            description="Sessions the agent's idle reaper closed: one audit line "
+            "each (`reap session`).",
+        ),
     },
     "required": ["stats"],
 }
@@ -291,6 +305,36 @@ SCHEMAS: dict[str, Schema] = {
             ),
         },
         description="A page of `GET /v1/servers?limit=N`.",
+    ),
+    "AuditLine": closed(
+        {
+            "id": {"type": "integer", "description": "`after` pages on it."},
+            "time": {"type": "string", "format": "date-time"},
+            "actor": {
+                "type": "string",
+                "description": "A user id, `admin:<id>`, `os:<user>` (dcvixctl), "
+                "`address <ip>` (an agent before enrolment), `auto_approve`, "
+                "`sighup`, `housekeeper`, `dcv server`, `gateway <name>`.",
+            },
+            "action": {"type": "string"},
+            "target": {"type": "string"},
+            "address": {
+                "type": "string",
+                "description": "Where the request came from; empty for dcvixctl "
+                "and the director's own work.",
+            },
+            "outcome": {"type": "string", "enum": ["ok", "failed", "refused"]},
+            "detail": {"type": "string"},
+        }
+    ),
+    "AuditPage": closed(
+        {
+            "entries": array(ref("AuditLine")),
+            "next": nullable(
+                {"type": "integer", "description": "The `after` of the next page."}
+            ),
+        },
+        description="A page of `GET /v1/admin/audit`, newest first.",
     ),
     "Agent": _AGENT,
     "AgentAction": closed(

@@ -12,7 +12,7 @@ from typing import Any
 
 from cryptography import x509
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.logger import ILogObserver, Logger
 
 from dcvix import __version__
@@ -46,16 +46,19 @@ from dcvix.director.api.agents import (
     AgentRoutes,
     UpdateTally,
 )
+from dcvix.director.api.audit import AuditRoutes
 from dcvix.director.api.auth import AuthRoutes
 from dcvix.director.api.authz import Gate, Gateways
 from dcvix.director.api.dcv import DcvRoutes
 from dcvix.director.api.document import DocumentRoutes
+from dcvix.director.api.metrics import MetricsRoutes
 from dcvix.director.api.render import FleetRenderer
 from dcvix.director.api.root import DirectorRoot
 from dcvix.director.api.sessions import SessionRoutes
 from dcvix.director.api.user import UserRoutes
 from dcvix.director.api.web import WebRoutes, web_root
 from dcvix.director.audit import Audit
+from dcvix.director.audit_export import open_sinks
 from dcvix.director.auth import Authenticator
 from dcvix.director.auth.admission import AdmissionBound, BoundedAuthenticator
 from dcvix.director.auth.external import ExternalAuthenticator
@@ -108,6 +111,9 @@ FORGET_UNREGISTERED_SECONDS = 60.0
 TOKEN_VACUUM_SECONDS = 3600.0
 # How often new reports are rendered ahead of the next fleet listing.
 LISTING_WARM_SECONDS = 0.5
+# How often refusals counted for the audit trail are written (once a minute
+# per address and kind at most; see Audit.refused).
+REFUSALS_FLUSH_SECONDS = 10.0
 # How long a stop waits for login back-end calls (a PAM, LDAP or RADIUS call
 # stuck in a server that never answers is abandoned after it).
 AUTH_STOP_SECONDS = 5.0
@@ -304,6 +310,32 @@ def _identity(
     return registry, authority, token_key
 
 
+def _reload_policy(policy: PolicyHolder, audit: Audit) -> None:
+    """SIGHUP: read the policy again, and say in the trail whether it took."""
+    done = policy.reload()
+    recorded = audit.record(
+        "sighup",
+        "policy reload",
+        str(policy.folder),
+        "" if done else f"kept the last good policy: {policy.reload_error}"[:500],
+        outcome="ok" if done else "failed",
+    )
+    ensureDeferred(recorded).addErrback(
+        lambda failure: log.failure("policy reload not audited", failure)
+    )
+
+
+class _Closing(Service):
+    """Calls ``close`` when the daemon stops (the audit exports' files)."""
+
+    def __init__(self, close: Callable[[], None]) -> None:
+        self._close = close
+
+    def stopService(self) -> None:
+        super().stopService()
+        self._close()
+
+
 def _store_may_fail(
     name: str, job: Callable[[], Awaitable[object]], reactor: Any
 ) -> Callable[[], Awaitable[None]]:
@@ -364,6 +396,11 @@ def build_director(
         metrics_secret = metrics_token(config.metrics)
     except ValueError as error:
         raise StartupError(str(error)) from None
+    if config.metrics.https and not metrics_secret:
+        raise StartupError(
+            "[metrics] https needs [metrics] token_file: the director's port is "
+            "open to its whole network"
+        )
     metrics = DirectorMetrics(new_registry("director"))
     data_dir = private_dir(Path(settings.data_dir), "data_dir")
     files = director_files(config)
@@ -389,7 +426,21 @@ def build_director(
 
     _Store(registry, reactor, database).setServiceParent(root)
     database.setServiceParent(root)
-    audit = Audit(registry, reactor)
+    try:
+        sinks = open_sinks(
+            config.audit.file, config.audit.syslog, config.audit.syslog_address
+        )
+    except ValueError as error:
+        raise StartupError(f"[audit] {error}") from None
+    audit = Audit(registry, reactor, sinks)
+    _Closing(audit.close).setServiceParent(root)
+    PeriodicJob(
+        "audit-refusals",
+        REFUSALS_FLUSH_SECONDS,
+        _store_may_fail("audit-refusals", audit.flush_refusals, reactor),
+        reactor,
+        REFUSALS_FLUSH_SECONDS,
+    ).setServiceParent(root)
     enrolment = Enrolment(
         registry,
         authority,
@@ -504,6 +555,8 @@ def build_director(
         keeper.pending_max_age,
         reactor,
         _leadership(registry, database, reactor, root),
+        audit,
+        config.audit.keep,
     )
     PeriodicJob(
         "token-vacuum",
@@ -533,7 +586,8 @@ def build_director(
     sighup.setServiceParent(root)
     tls_reload_job(tls, reactor, sighup).setServiceParent(root)
     # After the certificate: SIGHUP's first line stays the TLS reload.
-    sighup.add(policy.reload)
+    sighup.add(partial(_reload_policy, policy, audit))
+    sighup.add(audit.reopen)
     tally = UpdateTally()
     PeriodicJob(
         "update-summary", SUMMARY_SECONDS, tally.summarize, reactor, SUMMARY_SECONDS
@@ -546,6 +600,8 @@ def build_director(
         reactor,
         0,
     ).setServiceParent(root)
+    gauges = FleetGauges(metrics, registry, runtime, keeper.max_age, expiries, reactor)
+    page = MetricsPage(metrics.registry, metrics_secret, gauges.refresh)
     api = DirectorRoot(
         settings.max_body_bytes,
         Gate(logins, enrolment, Gateways(config.gateway.gateways_list, reactor)),
@@ -558,15 +614,18 @@ def build_director(
                 tally,
                 exchange,
                 metrics,
+                audit,
             ),
             AuthRoutes(logins, login_otp_field(config)),
             AdminRoutes(admin, authority.pem),
+            AuditRoutes(registry, reactor),
             fleet,
             DcvRoutes(
                 connections,
                 SessionResolver(runtime, connections, keeper.max_age, reactor),
                 settings.dcv_port,
                 metrics,
+                audit,
             ),
             UserRoutes(
                 Portal(policy, control, connections, settings.dcv_port, metrics),
@@ -574,6 +633,7 @@ def build_director(
             ),
             WebRoutes(web_root()),
             DocumentRoutes(lambda: api.routes),
+            MetricsRoutes(page if config.metrics.https else None),
         ],
         Readiness(registry, expiries, policy, reactor),
     )
@@ -594,15 +654,6 @@ def build_director(
         shared=settings.reuse_port,
     ).setServiceParent(root)
     if config.metrics.listen:
-        gauges = FleetGauges(
-            metrics,
-            registry,
-            runtime,
-            keeper.max_age,
-            expiries,
-            reactor,
-        )
-        page = MetricsPage(metrics.registry, metrics_secret, gauges.refresh)
         metrics_listener(reactor, config.metrics.listen, page).setServiceParent(root)
     log.info(
         "dcvix-director {version} listening on {host}:{port}, data in {data}",

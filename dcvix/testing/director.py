@@ -23,14 +23,17 @@ from typing import Any, cast
 from twisted.internet.task import Clock
 from twisted.web.resource import IResource
 
+from dcvix.common.metrics import MetricsPage
 from dcvix.director.agent_admin import AgentAdmin
 from dcvix.director.agent_client import AgentClient
 from dcvix.director.api.admin import AdminRoutes
 from dcvix.director.api.agents import AgentRoutes
+from dcvix.director.api.audit import AuditRoutes
 from dcvix.director.api.auth import AuthRoutes
 from dcvix.director.api.authz import Gate, Gateways
 from dcvix.director.api.dcv import DcvRoutes
 from dcvix.director.api.document import DocumentRoutes
+from dcvix.director.api.metrics import MetricsRoutes
 from dcvix.director.api.render import FleetRenderer
 from dcvix.director.api.root import DirectorRoot
 from dcvix.director.api.sessions import SessionRoutes
@@ -64,6 +67,7 @@ PASSWORDS: Mapping[str, str] = {"alice": "alice-pw", "bob": "bob-pw"}
 """What the fake login back end accepts."""
 
 TOKEN_KEY = bytes(range(32))
+METRICS_TOKEN = "harness-scrape-token"  # noqa: S105 - [metrics] https on, in tests
 
 _DEFAULTS = DirectorSection()
 
@@ -90,6 +94,7 @@ class DirectorHarness:
     sessions: SessionControl
     connections: ConnectionTokens
     metrics: DirectorMetrics
+    audit: Audit
 
     def resource(self) -> IResource:
         """The twisted.web resource serving every route."""
@@ -202,9 +207,11 @@ def director_harness(
                 settings.agent_port,
                 clock,
                 metrics=metrics,
+                audit=audit,
             ),
             AuthRoutes(logins),
             AdminRoutes(admin, authority.pem),
+            AuditRoutes(registry, clock),
             SessionRoutes(sessions, audit, policy, FleetRenderer()),
             DcvRoutes(
                 connections,
@@ -213,9 +220,11 @@ def director_harness(
                 ),
                 settings.dcv_port,
                 metrics,
+                audit,
             ),
             WebRoutes(web_root()),
             DocumentRoutes(lambda: root.routes),
+            MetricsRoutes(MetricsPage(metrics.registry, METRICS_TOKEN)),
             UserRoutes(
                 Portal(policy, sessions, connections, settings.dcv_port, metrics),
                 audit,
@@ -238,4 +247,5 @@ def director_harness(
         sessions=sessions,
         connections=connections,
         metrics=metrics,
+        audit=audit,
     )

@@ -19,6 +19,7 @@ from treq.testing import StubTreq
 from twisted.internet.defer import Deferred
 from twisted.logger import ILogObserver, LogEvent, formatEvent, globalLogPublisher
 
+from dcvix.ctl import wait as done
 from dcvix.director.api.authz import Gate, Gateways
 from dcvix.director.api.dcv import REFUSED, DcvRoutes
 from dcvix.director.api.root import DirectorRoot
@@ -140,7 +141,20 @@ def test_every_refusal_is_the_same_xml(
     answer = post(stub, "/v1/user/authtokenverify", json_body.encode(), "text/json")
     assert (answer.code, answer.body) == (200, REFUSED)
 
-    refused = [line for line in lines if "refused" in line]
+    # The verifier's own lines (the audit trail's start with its actor).
+    refused = [
+        line for line in lines if "refused" in line and not line.startswith("dcv ")
+    ]
+    # The trail: the first refusal from this address at once, the rest counted.
+    trail = [
+        (e.action, e.address, e.outcome, e.detail)
+        for e in done(director.registry.latest())
+        if e.action == "dcv token refused"
+    ]
+    assert trail == [("dcv token refused", "127.0.0.1", "refused", "result=no count=1")]
+    director.clock.advance(60)
+    done(director.audit.flush_refusals())
+    assert done(director.registry.latest(1))[0].detail == "result=no count=6"
     assert [line.rsplit(": ", 1)[1] for line in refused] == [
         "token is for another session",
         "token does not decrypt",

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 from klein import Klein
-from stub_api import call, login_cookie
+from stub_api import BASE, call, login_cookie, result_of
 from treq.testing import StubTreq
 from twisted.web.iweb import IRequest
 from werkzeug.routing import Rule
@@ -28,6 +28,7 @@ from dcvix.director.api.root import STORE_DOWN, DirectorRoot
 from dcvix.director.api.web import web_root
 from dcvix.director.openapi import director_document
 from dcvix.testing import DirectorHarness, director_harness
+from dcvix.testing.director import METRICS_TOKEN
 
 GUID = "0b6f3a52-8d1e-4c3b-9a57-2f4e6d8c1a90"
 ACTIONS = ("approve", "deny", "revoke", "reactivate", "delete")
@@ -39,9 +40,10 @@ ROUTES = {
     ("GET", "/v1/health", Role.PUBLIC),
     ("GET", "/v1/ui-config", Role.PUBLIC),
     ("GET", "/v1/openapi.json", Role.PUBLIC),
+    ("GET", "/metrics", Role.PUBLIC),
     ("GET", "/", Role.PUBLIC),
     ("GET", "/<any(login,portal,admin):area>", Role.PUBLIC),
-    ("GET", "/admin/<any(agents,sessions,servers):screen>", Role.PUBLIC),
+    ("GET", "/admin/<any(agents,sessions,servers,audit):screen>", Role.PUBLIC),
     ("GET", "/assets/<path:name>", Role.PUBLIC),
     ("POST", "/v1/agent/register", Role.PUBLIC),
     ("POST", "/v1/user/login", Role.PUBLIC),
@@ -58,6 +60,7 @@ ROUTES = {
     ("GET", "/v1/user/connectionfile", Role.USER),
     ("POST", "/v1/user/servers/<string:server>/config", Role.USER),
     ("GET", "/v1/admin/agents", Role.ADMIN),
+    ("GET", "/v1/admin/audit", Role.ADMIN),
     ("POST", AGENT_ACTION, Role.ADMIN),
     ("GET", "/v1/admin/ca", Role.ADMIN),
     ("GET", "/v1/servers", Role.ADMIN),
@@ -97,9 +100,10 @@ ANONYMOUS = {
     ("GET", "/v1/health"): (200, {"status": "healthy"}),
     ("GET", "/v1/ui-config"): (200, {"otp": "none", "user": None, "admin": False}),
     ("GET", "/v1/openapi.json"): (200, DOCUMENT),
+    ("GET", "/metrics"): (401, {"error": "a valid bearer token is required"}),
     ("GET", "/"): (200, INDEX),
     ("GET", "/<any(login,portal,admin):area>"): (200, INDEX),
-    ("GET", "/admin/<any(agents,sessions,servers):screen>"): (200, INDEX),
+    ("GET", "/admin/<any(agents,sessions,servers,audit):screen>"): (200, INDEX),
     ("GET", "/assets/<path:name>"): (200, APP_JS),
     ("POST", "/v1/agent/register"): EMPTY_BODY,
     ("POST", "/v1/user/login"): EMPTY_BODY,
@@ -203,7 +207,8 @@ def test_only_public_routes_answer_a_caller_without_credentials(
         for method, template, path in urls_of(director.root)
         if seen[(method, path)][0] != 401
     }
-    assert answered == set(ANONYMOUS)
+    # /metrics is public to the gate, and checks its own bearer token.
+    assert answered == set(ANONYMOUS) - {("GET", "/metrics")}
 
 
 def test_a_user_login_is_refused_every_admin_route(
@@ -217,7 +222,7 @@ def test_a_user_login_is_refused_every_admin_route(
         for method, template, path in urls_of(director.root)
         if role_of(method, template) is Role.ADMIN
     ]
-    assert len(admin_paths) == 12
+    assert len(admin_paths) == 13
 
     for cookie in (bob, alice):
         answers = {
@@ -247,6 +252,8 @@ def test_an_admin_login_reaches_the_admin_routes(
             "fingerprint": director.authority.fingerprint,
         },
     )
+    trail = call(stub, "GET", "/v1/admin/audit?limit=1", cookie=alice).json()
+    assert [line["action"] for line in trail["entries"]] == ["admin login"]
 
 
 def test_a_database_that_fails_is_503_on_both_paths(
@@ -334,3 +341,27 @@ def test_a_method_without_authorized_is_not_routed(
     )
     for path in ("/v1/probe/klein", "/v1/probe/undeclared", "/v1/probe/Probe"):
         assert call(stub, "GET", path).outcome == (404, {"error": "not found"})
+
+
+def test_metrics_on_the_https_port_need_the_scrape_token(
+    director: DirectorHarness,
+) -> None:
+    stub = StubTreq(director.resource())
+    for token in ("", "Bearer wrong", f"Basic {METRICS_TOKEN}"):
+        headers = {"Authorization": token} if token else {}
+        d = stub.get(BASE + "/metrics", headers=headers)  # type: ignore[attr-defined]
+        stub.flush()
+        answer = result_of(d)
+        assert answer.code == 401
+        assert answer.headers.getRawHeaders("WWW-Authenticate") == [
+            'Bearer realm="metrics"'
+        ]
+    d = stub.get(  # type: ignore[attr-defined]
+        BASE + "/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"}
+    )
+    stub.flush()
+    answer = result_of(d)
+    body = result_of(answer.text())
+    assert answer.code == 200
+    assert "dcvix_logins_total" in body
+    assert answer.headers.getRawHeaders("Content-Type")[0].startswith("text/plain")

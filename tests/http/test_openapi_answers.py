@@ -39,7 +39,7 @@ from dcvix.director.openapi import director_document
 from dcvix.director.runtime import HostStats, ServerState, Session
 from dcvix.director.schemas import REQUESTS
 from dcvix.testing import DirectorHarness, director_harness
-from dcvix.testing.director import NOW
+from dcvix.testing.director import METRICS_TOKEN, NOW
 from dcvix.testing.reports import session
 
 T = TypeVar("T")
@@ -263,11 +263,12 @@ class Calls:
         query: str = "",
         body: Any = None,
         who: str | None = None,
+        headers: dict[str, str] | None = None,
     ) -> Answer:
         path = concrete(template, values or {})
         data = b"" if body is None else json.dumps(body).encode()
         cookie = self.cookies[who] if who else None
-        answer = call(self.stub, method, path + query, data, cookie)
+        answer = call(self.stub, method, path + query, data, cookie, headers)
         self.seen.append((method, template, path + query, answer))
         return answer
 
@@ -302,6 +303,8 @@ def test_a_director_in_use_answers_as_its_document_says(
     # Anyone.
     ask("GET", "/v1/health")
     ask("GET", "/v1/openapi.json")
+    ask("GET", "/metrics")
+    ask("GET", "/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"})
     ask("GET", "/v1/ui-config")
     ask("GET", "/v1/ui-config", who="bob")
     ask("GET", "/")
@@ -336,6 +339,9 @@ def test_a_director_in_use_answers_as_its_document_says(
     ask("POST", action, {"guid": guid, "action": "approve"}, who="bob")
     assert ask("POST", "/v1/agent/register", body=enrol).code == 200
     ask("GET", "/v1/admin/ca", who="alice")
+    ask("GET", "/v1/admin/audit", query="?limit=2", who="alice")
+    ask("GET", "/v1/admin/audit", query="?format=csv&actor=alice", who="alice")
+    ask("GET", "/v1/admin/audit", query="?since=yesterday", who="alice")
     ask("GET", "/v1/admin/ca")
 
     # A user.

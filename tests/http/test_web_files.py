@@ -29,6 +29,7 @@ PAGES = [
     "/admin/agents",
     "/admin/sessions",
     "/admin/servers",
+    "/admin/audit",
 ]
 
 

@@ -7,8 +7,10 @@ two scrapes with ``prometheus_client.parser``.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
+import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,7 @@ from fake_dcv import FakeDcv
 from prometheus_client.parser import text_string_to_metric_families
 
 from daemons import free_port
+from dcvix.common.pki import certificate_fingerprint
 from fleet import Agent, Director, Fleet, enrol, https, wait_for
 
 ADMIN, PASSWORD = "metrics-admin", "metrics-secret"
@@ -307,6 +310,22 @@ def test_an_agents_commands_reports_reaper_and_host_are_counted(
     )
     assert value(found, "dcvix_agent_cpu_seconds_total", mode="idle") > 0
 
+    # The director's audit trail says why each reaped session ended.
+    def reaped_rows() -> list[tuple[str, ...]] | None:
+        with contextlib.closing(sqlite3.connect(director.data_dir / "agents.db")) as db:
+            rows = db.execute(
+                "SELECT actor, target, address, detail FROM audit "
+                "WHERE action = 'reap session' ORDER BY target"
+            ).fetchall()
+        return [tuple(row) for row in rows] if len(rows) == 2 else None
+
+    left, unused = wait_for("the reaped sessions audited", reaped_rows, 30)
+    assert left[:3] == ("agent ws-m", "dcvix_left", "127.0.0.1")
+    assert left[3].startswith("owner=bob no client for ")
+    assert left[3].endswith("since its last disconnection (idle_timeout 60 s)")
+    assert unused[1] == "dcvix_unused"
+    assert unused[3].endswith("since its creation, unused (idle_timeout 60 s)")
+
     # What the director asks: one create, one set-config that dcv refuses.
     before = samples(port)
     as_director: dict[str, Any] = {
@@ -369,3 +388,38 @@ def test_an_agents_commands_reports_reaper_and_host_are_counted(
         )
 
     wait_for("a failed report", failed, 60)
+
+
+# ------------------------------------------------------------ dcvixctl status
+
+
+def test_dcvixctl_status_reads_the_store_and_the_running_director(
+    fleet: Fleet, director: tuple[Director, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    daemon, port = director
+    # A proxy in the environment is never used: the token goes to the director.
+    monkeypatch.setenv("http_proxy", f"http://127.0.0.1:{free_port()}")
+    done = daemon.ctl("status", check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    screen = done.stdout
+    assert f"director   dcvix {_version()}, up " in screen
+    assert f"(metrics on 127.0.0.1:{port})" in screen
+    assert "servers    0 online, 0 offline" in screen
+    fingerprint = certificate_fingerprint(daemon.ca_certificate())
+    assert f"CA         SHA-256 {fingerprint}  expires " in screen
+    assert "agents     0 pending, 0 registered, 0 revoked, 0 denied" in screen
+    assert screen.endswith("attention: nothing\n")
+
+    # An agent waiting for approval needs an admin.
+    agent = fleet.agent(daemon, "ws-status", update_interval="0")
+    agent.wait_log("pending approval")
+    done = daemon.ctl("status", check=False)
+    assert done.returncode == 1
+    assert "  - 1 agent(s) pending approval: dcvixctl agents list --state pending" in (
+        done.stdout
+    )
+    # A director that does not answer needs someone too.
+    daemon.stop()
+    done = daemon.ctl("status", check=False)
+    assert done.returncode == 1
+    assert f"  - the director does not answer on 127.0.0.1:{port}" in done.stdout

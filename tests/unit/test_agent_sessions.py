@@ -562,3 +562,33 @@ def test_a_disk_that_refuses_the_record_loses_nothing(
     monkeypatch.undo()
     created.add("dcvix_c")
     assert json.loads(record_path.read_text()) == ["dcvix_a", "dcvix_b", "dcvix_c"]
+
+
+def test_reaped_sessions_ride_reports_until_one_is_delivered(
+    manager: SessionManager, stats: StatsCollector
+) -> None:
+    reporter = Reporter(manager, stats, ReportSettings((), 30.0, 8446))
+    assert "reaped" not in result(reporter.build())
+    reporter.reaped("dcvix_a", "alice", "no client for 1900 s")
+    first = result(reporter.build())
+    assert first["reaped"] == [
+        {"id": "dcvix_a", "owner": "alice", "reason": "no client for 1900 s"}
+    ]
+    # Not delivered: the next report carries it again, with the newer one.
+    reporter.reaped("dcvix_b", "bob", "no client for 2000 s")
+    second = result(reporter.build())
+    assert [r["id"] for r in second["reaped"]] == ["dcvix_a", "dcvix_b"]
+    # Delivered: gone, but one reaped after the report was built stays.
+    reporter.reaped("dcvix_c", "carol", "no client for 2100 s")
+    reporter.delivered(second)
+    assert [r["id"] for r in result(reporter.build())["reaped"]] == ["dcvix_c"]
+
+
+def test_at_most_a_hundred_reaped_sessions_wait(
+    manager: SessionManager, stats: StatsCollector
+) -> None:
+    reporter = Reporter(manager, stats, ReportSettings((), 30.0, 8446))
+    for n in range(105):
+        reporter.reaped(f"dcvix_{n}", "alice", "idle")
+    waiting = result(reporter.build())["reaped"]
+    assert [r["id"] for r in waiting] == [f"dcvix_{n}" for n in range(5, 105)]

@@ -774,7 +774,7 @@ def test_default_file_parses_to_defaults(
 
 
 @pytest.mark.parametrize(
-    ("config_class", "key_lines"), [(DirectorConfig, 64), (AgentConfig, 29)]
+    ("config_class", "key_lines"), [(DirectorConfig, 69), (AgentConfig, 29)]
 )
 def test_uncommented_default_file_parses_to_defaults(
     config_class: type[DirectorConfig | AgentConfig], key_lines: int

@@ -666,7 +666,7 @@ def test_every_audit_row_of_an_adoption_has_its_audit_log_line(
         ("mtls", "pin key", B, pin_b),
     ]
     assert audit_lines == [
-        f"address {STRANGER} claim key {A} {claim}",
+        f"address {STRANGER} claim key {A} from {STRANGER} {claim}",
         f"mtls pin key {A} {pin_a}",
         f"mtls pin key {B} {pin_b}",
     ]
@@ -737,6 +737,12 @@ def test_registered_with_a_new_hostname_goes_back_to_pending(world: World) -> No
         fingerprint(key),
     )
     assert (record.address, record.cert_serial) == ("10.0.0.8", old_serial)
+    assert world.audit_details()[-1] == (
+        "address 10.0.0.8",
+        "back to pending",
+        A,
+        "hostname changed from ws1 to ws1-renamed",
+    )
 
     world.approve(A)
     answer = world.register(body(key, A, "ws1-renamed"))
@@ -758,6 +764,11 @@ def test_registered_with_an_expired_certificate_goes_back_to_pending(
         world.register(body(key, A, "ws1"))
 
     assert world.record(A).state == "pending"
+    assert world.audit_details()[-1][1:] == (
+        "back to pending",
+        A,
+        "its last certificate expired",
+    )
     with pytest.raises(PendingApproval):  # and stays so, until approved
         world.register(body(key, A, "ws1"))
 
@@ -817,7 +828,10 @@ def test_pending_with_another_key_is_409(world: World) -> None:
         lambda: world.register(body(new_key(), A, "ws1")),
         audited=True,
     )
-    assert world.audit() == [("address 10.0.0.7", "key mismatch", A)]
+    assert world.audit() == [
+        ("address 10.0.0.7", "register", A),
+        ("address 10.0.0.7", "key mismatch", A),
+    ]
     assert world.record(A).state == "pending"
 
 
@@ -1015,7 +1029,7 @@ def test_auto_approve_never_for_the_directors_own_host(
         world.register(body(new_key(), A, hostname, TOKEN))
 
     assert world.record(A).state == "pending"
-    assert world.audit() == []
+    assert world.audit() == [("address 10.0.0.7", "register", A)]
 
 
 def test_auto_approve_never_for_a_registered_hostname(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.web.server import Site
 
 from dcvix.common.config import load_config, parse_config
+from dcvix.common.daemon import StartupError
 from dcvix.common.pki import load_certificates, subject_alt_names
 from dcvix.common.threads import ThreadPoolService
 from dcvix.director.auth import Authenticator
@@ -77,6 +79,8 @@ def test_the_tree_a_fresh_install_and_the_listener(
     assert [type(s).__name__ for s in root] == [
         "_Store",
         "ThreadPoolService",
+        "_Closing",  # the audit exports
+        "PeriodicJob",  # refusals counted for the audit trail
         "ThreadPoolService",
         "AgentClient",
         "PeriodicJob",
@@ -183,3 +187,34 @@ def test_the_login_form_asks_for_an_otp_when_a_back_end_takes_one(
 ) -> None:
     """``GET /v1/ui-config`` tells the web UI whether to show the OTP field."""
     assert login_otp_field(parse_config(DirectorConfig, text, None)) == field
+
+
+def test_metrics_on_the_https_port_need_a_token(
+    tmp_path: Path, reactor: MemoryReactorClock, deps: Dependencies
+) -> None:
+    config = _config(tmp_path)
+    config = dataclasses.replace(
+        config, metrics=dataclasses.replace(config.metrics, https=True)
+    )
+    with pytest.raises(StartupError) as raised:
+        build_director(config, reactor, None, deps)
+    assert str(raised.value) == (
+        "[metrics] https needs [metrics] token_file: the director's port is open "
+        "to its whole network"
+    )
+    assert not (tmp_path / "data").exists()  # stopped before it made anything
+
+
+def test_audit_file_in_a_missing_folder_stops_the_start(
+    tmp_path: Path, reactor: MemoryReactorClock, deps: Dependencies
+) -> None:
+    config = _config(tmp_path)
+    trail = tmp_path / "nowhere" / "audit.jsonl"
+    config = dataclasses.replace(
+        config, audit=dataclasses.replace(config.audit, file=str(trail))
+    )
+    with pytest.raises(StartupError) as raised:
+        build_director(config, reactor, None, deps)
+    assert str(raised.value) == (
+        f"[audit] file {trail}: its folder {trail.parent} does not exist"
+    )

@@ -172,7 +172,7 @@ def test_user_login_issues_a_user_token(world: World) -> None:
     assert world.tokens.check(token) == Claims("bob", "user", "login", EXPIRES)
     assert world.backend.calls == [("bob", "bob-pw", "")]
     assert world.audit() == [
-        AuditEntry(NOW, "bob", "login", ADDRESS, "backend=fake result=ok"),
+        AuditEntry(NOW, "bob", "login", "", "backend=fake result=ok", ADDRESS, "ok"),
     ]
 
 
@@ -188,7 +188,9 @@ def test_admin_login_issues_an_admin_token(world: World) -> None:
     assert expires == EXPIRES
     assert world.tokens.check(token) == Claims("alice", "admin", "login", EXPIRES)
     assert world.audit() == [
-        AuditEntry(NOW, "alice", "admin login", ADDRESS, "backend=fake result=ok"),
+        AuditEntry(
+            NOW, "alice", "admin login", "", "backend=fake result=ok", ADDRESS, "ok"
+        ),
     ]
 
 
@@ -225,7 +227,9 @@ def test_every_failure_looks_the_same(
     # An empty password never reaches a back end (for LDAP it would bind anonymously).
     assert world.backend.calls == ([(user, password, "")] if password else [])
     assert world.audit() == [
-        AuditEntry(NOW, user, action, ADDRESS, f"backend=fake result={result}"),
+        AuditEntry(
+            NOW, user, action, "", f"backend=fake result={result}", ADDRESS, "failed"
+        ),
     ]
 
 
@@ -292,17 +296,21 @@ def test_sixth_failure_is_locked_without_asking_the_back_end(
         TooManyRequests, LOCKED, lambda: world.login("bob", "bob-pw", admin=True)
     )
     assert world.backend.calls == [("bob", "wrong", "")] * 5
-    # Refusals while locked are logged, not stored: hammering must not grow the db.
-    assert len(world.audit()) == 5
+    # Refusals while locked: one line per address and kind, then counted
+    # (hammering must not grow the store).
+    assert [(e.action, e.outcome) for e in world.audit()] == [
+        ("login failed", "failed")
+    ] * 5 + [("login refused", "refused"), ("admin login refused", "refused")]
     assert audit_lines == [
-        "bob login failed 10.0.0.7 backend=fake result=rejected"
+        "bob login failed from 10.0.0.7 backend=fake result=rejected"
     ] * 5 + [
-        "bob login refused 10.0.0.7 backend=fake result=locked",
-        "bob admin login refused 10.0.0.7 backend=fake result=locked",
+        "bob login refused from 10.0.0.7 backend=fake result=locked count=1",
+        "bob admin login refused from 10.0.0.7 backend=fake result=locked count=1",
     ]
 
     world.clock.advance(299)
     world.refused(TooManyRequests, LOCKED, lambda: world.login("bob", "bob-pw"))
+    assert len(world.audit()) == 7
     world.clock.advance(1)
     token, _ = world.login("bob", "bob-pw")
     assert world.tokens.check(token).user == "bob"
@@ -460,7 +468,7 @@ def test_logout_revokes_the_token(
         lambda: resolve(world.service.identify(token + "=")),
     )
     assert resolve(world.service.identify(other)).user == "bob"
-    assert world.audit()[-1] == AuditEntry(NOW, "bob", "logout", "10.0.0.9", "")
+    assert world.audit()[-1] == AuditEntry(NOW, "bob", "logout", "", "", "10.0.0.9")
 
     restarted = make_world()
     world.refused(

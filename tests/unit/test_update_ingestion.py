@@ -9,30 +9,38 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+import json
 import sqlite3
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
+from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher
+from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
 from twisted.web.server import Request
-from twisted.web.test.requesthelper import DummyChannel
+from twisted.web.test.requesthelper import DummyChannel, DummyRequest
 
 from dcvix.common.errors import BadRequest, Unauthorized
 from dcvix.common.http import DcvixSite, read_json
 from dcvix.common.logging import make_observer
 from dcvix.ctl import wait as resolve
 from dcvix.director import ca
-from dcvix.director.api.agents import UpdateTally
+from dcvix.director.api.agents import AgentRoutes, UpdateTally
 from dcvix.director.audit import Audit
 from dcvix.director.enrolment import Enrolment, EnrolmentPolicy
 from dcvix.director.registry import AgentRecord
 from dcvix.director.registry.engine import inline_runner
 from dcvix.director.registry.sqlite import SqliteRegistry
-from dcvix.director.runtime import parse_session
+from dcvix.director.runtime import (
+    MemoryRuntimeStore,
+    Reaped,
+    parse_reaped,
+    parse_session,
+)
 
 NOW = dt.datetime(2026, 3, 1, 12, 0, 0, tzinfo=dt.UTC)
 A = "11111111-1111-4111-8111-111111111111"
@@ -312,3 +320,74 @@ def test_read_json_accepts_what_is_text(raw: bytes, value: Any) -> None:
 def test_read_json_still_refuses_a_lone_surrogate_in_a_key() -> None:
     with pytest.raises(BadRequest, match="invalid"):
         read_json(Body(b'{"\\uDc00": 1}'))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("reaped", "error"),
+    [
+        ("x", "reaped must be a list of at most 100 objects"),
+        ([{"id": "s"}] * 101, "reaped must be a list of at most 100 objects"),
+        ([{"owner": "bob"}], "each reaped entry must be an object with an id"),
+        (["s"], "each reaped entry must be an object with an id"),
+        ([{"id": "s\x1b[2J"}], "a reaped session id holds a control character"),
+        ([{"id": "s", "reason": 5}], "a reaped session reason must be a string"),
+    ],
+)
+def test_a_bad_reaped_list_is_refused(reaped: Any, error: str) -> None:
+    with pytest.raises(BadRequest) as raised:
+        parse_reaped({"stats": {}, "reaped": reaped})
+    assert raised.value.message.startswith(error)
+
+
+def test_reaped_sessions_are_read() -> None:
+    assert parse_reaped({"stats": {}}) == []
+    assert parse_reaped({"reaped": [{"id": "s", "owner": "bob", "reason": "r"}]}) == [
+        Reaped("s", "bob", "r")
+    ]
+
+
+# ----------------------------------------------------- reaped sessions audited
+
+
+def _update(routes: AgentRoutes, agent: AgentRecord, body: dict[str, Any]) -> int:
+    request = DummyRequest([b"v1", b"agent", b"update"])
+    request.method = b"POST"
+    request.content = io.BytesIO(json.dumps(body).encode())  # type: ignore[attr-defined]
+    request.client = IPv4Address("TCP", "10.0.0.9", 40000)
+    resolve(routes.update(cast(IRequest, request), agent))
+    return request.responseCode or 200
+
+
+def test_reaped_sessions_the_agent_had_are_audited_once(tmp_path: Path) -> None:
+    clock = Clock()
+    clock.advance(NOW.timestamp())
+    registry = SqliteRegistry(tmp_path / "agents.db", inline_runner)
+    runtime = MemoryRuntimeStore()
+    audit = Audit(registry, clock)
+    routes = AgentRoutes(cast(Any, None), runtime, 8446, clock, audit=audit)
+    agent = AgentRecord(
+        A, "ws1", "registered", None, None, None, "1", None, "k", "10.0.0.9", None
+    )
+    old = {"id": "dcvix_old", "owner": "bob", "type": "virtual"}
+    assert _update(routes, agent, {"stats": {}, "sessions": [old]}) == 200
+    reaped = [
+        {"id": "dcvix_old", "owner": "bob", "reason": "no client for 1900 s"},
+        {"id": "dcvix_never", "owner": "eve", "reason": "invented"},
+    ]
+    body = {"stats": {}, "sessions": [], "reaped": reaped}
+    assert _update(routes, agent, body) == 200
+    assert _update(routes, agent, body) == 200  # sent again: nothing twice
+    lines = [
+        (e.actor, e.action, e.target, e.address, e.detail)
+        for e in resolve(registry.latest())
+    ]
+    assert lines == [
+        (
+            "agent ws1",
+            "reap session",
+            "dcvix_old",
+            "10.0.0.9",
+            "owner=bob no client for 1900 s",
+        )
+    ]
+    registry.close()

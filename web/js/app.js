@@ -15,11 +15,13 @@ const SCREENS = {
   "/admin/agents": { load: () => import("./admin-agents.js"), title: "Agents", admin: true },
   "/admin/sessions": { load: () => import("./admin-sessions.js"), title: "Sessions", admin: true },
   "/admin/servers": { load: () => import("./admin-servers.js"), title: "Servers", admin: true },
+  "/admin/audit": { load: () => import("./admin-audit.js"), title: "Audit", admin: true },
 };
 const ADMIN_NAV = [
   ["/admin/agents", "Agents"],
   ["/admin/sessions", "Sessions"],
   ["/admin/servers", "Servers"],
+  ["/admin/audit", "Audit"],
   ["/portal", "My desktops"],
 ];
 
@@ -75,9 +77,13 @@ export async function navigate(path, { replace = false, message = null } = {}) {
     screen = SCREENS[target];
     state.message = state.message ?? "That page is for administrators: log in as one to see it.";
   }
-  if (replace || target !== window.location.pathname) {
+  // A reload, a shared link or Back keeps the query of the screen it shows
+  // (the Audit screen's filters); a link to a screen opens it without one.
+  const search = replace && target === window.location.pathname ? window.location.search : "";
+  const url = target + search;
+  if (replace || url !== window.location.pathname + window.location.search) {
     const method = replace || target !== path ? "replaceState" : "pushState";
-    history[method](null, "", target);
+    history[method](null, "", url);
   }
   if (state.stop) {
     state.stop();

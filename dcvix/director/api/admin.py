@@ -7,7 +7,7 @@ from typing import Any
 
 from twisted.web.iweb import IRequest
 
-from dcvix.common.http import json_response
+from dcvix.common.http import client_address, json_response
 from dcvix.common.pki import certificate_fingerprint, load_certificates
 from dcvix.director.agent_admin import AgentAdmin
 from dcvix.director.api.authz import Role, authorized
@@ -112,6 +112,7 @@ class AdminRoutes:
             _flag(request, b"replace"),
             key,
             seen,
+            client_address(request),
         )
         answer: dict[str, Any] = {
             "agent": agent_json(

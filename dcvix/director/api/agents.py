@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 
 from dcvix.common.clock import now_utc
@@ -15,15 +16,27 @@ from dcvix.common.http import (
     read_json,
 )
 from dcvix.common.jsonfields import decode
+from dcvix.common.ratelimit import RateLimiter
 from dcvix.director.api.authz import Role, authorized
+from dcvix.director.audit import Audit
 from dcvix.director.enrolment import Enrolment, PeerIdentity, PendingApproval
 from dcvix.director.exchange import ReportExchange
 from dcvix.director.metrics import DirectorMetrics
-from dcvix.director.registry import AgentRecord
+from dcvix.director.registry import AgentRecord, StoreError
 from dcvix.director.requests import RegisterRequest, RenewRequest
-from dcvix.director.runtime import RuntimeStore, SessionsMemo, parse_report
+from dcvix.director.runtime import (
+    Reaped,
+    RuntimeStore,
+    ServerState,
+    SessionsMemo,
+    parse_reaped,
+    parse_report,
+)
+
+log = Logger()
 
 UPDATE_PATH = b"/v1/agent/update"
+REAPED_PER_MINUTE = 60  # reap lines an agent may add to the trail
 SUMMARY_SECONDS = 60.0
 
 
@@ -71,6 +84,7 @@ class AgentRoutes:
         exchange: where accepted reports go for the other directors of a
             shared store (none with one director).
         metrics: where updates, registrations and renewals are counted.
+        audit: where refused registrations are recorded (rate-limited).
     """
 
     def __init__(
@@ -82,8 +96,10 @@ class AgentRoutes:
         tally: UpdateTally | None = None,
         exchange: ReportExchange | None = None,
         metrics: DirectorMetrics | None = None,
+        audit: Audit | None = None,
     ) -> None:
         self._enrolment = enrolment
+        self._audit = audit
         self._runtime = runtime
         self._default_port = default_agent_port
         self._clock = clock
@@ -95,6 +111,7 @@ class AgentRoutes:
         self._accepted = self._metrics.updates.labels("accepted")
         self._refused = self._metrics.updates.labels("refused")
         self._lag = self._metrics.update_lag
+        self._reaped_lines = RateLimiter(REAPED_PER_MINUTE, 60.0, clock)
 
     @authorized("POST", "/v1/agent/register", role=Role.PUBLIC)
     async def register(self, request: IRequest) -> bytes:
@@ -104,11 +121,16 @@ class AgentRoutes:
         ``{"certificate", "ca", "agentId", "renewalIntervalSeconds"}``; 403
         ``pending approval`` or ``agent denied``; 400, 401, 409, 413, 429.
         """
+        address = client_address(request)
         try:
             body = decode(RegisterRequest, read_json(request))
-            answer = await self._enrolment.register(body, client_address(request))
+            answer = await self._enrolment.register(body, address)
         except ApiError as error:
-            self._metrics.registrations.labels(_outcome(error)).inc()
+            outcome = _outcome(error)
+            self._metrics.registrations.labels(outcome).inc()
+            # A key mismatch has its own line (once a minute per agent).
+            if outcome != "pending" and error.message != "key mismatch":
+                await self._audit_refusal(error, address)
             raise
         self._metrics.registrations.labels("registered").inc()
         return json_response(request, 200, answer)
@@ -140,6 +162,7 @@ class AgentRoutes:
         peer = client_address(request)
         try:
             payload = parse_json(raw)
+            reaped = parse_reaped(payload)
             state = parse_report(
                 agent.guid,
                 agent.hostname,
@@ -165,7 +188,64 @@ class AgentRoutes:
             self._exchange.share(agent.guid, agent.hostname, peer, state, payload)
         self.tally.count(agent.guid)
         self._accepted.inc()
+        if reaped and self._audit is not None:
+            await self._audit_reaped(agent, reaped, previous, state, peer)
         return json_response(request, 200, {})
+
+    async def _audit_reaped(
+        self,
+        agent: AgentRecord,
+        reaped: list[Reaped],
+        previous: ServerState | None,
+        state: ServerState,
+        peer: str,
+    ) -> None:
+        """A line per session the agent reaped, that it had reported and no more.
+
+        Only sessions of the agent's previous report that this one lacks, at
+        most REAPED_PER_MINUTE an agent: an agent cannot grow the trail with
+        sessions it never had, and a report sent again writes nothing twice.
+        A store that fails loses the lines, never the report.
+        """
+        assert self._audit is not None
+        had = (
+            {s.id for s in previous.sessions}
+            if previous is not None and previous.guid == agent.guid
+            else set()
+        )
+        has = {s.id for s in state.sessions}
+        for session in reaped:
+            if session.id not in had or session.id in has:
+                continue
+            if not self._reaped_lines.take(agent.guid):
+                log.warn(
+                    "agent {guid} reaped more than {limit} sessions in a minute: "
+                    "not all are in the audit trail",
+                    guid=agent.guid,
+                    limit=REAPED_PER_MINUTE,
+                )
+                return
+            try:
+                await self._audit.record(
+                    f"agent {agent.hostname}",
+                    "reap session",
+                    session.id,
+                    f"owner={session.owner} {session.reason}".strip(),
+                    address=peer,
+                )
+            except StoreError as error:
+                log.warn("reaped session not audited: {error}", error=str(error))
+                return
+
+    async def _audit_refusal(self, error: ApiError, address: str) -> None:
+        if self._audit is not None:
+            await self._audit.refused(
+                f"address {address}",
+                "register refused",
+                "",
+                f"{error.status} {error.message}"[:300],
+                address=address,
+            )
 
 
 def _outcome(error: ApiError) -> str:

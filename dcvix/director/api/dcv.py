@@ -27,6 +27,7 @@ from dcvix.common.jsonfields import decode, json_name
 from dcvix.common.networks import parse_address
 from dcvix.common.validate import InvalidInput, check_session_id
 from dcvix.director.api.authz import Role, authorized
+from dcvix.director.audit import Audit
 from dcvix.director.connections import ConnectionTokens
 from dcvix.director.metrics import DirectorMetrics
 from dcvix.director.resolver import SessionResolver
@@ -200,6 +201,16 @@ def _has_body(request: IRequest) -> bool:
     return present
 
 
+def _session_or_not(text: str) -> str:
+    """A session id anyone sent, for the trail: only when it is one."""
+    if not text:
+        return ""
+    try:
+        return check_session_id(text)
+    except InvalidInput:
+        return "(not a session id)"
+
+
 def _client(text: str) -> str:
     """The client address the Gateway reported, for the log ("-" if none or bad)."""
     try:
@@ -216,6 +227,7 @@ class DcvRoutes:
         resolver: finds the server of a session id.
         dcv_port: the DCV web port given to the Gateway (``[director] dcv_port``).
         metrics: where checks and resolutions are counted and timed.
+        audit: where refusals are recorded (once a minute per address).
     """
 
     def __init__(
@@ -224,7 +236,9 @@ class DcvRoutes:
         resolver: SessionResolver,
         dcv_port: int,
         metrics: DirectorMetrics | None = None,
+        audit: Audit | None = None,
     ) -> None:
+        self._audit = audit
         self._connections = connections
         self._resolver = resolver
         self._dcv_port = dcv_port
@@ -258,7 +272,16 @@ class DcvRoutes:
         else:
             result = "no" if user is None else "yes"
         self._metrics.verifications.labels(result).inc()
-        return REFUSED if user is None else verified(user)
+        if user is None:
+            await self._refusal(
+                "dcv server",
+                "dcv token refused",
+                _field(fields, b"sessionId"),
+                f"result={result}",
+                request,
+            )
+            return REFUSED
+        return verified(user)
 
     @authorized("POST", "/resolveSession", role=Role.GATEWAY)
     async def resolve_session(self, request: IRequest, gateway: str) -> bytes:
@@ -270,8 +293,11 @@ class DcvRoutes:
         """
         try:
             asked = _resolve_request(request)
-        except BadRequest:
+        except BadRequest as error:
             self._metrics.resolutions.labels("invalid").inc()
+            await self._refusal(
+                f"gateway {gateway}", "resolve refused", "", error.message, request
+            )
             raise
         client = _client(asked.client_ip_address)
         with self._metrics.resolution_seconds.time():
@@ -282,6 +308,13 @@ class DcvRoutes:
             "not_found" if state is None else "found"
         ).inc()
         if state is None:
+            await self._refusal(
+                f"gateway {gateway}",
+                "resolve refused",
+                asked.session_id,
+                f"session not found for client {client}",
+                request,
+            )
             raise NotFound("session not found")
         log.debug(
             "gateway {gateway} resolved {session} to {server} for client {client}",
@@ -301,3 +334,16 @@ class DcvRoutes:
                 "WebUrlPath": "/",
             },
         )
+
+    async def _refusal(
+        self, actor: str, action: str, target: str, detail: str, request: IRequest
+    ) -> None:
+        """A refusal for the trail, at most once a minute per address."""
+        if self._audit is not None:
+            await self._audit.refused(
+                actor,
+                action,
+                _session_or_not(target),
+                detail[:300],
+                address=client_address(request),
+            )

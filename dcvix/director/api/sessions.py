@@ -6,14 +6,19 @@ import json
 
 from twisted.web.iweb import IRequest
 
-from dcvix.common.http import json_pieces_response, json_response, read_json
+from dcvix.common.http import (
+    client_address,
+    json_pieces_response,
+    json_response,
+    read_json,
+)
 from dcvix.common.jsonfields import decode
 from dcvix.director.api.authz import Role, authorized
 from dcvix.director.api.render import FleetRenderer
 from dcvix.director.audit import Audit
 from dcvix.director.listing import ServerQuery
 from dcvix.director.policy import PolicyHolder
-from dcvix.director.requests import ConfigRequest, CreateSessionRequest
+from dcvix.director.requests import ConfigRequest, CreateSessionRequest, config_detail
 from dcvix.director.sessions import SessionControl
 from dcvix.director.tokens import Claims
 
@@ -100,6 +105,7 @@ class SessionRoutes:
             "create session",
             answer["sessionID"],
             f"server={answer['serverId']}",
+            address=client_address(request),
         )
         return json_response(request, 200, answer)
 
@@ -115,7 +121,11 @@ class SessionRoutes:
         raw = request.args.get(b"serverId", [b""])[0].decode("utf-8", "replace")
         answer = await self._control.close(session_id, raw or None)
         await self._audit.record(
-            f"admin:{caller.user}", "close session", session_id, f"server={raw or '-'}"
+            f"admin:{caller.user}",
+            "close session",
+            session_id,
+            f"server={raw or '-'}",
+            address=client_address(request),
         )
         return json_response(request, 200, answer)
 
@@ -129,5 +139,11 @@ class SessionRoutes:
         """
         body = decode(ConfigRequest, read_json(request))
         answer = await self._control.configure(server, body)
-        await self._audit.record(f"admin:{caller.user}", "configure server", server)
+        await self._audit.record(
+            f"admin:{caller.user}",
+            "configure server",
+            server,
+            config_detail(body),
+            address=client_address(request),
+        )
         return json_response(request, 200, answer)

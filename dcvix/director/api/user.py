@@ -14,7 +14,7 @@ from dcvix.director.api.authz import Role, authorized
 from dcvix.director.api.render import session_json
 from dcvix.director.audit import Audit
 from dcvix.director.portal import Connection, Portal
-from dcvix.director.requests import ConfigRequest, UserSessionRequest
+from dcvix.director.requests import ConfigRequest, UserSessionRequest, config_detail
 from dcvix.director.tokens import Claims
 
 
@@ -60,6 +60,7 @@ class UserRoutes:
             answer["sessionID"],
             f"server={answer['serverId']}"
             + (f" pool={body.pool_id}" if body.pool_id else ""),
+            address=client_address(request),
         )
         return json_response(request, 200, answer)
 
@@ -85,7 +86,11 @@ class UserRoutes:
         server = _arg(request, b"serverId")
         answer = await self._portal.close(caller.user, session_id, server or None)
         await self._audit.record(
-            caller.user, "close user session", session_id, f"server={server or '-'}"
+            caller.user,
+            "close user session",
+            session_id,
+            f"server={server or '-'}",
+            address=client_address(request),
         )
         return json_response(request, 200, answer)
 
@@ -106,6 +111,7 @@ class UserRoutes:
             "connection token",
             connection.issued.session,
             f"server={connection.issued.server}",
+            address=client_address(request),
         )
         return connection
 
@@ -149,5 +155,11 @@ class UserRoutes:
         """
         body = decode(ConfigRequest, read_json(request))
         answer = await self._portal.configure(caller.user, server, body)
-        await self._audit.record(caller.user, "configure server", server)
+        await self._audit.record(
+            caller.user,
+            "configure server",
+            server,
+            config_detail(body),
+            address=client_address(request),
+        )
         return json_response(request, 200, answer)

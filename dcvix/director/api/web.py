@@ -109,7 +109,9 @@ class WebRoutes:
         """The UI at one of its screens (a reload, a bookmark)."""
         return self._page(request)
 
-    @authorized("GET", "/admin/<any(agents,sessions,servers):screen>", role=Role.PUBLIC)
+    @authorized(
+        "GET", "/admin/<any(agents,sessions,servers,audit):screen>", role=Role.PUBLIC
+    )
     def admin_screen(self, request: IRequest, screen: str) -> bytes:
         """The UI at an admin screen; the data behind it needs an admin login."""
         return self._page(request)
