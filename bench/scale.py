@@ -22,6 +22,11 @@ Measured, from the load process:
   array), each 8 times on one kept-alive TLS connection with an admin login,
   to the last byte read: the first (nothing rendered yet), then median and
   max of the other 7; target under 300 ms;
+- a Prometheus scrape of each director, ``GET /metrics`` on its HTTPS port
+  (``[metrics] https``, with the bearer token) and on its plain loopback
+  listener, 8 times each 1.1 s apart (the fleet's gauges are computed at most
+  once a second, so each scrape computes them, as Prometheus's every 15 s
+  would): first, then median and max; target under 100 ms;
 - ingestion as bench/update_ingestion.py measures it (its closed loop: 20
   agents, each on its own kept-alive mTLS connection, posting its 3-session
   report again as soon as the answer is in) on the big director with agents
@@ -39,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import http.client
 import json
 import signal
 import ssl
@@ -84,6 +90,8 @@ ENROLLERS = 4  # registrations in flight at once (one process each)
 REPORTERS = 16  # first reports in flight at once
 CONNECT_TRIES = 5
 REPEATS = 8  # the first, then 7
+REFRESH_GAP = 1.1  # seconds between scrapes: the gauges are reused for 1 s
+SCRAPE_TOKEN = "bench-scrape-token"  # noqa: S105 - a throwaway bench
 ROUNDS = 6
 LISTINGS = {
     "servers": "/v1/servers",
@@ -185,6 +193,38 @@ def timed_gets(port: int, cookie: str, path: str) -> dict[str, Any]:
     }
 
 
+# ---------------------------------------------------------------- scrapes
+
+
+def timed_scrapes(port: int, tls: bool) -> dict[str, Any]:
+    """REPEATS scrapes of ``/metrics``, REFRESH_GAP apart, to the last byte."""
+    link = (
+        connection(port)
+        if tls
+        else http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    )
+    headers = {"Authorization": f"Bearer {SCRAPE_TOKEN}"}
+    timings, body = [], b""
+    for number in range(REPEATS):
+        if number:
+            time.sleep(REFRESH_GAP)  # past the gauges' once-a-second reuse
+        start = time.perf_counter()
+        link.request("GET", "/metrics", headers=headers)
+        response = link.getresponse()
+        body = response.read()
+        timings.append((time.perf_counter() - start) * 1000)
+        if response.status != 200:
+            raise SystemExit(f"GET /metrics: {response.status} {body[:200]!r}")
+    link.close()
+    return {
+        "first_ms": timings[0],
+        "median_ms": statistics.median(timings[1:]),
+        "max_ms": max(timings[1:]),
+        "items": body.count(b"\n"),
+        "mb": len(body) / 1e6,
+    }
+
+
 # --------------------------------------------------------------- ingestion
 
 
@@ -282,6 +322,8 @@ def loadgen(spec: dict[str, Any]) -> dict[str, Any]:
             what: timed_gets(director["port"], cookie, path)
             for what, path in LISTINGS.items()
         }
+        results[name]["scrape_tls"] = timed_scrapes(director["port"], True)
+        results[name]["scrape"] = timed_scrapes(director["metrics"], False)
     stop_profiler(spy)
     spy = profiler(spec, big["pid"]) if spec["profile"] == "ingestion" else None
     results["ingestion"] = ingestion(
@@ -311,10 +353,20 @@ class Director:
     port: int
     data: Path
     process: subprocess.Popen[bytes]
+    metrics: int
 
 
 def start_director(folder: Path) -> Director:
-    """A director with auto-approval, admin ``admin``/``bench-pw``, long max_age."""
+    """A director with auto-approval, admin ``admin``/``bench-pw``, long max_age.
+
+    Its metrics listen on a free loopback port and on its HTTPS port, behind
+    SCRAPE_TOKEN.
+    """
+    folder.mkdir(parents=True)
+    token = folder / "scrape-token"
+    token.write_text(SCRAPE_TOKEN)
+    token.chmod(0o600)
+    metrics = free_port()
     policy = folder / "policydb"
     policy.mkdir(parents=True)
     (policy / "users.json").write_text('[{"id": "admin", "admin": true}]')
@@ -332,9 +384,14 @@ def start_director(folder: Path) -> Director:
         {
             "external_auth": {"external_command": str(auth)},
             "housekeeper": {"max_age": "3600"},
+            "metrics": {
+                "listen": f"127.0.0.1:{metrics}",
+                "token_file": str(token),
+                "https": "true",
+            },
         },
     )
-    return Director(port, data, process)
+    return Director(port, data, process, metrics)
 
 
 def start_bare(data: Path) -> tuple[int, subprocess.Popen[bytes]]:
@@ -370,11 +427,13 @@ def run(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
             "directors": {
                 "big": {
                     "port": big.port,
+                    "metrics": big.metrics,
                     "pid": big.process.pid,
                     "agents": args.agents,
                 },
                 "small": {
                     "port": small.port,
+                    "metrics": small.metrics,
                     "pid": small.process.pid,
                     "agents": min(SMALL, args.agents),
                 },
@@ -436,6 +495,13 @@ def table(results: dict[str, Any], agents: int) -> str:
             target = f"< 300 ms: {verdict(big['max_ms'] < 300)}; {first}"
         row = listing_row(f"`GET {path}`, first; then median / max", small, big)
         rows.append(f"{row} {target} |")
+    for what, label in (
+        ("scrape_tls", "`GET /metrics` on the HTTPS port"),
+        ("scrape", "`GET /metrics` on the loopback listener"),
+    ):
+        small, big = results["small"][what], results["big"][what]
+        row = listing_row(f"{label}, first; then median / max", small, big)
+        rows.append(f"{row} < 100 ms: {verdict(big['max_ms'] < 100)} |")
     flow = results["ingestion"]
     base = flow["baseline"]["ups"]
 
