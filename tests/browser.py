@@ -248,3 +248,23 @@ def log_in(page: Any, url: str, user: str, password: str, admin: bool = False) -
     if admin:
         page.get_by_label("Administrator").check()
     page.get_by_label("Password", exact=True).press("Enter")
+
+
+def admin_page(
+    browser: Browser,
+    fleet: WebFleet,
+    screen: str,
+    *,
+    dark: bool = False,
+    width: int = 1280,
+    allowed: tuple[int, ...] = (),
+) -> Any:
+    """A page where the admin is logged in, showing ``screen`` (from the nav)."""
+    # The login screen asks /v1/auth-health first: 401 before logging in.
+    page = browser.page(dark=dark, width=width, allowed=(401, *allowed))
+    log_in(page, fleet.url, ADMIN, ADMIN_PASSWORD, admin=True)
+    page.wait_for_url("**/admin/agents")
+    nav = page.get_by_role("navigation", name="Main")
+    nav.get_by_role("link", name=screen.capitalize(), exact=True).click()
+    page.wait_for_url(f"**/admin/{screen}")
+    return page

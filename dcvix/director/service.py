@@ -317,7 +317,9 @@ def _reload_policy(policy: PolicyHolder, audit: Audit) -> None:
         "sighup",
         "policy reload",
         str(policy.folder),
-        "" if done else f"kept the last good policy: {policy.reload_error}"[:500],
+        ""
+        if done
+        else f"refused, the last good one kept ({policy.reload_error})"[:500],
         outcome="ok" if done else "failed",
     )
     ensureDeferred(recorded).addErrback(

@@ -243,16 +243,20 @@ def policy_director(fleet: Fleet) -> tuple[Director, Path]:
 
 
 def reload_lines(text: str) -> list[str]:
-    """The SIGHUP and policy lines of the log, in order."""
+    """The SIGHUP and policy lines of the log, in order (not the audit trail's)."""
     wanted = ("SIGHUP: reloading", *OUTCOMES)
-    return [line for line in text.splitlines() if any(w in line for w in wanted)]
+    return [
+        line
+        for line in text.splitlines()
+        if any(w in line for w in wanted) and "dcvix.audit:" not in line
+    ]
 
 
 def reloaded(director: Director, mark: int, step: str) -> list[str]:
     """The reload lines after ``mark``, once the reload has said what it did."""
     wait_for(
         f"the reload after {step}",
-        lambda: any(o in director.log_since(mark) for o in OUTCOMES),
+        lambda: len(reload_lines(director.log_since(mark))) >= 2,
     )
     return reload_lines(director.log_since(mark))
 

@@ -29,7 +29,7 @@ from browser import (
     USER_PASSWORD,
     Browser,
     WebFleet,
-    log_in,
+    admin_page,
 )
 from director_calls import call
 from playwright.sync_api import Locator, Page, expect
@@ -40,7 +40,7 @@ CSV_HEADER = ["id", "time", "actor", "action", "target", "address", "outcome", "
 PAGE_SIZE = 50  # the screen's page, without ?limit= in the address
 
 
-def admin_page(
+def audit_page(
     browser: Browser,
     fleet: WebFleet,
     *,
@@ -49,13 +49,10 @@ def admin_page(
     allowed: tuple[int, ...] = (),
 ) -> Page:
     """A page where alice is logged in as an admin, on the Audit screen."""
-    # The login screen asks /v1/auth-health first: 401 before logging in.
-    page: Page = browser.page(dark=dark, width=width, allowed=(401, *allowed))
-    log_in(page, fleet.url, ADMIN, ADMIN_PASSWORD, admin=True)
-    page.wait_for_url("**/admin/agents")
+    page: Page = admin_page(
+        browser, fleet, "audit", dark=dark, width=width, allowed=allowed
+    )
     nav = page.get_by_role("navigation", name="Main")
-    nav.get_by_role("link", name="Audit", exact=True).click()
-    page.wait_for_url("**/admin/audit")
     expect(nav.get_by_role("link", name="Audit", exact=True)).to_have_attribute(
         "aria-current", "page"
     )
@@ -127,7 +124,7 @@ def test_the_trail_shows_each_action_and_filters_it(
 ) -> None:
     web_fleet = failed_logins
     guid = web_fleet.agent.guid
-    page = admin_page(browser, web_fleet)
+    page = audit_page(browser, web_fleet)
 
     # Exactly the module's five lines, newest first.
     me = f"os:{getpass.getuser()}"
@@ -229,7 +226,7 @@ def test_the_trail_shows_each_action_and_filters_it(
 def test_a_bad_filter_is_explained_and_nothing_found_is_said(
     web_fleet: WebFleet, browser: Browser
 ) -> None:
-    page = admin_page(browser, web_fleet, allowed=(400,))
+    page = audit_page(browser, web_fleet, allowed=(400,))
     expect(rows(page).first).to_be_visible()
     since = page.get_by_label("Since", exact=True)
     expect(since).to_have_value("")  # All
@@ -275,7 +272,7 @@ def test_a_bad_filter_is_explained_and_nothing_found_is_said(
 def test_screenshots(
     failed_logins: WebFleet, browser: Browser, suffix: str, dark: bool, width: int
 ) -> None:
-    page = admin_page(browser, failed_logins, dark=dark, width=width)
+    page = audit_page(browser, failed_logins, dark=dark, width=width)
     expect(column(page, "Outcome").locator(".badge.bad").first).to_be_visible()
     expect(page.get_by_role("status").filter(has_text="lines shown")).to_be_visible()
     assert fits(page)
@@ -285,7 +282,7 @@ def test_screenshots(
 def test_a_shared_link_opens_the_filtered_trail(
     web_fleet: WebFleet, browser: Browser
 ) -> None:
-    page = admin_page(browser, web_fleet)
+    page = audit_page(browser, web_fleet)
     assert page.request.get(f"{web_fleet.url}/admin/audit").status == 200
     # A second admin login, so that there are two pages of one line.
     good = {"userID": ADMIN, "password": ADMIN_PASSWORD}
@@ -314,7 +311,7 @@ def test_load_more_pages_through_the_trail(
     for _ in range(PAGE_SIZE + 10):
         good = {"userID": USER, "password": USER_PASSWORD}
         assert call(web_fleet.director, "POST", "/v1/user/login", good).status == 200
-    page = admin_page(browser, web_fleet)
+    page = audit_page(browser, web_fleet)
     total = len(trail(page, web_fleet, limit="1000"))
     assert PAGE_SIZE < total <= 2 * PAGE_SIZE
     expect(rows(page)).to_have_count(PAGE_SIZE)

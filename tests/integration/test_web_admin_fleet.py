@@ -14,12 +14,10 @@ from collections.abc import Iterator
 
 import pytest
 from browser import (
-    ADMIN,
-    ADMIN_PASSWORD,
     USER,
     Browser,
     WebFleet,
-    log_in,
+    admin_page,
 )
 from playwright.sync_api import Locator, Page, expect
 
@@ -40,26 +38,6 @@ def seeded(web_fleet: WebFleet) -> Iterator[WebFleet]:
                 session_id, owner, "virtual", connections=connections
             )
     yield web_fleet
-
-
-def admin_page(
-    browser: Browser,
-    fleet: WebFleet,
-    screen: str,
-    *,
-    dark: bool = False,
-    width: int = 1280,
-    allowed: tuple[int, ...] = (),
-) -> Page:
-    """A page where alice is logged in as an admin, showing ``screen``."""
-    # The login screen asks /v1/auth-health first: 401 before logging in.
-    page: Page = browser.page(dark=dark, width=width, allowed=(401, *allowed))
-    log_in(page, fleet.url, ADMIN, ADMIN_PASSWORD, admin=True)
-    page.wait_for_url("**/admin/agents")
-    nav = page.get_by_role("navigation", name="Main")
-    nav.get_by_role("link", name=screen.capitalize(), exact=True).click()
-    page.wait_for_url(f"**/admin/{screen}")
-    return page
 
 
 def row(page: Page, key: str) -> Locator:
