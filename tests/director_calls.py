@@ -58,6 +58,20 @@ def call(
         connection.close()
 
 
+def post_form(director: Director, path: str, form: str) -> bytes:
+    """A form POST as DCV servers and Gateways send them; the raw answer."""
+    context = ssl.create_default_context(cafile=str(director.ca_file))
+    link = http.client.HTTPSConnection(
+        "127.0.0.1", director.port, context=context, timeout=30
+    )
+    try:
+        headers = {"Content-Type": "application/x-www-form-urlencoded"}
+        link.request("POST", path, body=form.encode(), headers=headers)
+        return link.getresponse().read()
+    finally:
+        link.close()
+
+
 def login(director: Director, user: str, password: str, otp: str = "") -> Answer:
     """A user login."""
     body = {"userID": user, "password": password}

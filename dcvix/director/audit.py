@@ -10,9 +10,10 @@ for those, :meth:`Audit.logged` writes the log line and the exports only.
 Refusals that anyone can cause without credentials (a DCV server's token
 check answered no, a Gateway asking for an unknown session, a registration
 refused, a login while locked) go through :meth:`Audit.refused`: the first of
-a kind from an address is written at once, the rest are counted, and at most
-one line a minute per address and kind says how many there were. Nobody can
-fill the disk, or the log, with them.
+a kind from a source (an address, an IPv6 /64) for an actor is written at
+once, the rest are counted, and one line a minute says how many there were;
+past MAX_SOURCES_PER_KIND sources, refusals share one line. Nobody can fill
+the disk, or the log, with them.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import ipaddress
 from collections import Counter as Tally
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -32,11 +33,14 @@ from dcvix.common.gotime import format_time
 from dcvix.common.ratelimit import LogBudget
 from dcvix.director.registry import AuditEntry, AuditTrail, StoreError
 
+if TYPE_CHECKING:
+    from dcvix.director.audit_export import AuditSink
+
 audit_log = Logger(namespace="dcvix.audit")
 log = Logger()
 
 DEFAULT_KEEP = 2160 * 3600.0  # [audit] keep: 90 days
-REFUSAL_WINDOW = 60.0  # seconds: one trail line per address and kind at most
+REFUSAL_WINDOW = 60.0  # seconds: one trail line per source, kind and actor
 # Sources (and actors) followed apart per action; past them, one shared line.
 # A minute then holds at most 2 x this many lines of an action, plus one.
 MAX_SOURCES_PER_KIND = 20
@@ -58,7 +62,7 @@ def entry_json(entry: AuditEntry) -> dict[str, Any]:
 
 @dataclass
 class _Refusals:
-    """Refusals of one kind from one address since its window opened."""
+    """Refusals of one kind, source and actor since its window opened."""
 
     opened: float
     counted: int = 0
@@ -78,7 +82,7 @@ class Audit:
         self,
         trail: AuditTrail,
         clock: IReactorTime,
-        sinks: Sequence[Any] = (),
+        sinks: Sequence[AuditSink] = (),
     ) -> None:
         self._trail = trail
         self._clock = clock

@@ -10,12 +10,10 @@ source address and outcome, the same line in all three, and no secret.
 from __future__ import annotations
 
 import getpass
-import http.client
 import json
 import os
 import signal
 import socket
-import ssl
 import threading
 from collections import Counter
 from collections.abc import Iterator
@@ -23,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from director_calls import admin_director, call
+from director_calls import admin_director, call, post_form
 from sessions_world import new_agents, wait_report
 
 from fleet import Director, Fleet, wait_for
@@ -77,20 +75,6 @@ def syslog(tmp_path: Path) -> Iterator[Syslog]:
     daemon = Syslog(tmp_path / "log.sock")
     yield daemon
     daemon.close()
-
-
-def post_form(director: Director, path: str, form: str) -> bytes:
-    """A form POST as DCV servers and Gateways send them; the raw answer."""
-    context = ssl.create_default_context(cafile=str(director.ca_file))
-    link = http.client.HTTPSConnection(
-        "127.0.0.1", director.port, context=context, timeout=30
-    )
-    try:
-        headers = {"Content-Type": "application/x-www-form-urlencoded"}
-        link.request("POST", path, body=form.encode(), headers=headers)
-        return link.getresponse().read()
-    finally:
-        link.close()
 
 
 def login(director: Director, password: str) -> Any:

@@ -17,9 +17,10 @@ from typing import Any
 
 import psutil
 import pytest
-from director_calls import admin_director, call
+from director_calls import admin_director, call, post_form
 from fake_dcv import FakeDcv
 from prometheus_client.parser import text_string_to_metric_families
+from sessions_world import agent_session
 
 from daemons import free_port
 from dcvix.common.pki import certificate_fingerprint
@@ -127,7 +128,11 @@ def test_registrations_updates_and_the_fleet_are_counted(
     enrol(daemon, agent)
     reported = samples(port)
     # Two reports with the agent's certificate, and one that is refused.
-    good: dict[str, object] = {"sessions": [], "stats": {}, "tags": []}
+    running = agent_session("dcvix_m1", "bob", "virtual") | {
+        "status": "running",
+        "num-of-connections": 2,
+    }
+    good: dict[str, object] = {"sessions": [running], "stats": {}, "tags": []}
     # The second announces a 1 ms interval: it comes late by the time between.
     hasty = good | {"update_interval": 0.001}
     for body in (good, hasty, {"sessions": 5}):
@@ -149,13 +154,26 @@ def test_registrations_updates_and_the_fleet_are_counted(
     assert (
         moved(reported, after, "dcvix_updates_received_total", outcome="refused") == 1
     )
+    # What DCV servers and Gateways ask: a forged token, an unknown session.
+    checked = samples(port)
+    form = "sessionId=dcvix_m1&authenticationToken=forged"
+    assert b'result="no"' in post_form(daemon, "/v1/user/authtokenverify", form)
+    assert b"session not found" in post_form(daemon, "/resolveSession?sessionId=x", "")
+    asked = samples(port)
+    assert moved(checked, asked, "dcvix_dcv_verifications_total", result="no") == 1
+    assert moved(checked, asked, "dcvix_dcv_verification_seconds_count") == 1
+    assert (
+        moved(checked, asked, "dcvix_gateway_resolutions_total", result="not_found")
+        == 1
+    )
     # The first report has no previous one to be late after.
     assert moved(reported, after, "dcvix_update_lag_seconds_count") == 1
     assert moved(reported, after, "dcvix_update_lag_seconds_sum") > 0
     # Gauges are computed at most once a second, at a scrape.
     after = wait_for("the gauges of the new server", lambda: online(port), 30)
     assert value(after, "dcvix_agents", state="registered") == 1
-    assert value(after, "dcvix_sessions", type="virtual", state="running") == 0
+    assert value(after, "dcvix_sessions", type="virtual", state="running") == 1
+    assert value(after, "dcvix_session_clients") == 2
     assert value(after, "dcvix_build_info", daemon="director", version=_version()) == 1
     expiry = value(
         after, "dcvix_certificate_expiry_timestamp_seconds", certificate="ca"

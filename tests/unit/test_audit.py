@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import pytest
 from twisted.internet.task import Clock
@@ -134,10 +134,10 @@ class ListSink:
     """An export that keeps what it is given."""
 
     def __init__(self) -> None:
-        self.lines: list[dict[str, object]] = []
+        self.lines: list[Mapping[str, Any]] = []
         self.reopened = 0
 
-    def write(self, entry: dict[str, object]) -> None:
+    def write(self, entry: Mapping[str, Any]) -> None:
         self.lines.append(entry)
 
     def reopen(self) -> None:
