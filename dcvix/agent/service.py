@@ -241,16 +241,11 @@ def build_agent(
         ),
     ).setServiceParent(root)
     if config.metrics.listen:
-        read_at = float("-inf")
 
         async def refresh() -> None:
-            # At most once a second, however often anyone on the host scrapes.
-            nonlocal read_at
-            if reactor.seconds() - read_at >= 1.0:
-                read_at = reactor.seconds()
-                metrics.set_expiries(_expiries(files, tls, enrolment.enrolled))
+            metrics.set_expiries(_expiries(files, tls, enrolment.enrolled))
 
-        page = MetricsPage(metrics.registry, metrics_secret, refresh)
+        page = MetricsPage(metrics.registry, metrics_secret, refresh, reactor)
         metrics_listener(reactor, config.metrics.listen, page).setServiceParent(root)
     log.info(
         "dcvix-agent {version} {guid} for {hostname} listening on {host}:{port}, "

@@ -25,7 +25,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.components import Componentized
 from twisted.web.server import Site
 
-from dcvix.common.files import ensure_private_dir
+from dcvix.common.files import ensure_private_dir, require_owner_only
 from dcvix.common.jobs import PeriodicJob
 from dcvix.common.logging import make_observer, open_log_file, stdout
 from dcvix.common.networks import AddressList
@@ -71,12 +71,10 @@ def private_dir(path: Path, what: str) -> Path:
 
 def require_private_file(path: Path) -> None:
     """Refuse a key file that group or other users may read (it must be 0600)."""
-    mode = path.stat().st_mode & 0o777
-    if mode & 0o077:
-        raise StartupError(
-            f"{path} is readable by other users (mode {mode:04o}); "
-            f"it must be 0600: chmod 600 {path}"
-        )
+    try:
+        require_owner_only(path)
+    except ValueError as error:
+        raise StartupError(str(error)) from None
 
 
 def log_observer(component: str, log_section: Any) -> ILogObserver:

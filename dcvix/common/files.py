@@ -94,6 +94,21 @@ def ensure_private_dir(path: Path) -> None:
         )
 
 
+def require_owner_only(path: Path) -> None:
+    """Refuse a secret file that group or other users may read (it must be 0600).
+
+    Raises:
+        ValueError: others may read it (the message names the fix).
+        OSError: it cannot be looked at.
+    """
+    mode = path.stat().st_mode & 0o777
+    if mode & 0o077:
+        raise ValueError(
+            f"{path} is readable by other users (mode {mode:04o}); "
+            f"it must be 0600: chmod 600 {path}"
+        )
+
+
 def read_secret_line(path: Path) -> str:
     """The first line of a file only its owner may read (a password, a token).
 
@@ -102,12 +117,7 @@ def read_secret_line(path: Path) -> str:
             (the message names the file and the fix, never the content).
     """
     try:
-        mode = path.stat().st_mode & 0o777
-        if mode & 0o077:
-            raise ValueError(
-                f"{path} is readable by other users (mode {mode:04o}); "
-                f"it must be 0600: chmod 600 {path}"
-            )
+        require_owner_only(path)
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as error:
         raise ValueError(f"{path}: {error}") from None

@@ -34,7 +34,7 @@ from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService
 from twisted.internet.defer import ensureDeferred
 from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
-from twisted.internet.interfaces import IReactorTCP
+from twisted.internet.interfaces import IReactorTCP, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
@@ -52,6 +52,7 @@ log = Logger()
 PATH = b"metrics"
 # Scrapes are not rate-limited: a token this long cannot be guessed by trying.
 MIN_TOKEN = 16
+REFRESH_AT_MOST = 1.0  # seconds between two refreshes of the gauges
 
 
 def new_registry(daemon: str) -> CollectorRegistry:
@@ -105,10 +106,13 @@ class MetricsPage(Resource):
         registry: CollectorRegistry,
         token: str = "",
         refresh: Callable[[], Coroutine[Any, Any, None]] | None = None,
+        clock: IReactorTime | None = None,
     ) -> None:
         super().__init__()
         self._registry = registry
         self._refresh = refresh
+        self._clock = clock
+        self._refreshed = float("-inf")
         self._token = token.encode()
         self.guarded = bool(token)
 
@@ -129,12 +133,27 @@ class MetricsPage(Resource):
         A refresh that fails leaves the gauges at their last values (logged):
         the scrape still answers.
         """
-        if self._refresh is not None:
+        if self._refresh is not None and self._due():
             try:
                 await self._refresh()
             except Exception:
                 log.failure("metrics: gauges not refreshed")
         return generate_latest(self._registry)
+
+    def _due(self) -> bool:
+        """Whether ``refresh`` runs for this scrape: at most once a second.
+
+        Prometheus scrapes every 15 to 60 s; anyone scraping in a loop (every
+        local user reaches a loopback listener) costs the fleet's walk or the
+        files' reads once a second, no more. Without a clock: every scrape.
+        """
+        if self._clock is None:
+            return True
+        now = self._clock.seconds()
+        if now - self._refreshed < REFRESH_AT_MOST:
+            return False
+        self._refreshed = now
+        return True
 
     def refuse(self, request: IRequest) -> bytes:
         """401, and how to authenticate."""

@@ -383,7 +383,9 @@ class ReportExchange(Service):
         if previous is not None and previous.last_seen > received:
             return  # this director has a newer one (the agent moved)
         payload = json.loads(report.report)
-        # A row of schema 5 has its sessions inside (whatever the column says).
+        # Sessions inside the report win over the column: a director of
+        # schema 5 writes them there, and its upsert leaves the column as a
+        # newer director last wrote it (stale).
         inside = isinstance(payload, dict) and "sessions" in payload
         state = parse_report(
             report.guid,

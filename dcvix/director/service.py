@@ -603,7 +603,7 @@ def build_director(
         0,
     ).setServiceParent(root)
     gauges = FleetGauges(metrics, registry, runtime, keeper.max_age, expiries, reactor)
-    page = MetricsPage(metrics.registry, metrics_secret, gauges.refresh)
+    page = MetricsPage(metrics.registry, metrics_secret, gauges.refresh, reactor)
     api = DirectorRoot(
         settings.max_body_bytes,
         Gate(logins, enrolment, Gateways(config.gateway.gateways_list, reactor)),

@@ -6,6 +6,8 @@ from pathlib import Path
 from typing import cast
 
 import pytest
+from twisted.internet.defer import ensureDeferred
+from twisted.internet.task import Clock
 from twisted.web.iweb import IRequest
 from twisted.web.test.requesthelper import DummyRequest
 
@@ -50,3 +52,25 @@ def test_the_header_is_compared_as_bytes(header: bytes | None, allowed: bool) ->
     if header is not None:
         request.requestHeaders.setRawHeaders(b"authorization", [header])
     assert page.allowed(cast(IRequest, request)) is allowed
+
+
+def test_the_gauges_are_refreshed_at_most_once_a_second() -> None:
+    clock = Clock()
+    refreshed: list[float] = []
+
+    async def refresh() -> None:
+        refreshed.append(clock.seconds())
+
+    page = MetricsPage(new_registry("agent"), "", refresh, clock)
+    for _ in range(3):
+        ensureDeferred(page.scrape())
+    clock.advance(0.99)
+    ensureDeferred(page.scrape())
+    clock.advance(0.01)
+    ensureDeferred(page.scrape())
+    assert refreshed == [0.0, 1.0]
+    # Without a clock (tests of one scrape): every scrape refreshes.
+    every = MetricsPage(new_registry("agent"), "", refresh)
+    ensureDeferred(every.scrape())
+    ensureDeferred(every.scrape())
+    assert refreshed == [0.0, 1.0, 1.0, 1.0]

@@ -22,7 +22,7 @@ from typing import Any
 
 from dcvix.common.gotime import parse_stored_time
 from dcvix.director.registry import REGISTERED
-from dcvix.director.registry.engine import Connection, Engine, to_db_time
+from dcvix.director.registry.engine import AUDIT_FIELDS, Connection, Engine, to_db_time
 
 AGENT_COLUMNS = (
     "guid",
@@ -57,7 +57,7 @@ _INSERT_AGENT = (
     f"INSERT INTO agents ({', '.join(AGENT_COLUMNS)}) "  # noqa: S608
     f"VALUES ({', '.join('?' for _ in AGENT_COLUMNS)})"
 )
-_AUDIT = "time, actor, action, target, detail, address, outcome"
+_AUDIT = ", ".join(AUDIT_FIELDS)
 _SELECT_AUDIT = f"SELECT {_AUDIT} FROM audit"  # noqa: S608 - fixed
 
 
@@ -140,7 +140,8 @@ def write_rows_txn(connection: Connection, rows: _Rows) -> CopyReport:
                 report.audit_present += 1
                 continue
             connection.execute(
-                f"INSERT INTO audit ({_AUDIT}) VALUES (?, ?, ?, ?, ?, ?, ?)",  # noqa: S608
+                f"INSERT INTO audit ({_AUDIT}) "  # noqa: S608 - fixed
+                f"VALUES ({', '.join('?' for _ in AUDIT_FIELDS)})",
                 line,
             )
             have.add(line)

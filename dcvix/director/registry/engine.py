@@ -57,8 +57,11 @@ REPORT_TABLES = (
 # only when they differ from the agent's last.
 SESSIONS_COLUMN = "ALTER TABLE server_reports ADD COLUMN sessions TEXT"
 
+# The audit table's fields as statements write and read them (after its id).
+AUDIT_FIELDS = ("time", "actor", "action", "target", "detail", "address", "outcome")
+
 # Schema 7, both engines: an audited request's source and outcome.
-AUDIT_COLUMNS = (
+AUDIT_MIGRATION = (
     "ALTER TABLE audit ADD COLUMN address TEXT NOT NULL DEFAULT ''",
     "ALTER TABLE audit ADD COLUMN outcome TEXT NOT NULL DEFAULT 'ok'",
     "CREATE INDEX audit_time ON audit (time)",

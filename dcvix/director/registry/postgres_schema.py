@@ -14,7 +14,7 @@ from typing import Any
 
 from dcvix.director.registry import REGISTERED, StoreError
 from dcvix.director.registry.engine import (
-    AUDIT_COLUMNS,
+    AUDIT_MIGRATION,
     IDENTITY_TABLE,
     LOGIN_TABLES,
     REPORT_TABLES,
@@ -118,7 +118,7 @@ def _to_7(connection: Any) -> None:
     Older lines keep ``ok`` and no address (a failed login's address was its
     target until now). The index serves retention and ``since``/``until``.
     """
-    for statement in AUDIT_COLUMNS:
+    for statement in AUDIT_MIGRATION:
         connection.execute(statement)
 
 

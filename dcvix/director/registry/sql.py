@@ -39,7 +39,13 @@ from dcvix.director.registry import (
     StoredAudit,
     UniqueViolation,
 )
-from dcvix.director.registry.engine import Connection, Engine, Runner, to_db_time
+from dcvix.director.registry.engine import (
+    AUDIT_FIELDS,
+    Connection,
+    Engine,
+    Runner,
+    to_db_time,
+)
 
 R = TypeVar("R")
 
@@ -132,8 +138,8 @@ def hostname_holders_txn(
 
 def _audit(connection: Connection, entry: AuditEntry) -> AuditEntry:
     connection.execute(
-        "INSERT INTO audit (time, actor, action, target, detail, address, outcome) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?)",
+        f"INSERT INTO audit ({', '.join(AUDIT_FIELDS)}) "  # noqa: S608 - fixed
+        f"VALUES ({', '.join('?' for _ in AUDIT_FIELDS)})",
         (
             to_db_time(entry.time),
             entry.actor,
@@ -153,7 +159,7 @@ def audit_txn(connection: Connection, entry: AuditEntry) -> None:
         _audit(connection, entry)
 
 
-_AUDIT_COLUMNS = "id, time, actor, action, target, detail, address, outcome"
+_AUDIT_COLUMNS = ", ".join(("id", *AUDIT_FIELDS))
 
 
 def _stored_audit(row: Sequence[Any]) -> StoredAudit:

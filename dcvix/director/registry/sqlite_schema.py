@@ -17,7 +17,7 @@ from typing import Any
 from dcvix.common.files import fsync_directory
 from dcvix.director.registry import REGISTERED, StoreError, UniqueViolation
 from dcvix.director.registry.engine import (
-    AUDIT_COLUMNS,
+    AUDIT_MIGRATION,
     DB_TIMEOUT,
     IDENTITY_TABLE,
     LOGIN_TABLES,
@@ -196,7 +196,7 @@ def _to_7(connection: sqlite3.Connection) -> None:
     Older lines keep ``ok`` and no address (a failed login's address was its
     target until now). The index serves retention and ``since``/``until``.
     """
-    for statement in AUDIT_COLUMNS:
+    for statement in AUDIT_MIGRATION:
         connection.execute(statement)
 
 
