@@ -349,15 +349,15 @@ def _run(options: argparse.Namespace) -> int:
         return check_policy(config)
     if options.command == "status":
         return show_status(config)
+    clock = _wall_clock()
     # An action by dcvixctl is exported like the director's own ([audit]).
     try:
         sinks = open_sinks(
-            config.audit.file, config.audit.syslog, config.audit.syslog_address
+            config.audit.file, config.audit.syslog, config.audit.syslog_address, clock
         )
     except ValueError as error:
         raise ConfigError(f"[audit] {error}") from None
     registry = _open(config)
-    clock = _wall_clock()
     audit = Audit(registry, clock, sinks)
     admin = AgentAdmin(registry, audit, clock, _own_names(), forget_nothing)
     try:

@@ -14,18 +14,19 @@ Every entry is written as one compact JSON object, pure ASCII (see
 
 from __future__ import annotations
 
-import datetime as dt
 import errno
 import json
 import os
 import socket
 import stat
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+
+from dcvix.common.ratelimit import LogBudget
 
 log = Logger()
 
@@ -51,9 +52,6 @@ MSGID = "AUDIT"
 
 #: Appended to a field cut to make a syslog message fit.
 TRUNCATED = "...[truncated]"
-
-# The clock of the warning throttle; a module global so tests can move it.
-_monotonic = time.monotonic
 
 
 class AuditSink(Protocol):
@@ -87,11 +85,14 @@ def encode(entry: Mapping[str, Any]) -> str:
 class _Warnings:
     """A sink's count of lost entries, and its warnings at most once a minute."""
 
-    def __init__(self, sink: str) -> None:
+    def __init__(self, sink: str, clock: IReactorTime | None) -> None:
         self._sink = sink
         self.lost = 0
-        self._last: float | None = None
-        self._suppressed = 0
+        if clock is None:
+            from twisted.internet import reactor  # noqa: PLC0415 - the running one
+
+            clock = cast(IReactorTime, reactor)
+        self._budget = LogBudget(1, WARN_INTERVAL, clock)
 
     def entry_lost(self, problem: str) -> None:
         """One entry was not exported, because of ``problem``."""
@@ -100,20 +101,17 @@ class _Warnings:
 
     def warn(self, problem: str) -> None:
         """Logs ``problem`` unless this sink warned less than a minute ago."""
-        now = _monotonic()
-        if self._last is not None and now - self._last < WARN_INTERVAL:
-            self._suppressed += 1
+        suppressed = self._budget.take()
+        if suppressed is None:
             return
-        self._last = now
         log.warn(
             "audit export to {sink}: {problem} ({lost} entries lost so far, "
             "{suppressed} warnings suppressed since the last one)",
             sink=self._sink,
             problem=problem,
             lost=self.lost,
-            suppressed=self._suppressed,
+            suppressed=suppressed,
         )
-        self._suppressed = 0
 
 
 def _reason(error: OSError) -> str:
@@ -143,8 +141,8 @@ class JsonLinesFile:
     Writes are not fsync-ed: the database is the durable trail.
     """
 
-    def __init__(self, path: Path) -> None:
-        """Opens ``path``.
+    def __init__(self, path: Path, clock: IReactorTime | None = None) -> None:
+        """Opens ``path``; ``clock`` times the warnings (the reactor's by default).
 
         Raises:
             ValueError: with a one-line message, if the folder is missing or
@@ -157,7 +155,7 @@ class JsonLinesFile:
         # A line was written in part (disk full mid-line): the next write
         # starts with a newline, so the lines after it stay whole.
         self._torn = False
-        self._warnings = _Warnings(f"file {path}")
+        self._warnings = _Warnings(f"file {path}", clock)
         if not path.parent.is_dir():
             raise ValueError(f"file {path}: its folder {path.parent} does not exist")
         try:
@@ -293,24 +291,14 @@ def _syslog_hostname(name: str) -> str:
     return kept or "-"
 
 
-def _timestamp(value: Any, clock: Callable[[], float]) -> str:
-    """An RFC 3339 UTC time with microseconds: the entry's, else the clock's.
+def _timestamp(entry: Mapping[str, Any]) -> str:
+    """The entry's own time (so syslog and the store agree), or RFC 5424's ``-``.
 
-    The entry's own time is used so syslog and the database agree on when
-    something happened, even if the message is written late.
+    ``entry_json`` writes it as RFC 3339 in UTC with at most six fraction
+    digits: a valid RFC 5424 TIMESTAMP as it is.
     """
-    moment: dt.datetime | None = None
-    if isinstance(value, str):
-        try:
-            moment = dt.datetime.fromisoformat(value)
-        except ValueError:
-            moment = None
-    if moment is None:
-        moment = dt.datetime.fromtimestamp(clock(), dt.UTC)
-    elif moment.tzinfo is None:
-        moment = moment.replace(tzinfo=dt.UTC)
-    utc = moment.astimezone(dt.UTC).replace(tzinfo=None)
-    return utc.isoformat(timespec="microseconds") + "Z"
+    moment = entry.get("time")
+    return moment if isinstance(moment, str) and moment else "-"
 
 
 def fit(entry: Mapping[str, Any], budget: int) -> str:
@@ -318,7 +306,7 @@ def fit(entry: Mapping[str, Any], budget: int) -> str:
 
     ``detail`` (free text, the only field that grows without bound) is cut
     first, then the other text fields, longest first; a cut field ends with
-    :data:`TRUNCATED`. If even that cannot fit, only the id is kept.
+    :data:`TRUNCATED`.
     """
     line = encode(entry)
     if len(line) <= budget:
@@ -348,8 +336,7 @@ def fit(entry: Mapping[str, Any], budget: int) -> str:
                 high = middle - 1
         trimmed[key] = value if low == len(value) else value[:low] + TRUNCATED
         return encode(trimmed)
-    minimal = encode({"id": entry.get("id"), "truncated": True})
-    return minimal if len(minimal) <= budget else encode({"truncated": True})
+    return encode({"truncated": True})  # only non-text fields: none exported
 
 
 class SyslogSink:
@@ -375,7 +362,7 @@ class SyslogSink:
         self,
         address: str,
         hostname: str | None = None,
-        clock: Callable[[], float] = time.time,
+        clock: IReactorTime | None = None,
     ) -> None:
         """Prepares to send to the UNIX datagram socket at ``address``.
 
@@ -391,10 +378,9 @@ class SyslogSink:
         self._hostname = _syslog_hostname(
             socket.gethostname() if hostname is None else hostname
         )
-        self._clock = clock
         self._socket: socket.socket | None = None
         self._closed = False
-        self._warnings = _Warnings(f"syslog {address}")
+        self._warnings = _Warnings(f"syslog {address}", clock)
 
     @property
     def lost(self) -> int:
@@ -410,7 +396,7 @@ class SyslogSink:
         )
         header = (
             f"<{FACILITY_AUTHPRIV * 8 + severity}>1 "
-            f"{_timestamp(entry.get('time'), self._clock)} {self._hostname} "
+            f"{_timestamp(entry)} {self._hostname} "
             f"{APP_NAME} {os.getpid()} {MSGID} - "
         )
         return (header + fit(entry, SYSLOG_MAX - len(header))).encode("ascii")
@@ -473,7 +459,12 @@ class SyslogSink:
         self._disconnect()
 
 
-def open_sinks(file: str, syslog: bool, syslog_address: str) -> list[AuditSink]:
+def open_sinks(
+    file: str,
+    syslog: bool,
+    syslog_address: str,
+    clock: IReactorTime | None = None,
+) -> list[AuditSink]:
     """The sinks ``[audit]`` asks for, in that order; none when both are off.
 
     Raises:
@@ -482,10 +473,10 @@ def open_sinks(file: str, syslog: bool, syslog_address: str) -> list[AuditSink]:
     """
     sinks: list[AuditSink] = []
     if file:
-        sinks.append(JsonLinesFile(Path(file)))
+        sinks.append(JsonLinesFile(Path(file), clock))
     if syslog:
         try:
-            sinks.append(SyslogSink(syslog_address))
+            sinks.append(SyslogSink(syslog_address, clock=clock))
         except ValueError:
             for sink in sinks:
                 sink.close()

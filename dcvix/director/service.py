@@ -430,7 +430,10 @@ def build_director(
     database.setServiceParent(root)
     try:
         sinks = open_sinks(
-            config.audit.file, config.audit.syslog, config.audit.syslog_address
+            config.audit.file,
+            config.audit.syslog,
+            config.audit.syslog_address,
+            reactor,
         )
     except ValueError as error:
         raise StartupError(f"[audit] {error}") from None
